@@ -1,0 +1,289 @@
+"""Hardware presets: JSON loading, validation and the name registry.
+
+A preset is one JSON file per part under ``hw_configs/<kind>/<name>.json``::
+
+    {
+      "name": "DDR4_8Gb_x8_3200",
+      "kind": "dram",
+      "source": "DRAMsim3 configs/DDR4_8Gb_x8_3200.ini; JEDEC JESD79-4",
+      "provenance": {"default": "spec", "t_rfc_cycles": "assumed"},
+      "spec":   { ...static fields of the kind's *Spec... },
+      "params": { ...float fields of the kind's *Params... }
+    }
+
+``provenance`` maps field names (of ``spec`` or ``params``) to one of
+``spec | measured | assumed | derived``; ``default`` applies to fields not
+named.  Each hardware module registers its kind with :func:`register_kind`,
+giving a builder ``build(obj, where) -> (spec, params)`` that uses
+:func:`take_fields` so that unknown keys, missing keys, wrong types and
+non-positive values are all rejected the same way.  A field of a spec or
+params may name another preset (e.g. an NDP unit's ``dram`` part); builders
+resolve those with :func:`load`.
+
+Presets are found by name in ``hw_configs/`` beside the package (or in the
+folder named by ``$NDPSIM_HW_CONFIGS``), or given as a path to a ``.json`` file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import pathlib
+import types
+import typing
+from typing import Any, Callable, NamedTuple
+
+from ndpsim.base import ConfigError, PROVENANCES
+
+_TOP_KEYS = {"name", "kind", "source", "provenance", "spec", "params", "notes"}
+
+
+class Preset(NamedTuple):
+  """A loaded preset: static spec, traced params and its metadata."""
+  name: str
+  kind: str
+  spec: Any
+  params: Any
+  source: str
+  provenance: dict[str, str]
+  path: str
+
+
+class _Kind(NamedTuple):
+  build: Callable[[dict, str], tuple[Any, Any]]
+  spec_cls: type
+  params_cls: type
+
+
+_KINDS: dict[str, _Kind] = {}
+
+
+def register_kind(kind: str, spec_cls: type, params_cls: type,
+                  build: Callable[[dict, str], tuple[Any, Any]]) -> None:
+  """Registers a hardware kind (``dram``, ``gpu``, ``ndp``, ``link``, ``system``)."""
+  _KINDS[kind] = _Kind(build, spec_cls, params_cls)
+
+
+def _ensure_kinds_loaded() -> None:
+  # Importing the hardware package registers every kind.
+  import ndpsim.hw  # noqa: F401  pylint: disable=import-outside-toplevel
+
+
+def config_root() -> pathlib.Path:
+  env = os.environ.get("NDPSIM_HW_CONFIGS")
+  if env:
+    return pathlib.Path(env)
+  return pathlib.Path(__file__).resolve().parent.parent / "hw_configs"
+
+
+def available(kind: str) -> list[str]:
+  """Names of the shipped presets of one kind, sorted."""
+  folder = config_root() / kind
+  if not folder.is_dir():
+    return []
+  return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def _resolve_path(kind: str, name_or_path: str) -> pathlib.Path:
+  p = pathlib.Path(name_or_path)
+  if p.suffix == ".json":
+    if not p.is_file():
+      raise ConfigError(f"{kind} preset file {name_or_path!r} does not exist; "
+                        f"give an existing .json path or one of {available(kind)}")
+    return p
+  cand = config_root() / kind / f"{name_or_path}.json"
+  if cand.is_file():
+    return cand
+  names = available(kind)
+  close = difflib.get_close_matches(name_or_path, names, n=1)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  raise ConfigError(f"unknown {kind} preset {name_or_path!r}{hint}; "
+                    f"write one of {names} or a path to a .json file")
+
+
+def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> Preset:
+  """Loads and validates a preset of ``kind`` by name, path or inline dict.
+
+  ``overrides`` maps field names to values applied before validation (the
+  ``--set`` mechanism); unknown names are rejected like unknown JSON keys.
+  """
+  _ensure_kinds_loaded()
+  if kind not in _KINDS:
+    raise ConfigError(f"unknown hardware kind {kind!r}; write one of {sorted(_KINDS)}")
+  if isinstance(name_or_path, dict):
+    obj, where = dict(name_or_path), f"inline {kind} config"
+    path = ""
+  else:
+    p = _resolve_path(kind, name_or_path)
+    where, path = str(p), str(p)
+    try:
+      obj = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); "
+                        "fix the syntax") from None
+  if not isinstance(obj, dict):
+    raise ConfigError(f"{where}: top level must be a JSON object with keys "
+                      f"{sorted(_TOP_KEYS)}")
+  unknown = set(obj) - _TOP_KEYS
+  if unknown:
+    raise ConfigError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}; "
+                      f"allowed keys are {sorted(_TOP_KEYS)}")
+  if obj.get("kind", kind) != kind:
+    raise ConfigError(f"{where}: field 'kind' is {obj.get('kind')!r} but a {kind!r} "
+                      f"preset was asked for; write \"kind\": \"{kind}\"")
+  for key in ("spec", "params"):
+    obj.setdefault(key, {})
+    if not isinstance(obj[key], dict):
+      raise ConfigError(f"{where}: field {key!r} must be a JSON object of fields")
+  if overrides:
+    obj["spec"] = dict(obj["spec"])
+    obj["params"] = dict(obj["params"])
+    kd = _KINDS[kind]
+    spec_names = {f.name for f in dataclasses.fields(kd.spec_cls)}
+    params_names = {f.name for f in dataclasses.fields(kd.params_cls)}
+    for k, v in overrides.items():
+      if k in params_names:
+        obj["params"][k] = v
+      elif k in spec_names:
+        obj["spec"][k] = v
+      else:
+        raise ConfigError(f"{where}: cannot override unknown field {k!r}; "
+                          f"{kind} fields are {sorted(spec_names | params_names)}")
+  spec, params = _KINDS[kind].build(obj, where)
+  prov = _check_provenance(obj, where, spec, params)
+  return Preset(name=obj.get("name", pathlib.Path(path).stem if path else kind),
+                kind=kind, spec=spec, params=params, source=str(obj.get("source", "")),
+                provenance=prov, path=path)
+
+
+def _field_names(x: Any) -> set[str]:
+  return {f.name for f in dataclasses.fields(x)} if dataclasses.is_dataclass(x) else set()
+
+
+def _check_provenance(obj: dict, where: str, spec, params) -> dict[str, str]:
+  prov = obj.get("provenance", {"default": "spec"})
+  if not isinstance(prov, dict):
+    raise ConfigError(f"{where}: 'provenance' must map field names to one of "
+                      f"{PROVENANCES}")
+  known = _field_names(spec) | _field_names(params) | {"default"}
+  for k, v in prov.items():
+    if k not in known:
+      raise ConfigError(f"{where}: provenance names unknown field {k!r}; "
+                        f"use a field of 'spec' or 'params' or 'default'")
+    if v not in PROVENANCES:
+      raise ConfigError(f"{where}: provenance of {k!r} is {v!r}; write one of "
+                        f"{PROVENANCES}")
+  return dict(prov)
+
+
+# ---------------------------------------------------------------------------
+# Field validation shared by every kind's builder.
+
+def _type_name(tp) -> str:
+  return getattr(tp, "__name__", str(tp))
+
+
+def take_fields(section: dict, cls: type, where: str, section_name: str,
+                positive: bool = True, skip: tuple[str, ...] = (),
+                allow_zero: tuple[str, ...] = (),
+                defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Checks ``section`` against the fields of dataclass ``cls``.
+
+  Returns keyword arguments for ``cls`` (minus ``skip``, which the builder
+  fills itself, e.g. nested presets).  Rejects unknown keys, missing keys,
+  wrong types (``int`` fields need integers; ``float`` fields need numbers;
+  ``str`` fields need strings; ``bool`` fields need true/false) and, when
+  ``positive``, numbers <= 0 (except fields in ``allow_zero``, which must be
+  >= 0).  Every message names ``where``, the field and what to write.
+  """
+  hints = typing.get_type_hints(cls)
+  names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+  defaults = dict(defaults or {})
+  for f in dataclasses.fields(cls):
+    if f.default is not dataclasses.MISSING:
+      defaults.setdefault(f.name, f.default)
+  unknown = [k for k in section if k not in names and k not in skip]
+  if unknown:
+    close = difflib.get_close_matches(unknown[0], names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{where}: unknown field {section_name}.{unknown[0]}{hint}; "
+                      f"allowed fields are {sorted(names + list(skip))}")
+  out: dict[str, Any] = {}
+  for name in names:
+    tp = hints[name]
+    if name not in section:
+      if name in defaults:
+        out[name] = defaults[name]
+        continue
+      raise ConfigError(f"{where}: missing field {section_name}.{name} "
+                        f"({_type_name(tp)}); add \"{name}\": <value>")
+    out[name] = _check_value(section[name], tp, where, f"{section_name}.{name}",
+                             positive and name not in allow_zero,
+                             name in allow_zero)
+  return out
+
+
+def _check_value(v, tp, where, field, positive, nonneg):
+  origin = typing.get_origin(tp)
+  if origin in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if v is None:
+      return None
+    tp = args[0]
+    origin = typing.get_origin(tp)
+  if origin is tuple:
+    (inner, *_rest) = typing.get_args(tp)
+    if not isinstance(v, list):
+      raise ConfigError(f"{where}: field {field} must be a list of {_type_name(inner)}")
+    return tuple(_check_value(x, inner, where, f"{field}[{i}]", positive, nonneg)
+                 for i, x in enumerate(v))
+  if tp is bool:
+    if not isinstance(v, bool):
+      raise ConfigError(f"{where}: field {field} must be true or false, not {v!r}")
+    return v
+  if tp is str:
+    if not isinstance(v, str):
+      raise ConfigError(f"{where}: field {field} must be a string, not {v!r}")
+    return v
+  if tp is int:
+    if isinstance(v, bool) or not (isinstance(v, int) or
+                                   (isinstance(v, float) and v.is_integer())):
+      raise ConfigError(f"{where}: field {field} must be an integer, not {v!r}")
+    v = int(v)
+  elif tp is float or tp is Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      raise ConfigError(f"{where}: field {field} must be a number, not {v!r}")
+    v = float(v)
+  else:
+    return v
+  if v != v:  # NaN
+    raise ConfigError(f"{where}: field {field} is NaN; write a finite number")
+  if positive and v <= 0:
+    raise ConfigError(f"{where}: field {field} is {v}; it must be > 0")
+  if nonneg and v < 0:
+    raise ConfigError(f"{where}: field {field} is {v}; it must be >= 0")
+  return v
+
+
+def require(cond: bool, where: str, message: str) -> None:
+  """Raises ConfigError(f"{where}: {message}") unless ``cond``."""
+  if not cond:
+    raise ConfigError(f"{where}: {message}")
+
+
+def parse_set_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+  """Parses ``--set kind.field=value`` strings into {kind: {field: value}}."""
+  out: dict[str, dict[str, Any]] = {}
+  for item in items:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+      raise ConfigError(f"--set {item!r}: write component.field=value, e.g. "
+                        "gpu.memory_bandwidth_gbps=800")
+    key, val = item.split("=", 1)
+    comp, field = key.split(".", 1)
+    try:
+      value: Any = json.loads(val)
+    except json.JSONDecodeError:
+      value = val
+    out.setdefault(comp, {})[field] = value
+  return out

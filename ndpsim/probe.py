@@ -1,0 +1,107 @@
+"""``python -m ndpsim.probe SUBCOMMAND --flag=value ...``: questions without code.
+
+Each subcommand prints one JSON object on stdout.  Bad arguments print one
+line on stderr naming the flag and what to write instead, and exit with
+status 2.
+
+Subcommands are declared by the module that answers them: the module defines
+``PROBE_ARGS`` (``{flag: (type, default, help)}``; default ``REQUIRED`` means
+the flag must be given) and ``probe(args: dict) -> dict``.  Raising
+``ndpsim.base.ConfigError`` from ``probe`` reports a bad value the same way.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+from ndpsim.base import ConfigError
+
+REQUIRED = object()
+
+SUBCOMMANDS: dict[str, str] = {
+    "dram": "ndpsim.hw.dram",
+    "ndp": "ndpsim.hw.ndp",
+    "gpu": "ndpsim.hw.gpu",
+    "link": "ndpsim.hw.link",
+    "model": "ndpsim.workload.models",
+    "routing": "ndpsim.workload.routing",
+}
+
+
+class UsageError(Exception):
+  pass
+
+
+def _convert(flag: str, tp, raw: str) -> Any:
+  if tp is bool:
+    if raw.lower() in ("1", "true", "yes", ""):
+      return True
+    if raw.lower() in ("0", "false", "no"):
+      return False
+    raise UsageError(f"--{flag} must be true or false, got {raw!r}")
+  if tp is int:
+    try:
+      f = float(raw)
+    except ValueError:
+      raise UsageError(f"--{flag} must be an integer, got {raw!r}") from None
+    if not f.is_integer():
+      raise UsageError(f"--{flag} must be an integer, got {raw!r}")
+    return int(f)
+  if tp is float:
+    try:
+      return float(raw)
+    except ValueError:
+      raise UsageError(f"--{flag} must be a number, got {raw!r}") from None
+  return raw
+
+
+def parse(argv: list[str]) -> tuple[str, dict[str, Any], Any]:
+  """Parses ``[SUBCOMMAND, --flag=value, ...]``; raises UsageError."""
+  if not argv or argv[0].startswith("-"):
+    raise UsageError(f"give a subcommand first, one of {sorted(SUBCOMMANDS)}")
+  sub = argv[0]
+  if sub not in SUBCOMMANDS:
+    raise UsageError(f"unknown subcommand {sub!r}; write one of {sorted(SUBCOMMANDS)}")
+  module = importlib.import_module(SUBCOMMANDS[sub])
+  spec: dict = module.PROBE_ARGS
+  args: dict[str, Any] = {}
+  for item in argv[1:]:
+    if not item.startswith("--"):
+      raise UsageError(f"unexpected argument {item!r}; write flags as --name=value")
+    name, eq, raw = item[2:].partition("=")
+    if name not in spec:
+      raise UsageError(f"unknown flag --{name} for '{sub}'; flags are "
+                       + ", ".join(f"--{k}" for k in spec))
+    tp = spec[name][0]
+    if not eq and tp is not bool:
+      raise UsageError(f"--{name} needs a value: write --{name}=VALUE")
+    args[name] = _convert(name, tp, raw)
+  for name, (tp, default, _help) in spec.items():
+    if name not in args:
+      if default is REQUIRED:
+        raise UsageError(f"missing --{name} for '{sub}' ({_help})")
+      args[name] = default
+  return sub, args, module
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    _sub, args, module = parse(argv)
+    out = module.probe(args)
+  except (UsageError, ConfigError) as e:
+    print(f"ndpsim.probe: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(out, indent=None, sort_keys=True))
+  return 0
+
+
+def run() -> None:
+  """Console-script entry point."""
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

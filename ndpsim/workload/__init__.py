@@ -1,0 +1,1 @@
+"""MoE workloads: model zoo, routing generators, routing traces."""
