@@ -1,6 +1,6 @@
 """Hardware presets: JSON loading, validation and the name registry.
 
-A preset is one JSON file per part under ``hw_configs/<kind>/<name>.json``::
+A preset is one JSON file per part under ``hw_configs/<kind>/<name>.json`` (``systems/`` for kind ``system``)::
 
     {
       "name": "DDR4_8Gb_x8_3200",
@@ -77,9 +77,18 @@ def config_root() -> pathlib.Path:
   return pathlib.Path(__file__).resolve().parent.parent / "hw_configs"
 
 
+# Folders under hw_configs/ whose name is not the kind's (DESIGN.md layout).
+_FOLDERS = {"system": "systems"}
+
+
+def folder_of(kind: str) -> str:
+  """The hw_configs/ sub-folder holding presets of ``kind``."""
+  return _FOLDERS.get(kind, kind)
+
+
 def available(kind: str) -> list[str]:
   """Names of the shipped presets of one kind, sorted."""
-  folder = config_root() / kind
+  folder = config_root() / folder_of(kind)
   if not folder.is_dir():
     return []
   return sorted(p.stem for p in folder.glob("*.json"))
@@ -92,7 +101,7 @@ def _resolve_path(kind: str, name_or_path: str) -> pathlib.Path:
       raise ConfigError(f"{kind} preset file {name_or_path!r} does not exist; "
                         f"give an existing .json path or one of {available(kind)}")
     return p
-  cand = config_root() / kind / f"{name_or_path}.json"
+  cand = config_root() / folder_of(kind) / f"{name_or_path}.json"
   if cand.is_file():
     return cand
   names = available(kind)
@@ -144,9 +153,9 @@ def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> 
     params_names = {f.name for f in dataclasses.fields(kd.params_cls)}
     for k, v in overrides.items():
       if k in params_names:
-        obj["params"][k] = v
+        obj["params"][k] = _merge_override(obj["params"].get(k), v)
       elif k in spec_names:
-        obj["spec"][k] = v
+        obj["spec"][k] = _merge_override(obj["spec"].get(k), v)
       else:
         raise ConfigError(f"{where}: cannot override unknown field {k!r}; "
                           f"{kind} fields are {sorted(spec_names | params_names)}")
@@ -155,6 +164,13 @@ def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> 
   return Preset(name=obj.get("name", pathlib.Path(path).stem if path else kind),
                 kind=kind, spec=spec, params=params, source=str(obj.get("source", "")),
                 provenance=prov, path=path)
+
+
+def _merge_override(old: Any, new: Any) -> Any:
+  """An override object (nested part's fields) updates an object already there."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    return {**old, **new}
+  return new
 
 
 def _field_names(x: Any) -> set[str]:
@@ -257,8 +273,8 @@ def _check_value(v, tp, where, field, positive, nonneg):
     v = float(v)
   else:
     return v
-  if v != v:  # NaN
-    raise ConfigError(f"{where}: field {field} is NaN; write a finite number")
+  if v != v or v in (float("inf"), float("-inf")):  # NaN, Infinity
+    raise ConfigError(f"{where}: field {field} is {v}; write a finite number")
   if positive and v <= 0:
     raise ConfigError(f"{where}: field {field} is {v}; it must be > 0")
   if nonneg and v < 0:

@@ -1,0 +1,190 @@
+"""Per-operation costs of one MoE model on one system, from the hardware models.
+
+Every function is pure in ``(system spec, system params, model, sizes)``:
+the engine calls them inside its scans, so gradients flow from end-to-end
+latency back to every traced hardware parameter.  Times are seconds.
+
+Where each piece of work runs:
+
+* GPU: attention (projections + the attention kernel), router, shared experts,
+  leading dense layers, LM head, the reduction of NDP partial sums, and
+  routed experts placed on the GPU (gate+up fused GEMM, then down GEMM).
+* NDP units: routed experts, either tensor-parallel (each unit holds a
+  1/N slice: gate and up by column, down by row) or expert-parallel (whole
+  experts on one unit).
+* Link: expert weight loads to the GPU (T_w), activation broadcast to the NDP
+  side, partial-sum returns to the GPU.  The host side forwards activations to
+  and from the units over each unit's own host bus, in parallel.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ndpsim.hw import gpu, link, ndp
+from ndpsim.workload import models as M
+
+
+def _w(model) -> float:
+  return M.dtype_bytes(model.expert_dtype)
+
+
+def _a(model) -> float:
+  return M.dtype_bytes(model.activation_dtype)
+
+
+def _positive(tokens):
+  return jnp.asarray(tokens, jnp.float32) > 0
+
+
+def gpu_expert_s(ss, sp, model, tokens):
+  """GPU time of one routed expert for ``tokens`` (array) tokens; 0 tokens -> 0."""
+  h, f = model.hidden_size, model.expert_ffn_size
+  w, a = _w(model), _a(model)
+  t = (gpu.matmul_time_s(ss.gpu, sp.gpu, tokens, 2 * f, h, act_dtype_bytes=a,
+                         weight_dtype_bytes=w)
+       + gpu.matmul_time_s(ss.gpu, sp.gpu, tokens, h, f, act_dtype_bytes=a,
+                           weight_dtype_bytes=w))
+  return jnp.where(_positive(tokens), t, 0.0)
+
+
+def ndp_expert_s(ss, sp, model, tokens, num_slices: int):
+  """Time on one NDP unit of a 1/``num_slices`` slice of one expert.
+
+  ``num_slices`` = N for tensor parallelism, 1 for a whole expert (EP).
+  Gate and up [hidden, 2 ffn / N] by column, down [ffn / N, hidden] by row.
+  """
+  h, f = model.hidden_size, model.expert_ffn_size
+  w, a = _w(model), _a(model)
+  fs = f / num_slices
+  t = (ndp.matmul_time_s(ss.ndp, sp.ndp, h, 2 * fs, tokens, weight_dtype_bytes=w,
+                         act_dtype_bytes=a)
+       + ndp.matmul_time_s(ss.ndp, sp.ndp, fs, h, tokens, weight_dtype_bytes=w,
+                           act_dtype_bytes=a))
+  return jnp.where(_positive(tokens), t, 0.0)
+
+
+def fetch_s(ss, sp, model):
+  """T_w: link time to load one routed expert's weights onto the GPU."""
+  return link.transfer_time_s(ss.link, sp.link, M.expert_bytes(model))
+
+
+def act_bytes(model, tokens):
+  return jnp.asarray(tokens, jnp.float32) * model.hidden_size * _a(model)
+
+
+def _host_bus_s(ss, sp, num_bytes):
+  return num_bytes / (sp.ndp.host_bus_bandwidth_gbps * 1e9)
+
+
+def broadcast_s(ss, sp, model, tokens):
+  """Activations of ``tokens`` tokens to every NDP unit: one link message, then
+  each unit's host bus in parallel."""
+  b = act_bytes(model, tokens)
+  t = link.message_time_s(ss.link, sp.link, b) + _host_bus_s(ss, sp, b)
+  return jnp.where(_positive(tokens), t, 0.0)
+
+
+def return_s(ss, sp, model, tokens, num_partials):
+  """``num_partials`` partial outputs of ``tokens`` tokens back to the GPU (one
+  gathered message after each unit's host bus)."""
+  b = act_bytes(model, tokens)
+  t = (_host_bus_s(ss, sp, b)
+       + link.message_time_s(ss.link, sp.link, b * num_partials))
+  return jnp.where(_positive(tokens) & (num_partials > 0), t, 0.0)
+
+
+def reduce_s(ss, sp, model, tokens, num_partials):
+  """GPU kernel summing ``num_partials`` partials into the layer output."""
+  b = act_bytes(model, tokens) * (num_partials + 1.0)
+  t = gpu.elementwise_time_s(ss.gpu, sp.gpu, b)
+  return jnp.where(_positive(tokens) & (num_partials > 0), t, 0.0)
+
+
+def _matmul(ss, sp, tokens, n, k, wbytes, abytes):
+  return gpu.matmul_time_s(ss.gpu, sp.gpu, tokens, n, k, act_dtype_bytes=abytes,
+                           weight_dtype_bytes=wbytes)
+
+
+def _attention_block_s(ss, sp, model, layer: int, q_tokens, context_len, batch):
+  """Projections + attention kernel of one layer (absolute index)."""
+  h = model.hidden_size
+  wb = M.dtype_bytes(model.attention_dtype)
+  proj_cols = M.attention_bytes_per_layer(model) / (h * wb)
+  kw = M.attention_kwargs(model, layer)
+  t = _matmul(ss, sp, q_tokens * batch, proj_cols, h, wb, _a(model))
+  t = t + gpu.attention_time_s(ss.gpu, sp.gpu, q_tokens=q_tokens,
+                               context_len=context_len, batch=batch, **kw)
+  return t
+
+
+def _ffn_s(ss, sp, model, tokens, ffn: int, dtype: str):
+  h = model.hidden_size
+  wb, ab = M.dtype_bytes(dtype), _a(model)
+  return (_matmul(ss, sp, tokens, 2 * ffn, h, wb, ab)
+          + _matmul(ss, sp, tokens, h, ffn, wb, ab))
+
+
+def moe_layer_gpu_s(ss, sp, model, q_tokens, context_len, batch):
+  """[L_moe] GPU time before the routed experts of each MoE layer: attention
+  block and router (``router``), and shared experts (``shared``)."""
+  idx = M.moe_layer_indices(model)
+  tokens = q_tokens * batch
+  router = _matmul(ss, sp, tokens, model.num_experts, model.hidden_size,
+                   M.dtype_bytes(model.dense_dtype), _a(model))
+  attn = jnp.stack([_attention_block_s(ss, sp, model, l, q_tokens, context_len, batch)
+                    for l in _unique_attention_layers(model, idx)])
+  attn = attn[np.asarray(_attention_layer_map(model, idx))]
+  shared = 0.0
+  if model.num_shared_experts:
+    shared = model.num_shared_experts * _ffn_s(
+        ss, sp, model, tokens, model.shared_expert_ffn_size, model.dense_dtype)
+  return attn + router, jnp.broadcast_to(jnp.asarray(shared, jnp.float32), attn.shape)
+
+
+def _attention_signature(model, layer: int):
+  kw = M.attention_kwargs(model, layer)
+  return tuple(sorted(kw.items()))
+
+
+def _unique_attention_layers(model, idx):
+  seen, out = set(), []
+  for l in idx:
+    s = _attention_signature(model, l)
+    if s not in seen:
+      seen.add(s)
+      out.append(l)
+  return out
+
+
+def _attention_layer_map(model, idx):
+  uniq = [_attention_signature(model, l) for l in _unique_attention_layers(model, idx)]
+  return [uniq.index(_attention_signature(model, l)) for l in idx]
+
+
+def step_overhead_s(ss, sp, model, q_tokens, context_len, batch, lm_head_tokens):
+  """GPU time outside the MoE layers: leading dense layers and the LM head."""
+  t = jnp.zeros(())
+  for l in range(model.first_dense_layers):
+    t = t + _attention_block_s(ss, sp, model, l, q_tokens, context_len, batch)
+    t = t + _ffn_s(ss, sp, model, q_tokens * batch, model.dense_ffn_size,
+                   model.dense_dtype)
+  t = t + _matmul(ss, sp, lm_head_tokens, model.vocab_size, model.hidden_size,
+                  M.dtype_bytes(model.embedding_dtype), _a(model))
+  return t
+
+
+def gpu_fixed_bytes(model, context_len, batch) -> float:
+  """GPU memory that is not routed experts: non-expert weights + KV cache."""
+  return float(M.non_expert_bytes(model)) + float(
+      M.kv_bytes_per_token(model)) * context_len * batch
+
+
+def resident_capacity(ss, sp, model, context_len, batch):
+  """Routed experts per MoE layer that fit in the GPU memory left (traced)."""
+  free = (gpu.memory_capacity_bytes(sp.gpu) - sp.gpu_reserved_bytes
+          - gpu_fixed_bytes(model, context_len, batch))
+  per_layer = M.expert_bytes(model) * M.num_moe_layers(model)
+  cap = jnp.floor(jnp.maximum(free, 0.0) / per_layer)
+  return jnp.minimum(cap, float(model.num_experts))

@@ -1,0 +1,424 @@
+"""The simulation engine: per-layer timelines, scanned over layers and steps.
+
+``simulate(system, model, routing, policy, ...)`` is pure: jit-compiled
+(static: system spec, model, policy, shapes), vmapped over sequence groups,
+and usable under an outer ``jax.vmap`` over hardware or policy params.
+
+One layer, starting at ``t0`` when the previous layer's output exists::
+
+    GPU:   [attention + router] -> tr -> [shared experts][resident experts]
+                                          [fetched experts, each after its load]
+    link->GPU:               tr -> [in-flight background load][demand loads T_w ...]
+                                                      ... [partial-sum return]
+    link->NDP:               tr -> [activation broadcast]
+    NDP units:                      [per-unit expert work; lane = slowest unit]
+    layer end = max(GPU lane, return of partials) + reduction on the GPU
+
+* Dependencies, not sums: a fetched expert computes after its weights arrive
+  (residents first, then fetched ones in arrival order: a max-plus closed
+  form); partial sums return after the slowest unit and after this layer's
+  demand loads on the shared link direction; the next layer starts at the end.
+* Background loads (prefetch, adaptive swaps) run in link time the demand
+  traffic leaves idle, in queue order; a load already in flight when demand
+  loads arrive is not pre-empted (one copy engine, in order), so demand loads
+  wait for its remainder -- the cost that makes "more prefetch" not always
+  better.  Small messages (activations, partial sums) are not queued behind
+  bulk copies.
+* Prefill runs each layer once with all prompt tokens (GEMMs); decode runs
+  ``output_len`` steps of one token per sequence of the batch.
+
+Modelled: everything above.  Not modelled: GPU kernel overlap between
+attention and experts of different layers, speculative (pre-router) loads,
+host CPU time, DRAM contention between NDP compute and host-side DMA.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ndpsim import base, costs
+from ndpsim.base import ConfigError
+from ndpsim.policies import base as pb
+from ndpsim.policies.oracle import bound_makespan as oracle_bound
+from ndpsim.results import SimResult
+from ndpsim.workload import models as M
+
+
+class System(NamedTuple):
+  spec: Any
+  params: Any
+
+
+class _Acc(NamedTuple):
+  """Per-sequence accumulators carried through the scans."""
+  gpu_busy_s: jax.Array
+  unit_busy_s: jax.Array  # [N]
+  link_to_gpu_busy_s: jax.Array
+  link_to_ndp_busy_s: jax.Array
+  bytes_to_gpu: jax.Array
+  bytes_to_ndp: jax.Array
+  hits: jax.Array
+  misses: jax.Array
+  expert_bytes_gpu: jax.Array
+  expert_bytes_ndp: jax.Array
+  activated_bytes: jax.Array
+  imbalance_sum: jax.Array
+  imbalance_n: jax.Array
+  peak_resident: jax.Array
+  peak_staging: jax.Array
+
+
+def _zero_acc(n_units: int) -> _Acc:
+  z = jnp.zeros(())
+  return _Acc(z, jnp.zeros((n_units,)), z, z, z, z, z, z, z, z, z, z, z, z, z)
+
+
+class _Carry(NamedTuple):
+  t: jax.Array            # end of the previous layer, s
+  link_gpu_free: jax.Array  # demand traffic on link->GPU done at, s
+  link_ndp_free: jax.Array  # link->NDP free at, s
+  bg_clock: jax.Array     # idle link time accounted up to, s
+  state: pb.PolicyState
+  acc: _Acc
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  ss: Any
+  model: Any
+  policy: pb.Policy
+  num_units: int
+  batch: int
+  prompt_len: int
+  output_len: int
+
+
+# ---------------------------------------------------------------------------
+# Lane arithmetic (shared with the load balancer through policies.balance).
+
+def gpu_lane_end(start, fetch_start, gpu_s, frac, fetch, fetch_s):
+  """End of the GPU expert lane.  Residents run first from ``start``; fetched
+  slots run in slot order, each after its load (loads serialized from
+  ``fetch_start``).  [n] arrays; returns (end, link busy for loads)."""
+  work = gpu_s * frac
+  res_work = jnp.sum(jnp.where(fetch, 0.0, work))
+  fw = jnp.where(fetch, work, 0.0)
+  ft = jnp.where(fetch, fetch_s * frac, 0.0)
+  arrive = fetch_start + jnp.cumsum(ft)
+  suffix = jnp.sum(fw) - jnp.cumsum(fw) + fw
+  chain = jnp.max(jnp.where(fetch, arrive + suffix, -jnp.inf), initial=-jnp.inf)
+  end = jnp.maximum(start + res_work + jnp.sum(fw), chain)
+  return end, jnp.sum(ft)
+
+
+def ndp_unit_loads(mode: str, num_units: int, slots: pb.Slots, place: pb.Placement):
+  """[N] busy time of each NDP unit for this layer."""
+  ndp_frac = jnp.where(slots.valid, 1.0 - place.gpu_frac, 0.0)
+  if mode == "tp":
+    return jnp.broadcast_to(jnp.sum(ndp_frac * slots.ndp_tp_s), (num_units,))
+  return jax.ops.segment_sum(ndp_frac * slots.ndp_ep_s, place.ep_unit,
+                             num_segments=num_units)
+
+
+def _bg_drain(state: pb.PolicyState, idle_s):
+  """Background loads progress by ``idle_s`` link seconds (queue permitting)."""
+  room = jnp.maximum(state.queued_s - state.drained_s, 0.0)
+  drained = state.drained_s + jnp.minimum(jnp.maximum(idle_s, 0.0), room)
+  return dataclasses.replace(state, drained_s=drained)
+
+
+def _bg_inflight_remainder(state: pb.PolicyState, fetch_s):
+  """Link seconds left of the background load in flight (0 if none)."""
+  ends = jnp.where(state.queue_end_s > state.drained_s + 1e-12, state.queue_end_s,
+                   jnp.inf)
+  nxt = jnp.min(ends)
+  started = (nxt - fetch_s) < state.drained_s - 1e-12
+  return jnp.where(jnp.isfinite(nxt) & started, nxt - state.drained_s, 0.0)
+
+
+def _arrivals(state: pb.PolicyState):
+  arrived = state.queue_end_s <= state.drained_s + 1e-12
+  return dataclasses.replace(state, resident=state.resident | arrived)
+
+
+# ---------------------------------------------------------------------------
+# One layer.
+
+def _slots_decode(ids, num_experts: int, batch: int):
+  """ids [B, k] -> slots of unique activated experts (ids, tokens, valid)."""
+  flat = ids.reshape(-1).astype(jnp.int32)
+  if batch == 1:
+    return flat, jnp.ones(flat.shape, jnp.float32), jnp.ones(flat.shape, bool)
+  counts = jnp.zeros((num_experts,), jnp.float32).at[flat].add(1.0)
+  n = min(num_experts, flat.shape[0])
+  tok, idx = jax.lax.top_k(counts, n)
+  return idx.astype(jnp.int32), tok, tok > 0
+
+
+def _slots_prefill(counts):
+  """counts [E] -> one slot per expert."""
+  e = counts.shape[0]
+  return jnp.arange(e, dtype=jnp.int32), counts, counts > 0
+
+
+def _layer(st: _Static, sp, ctx: pb.Context, pparams, phase: str, carry: _Carry,
+           layer, ids, tokens, valid, attn_s, shared_s, q_tokens):
+  """Simulates one MoE layer; returns the new carry."""
+  model, ss, pol, n_units = st.model, st.ss, st.policy, st.num_units
+  state = carry.state
+  t0 = carry.t
+  tr = t0 + attn_s
+  fetch_s = ctx.fetch_s
+
+  # Background loads use the idle link up to the router's decision.
+  idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
+  state = _arrivals(_bg_drain(state, idle))
+
+  resident = state.resident[layer, ids] & valid
+  batch_tokens = q_tokens * st.batch
+  inflight = _bg_inflight_remainder(state, fetch_s)
+  bcast_full = costs.broadcast_s(ss, sp, model, batch_tokens)
+  bcast_start = jnp.maximum(tr, carry.link_ndp_free)
+  post_tp = (costs.return_s(ss, sp, model, batch_tokens, n_units)
+             + costs.reduce_s(ss, sp, model, batch_tokens, n_units))
+  slots = pb.Slots(ids=ids, tokens=tokens, valid=valid, resident=resident,
+                   gpu_s=costs.gpu_expert_s(ss, sp, model, tokens),
+                   fetch_s=jnp.broadcast_to(fetch_s, tokens.shape),
+                   ndp_tp_s=costs.ndp_expert_s(ss, sp, model, tokens, n_units),
+                   ndp_ep_s=costs.ndp_expert_s(ss, sp, model, tokens, 1),
+                   gpu_pre_s=shared_s,
+                   link_delay_s=jnp.maximum(carry.link_gpu_free - tr, 0.0) + inflight,
+                   bcast_s=bcast_start - tr + bcast_full, post_s=post_tp)
+  place, state = pol.place(ctx, state, layer, slots, pparams, phase)
+  gfrac = jnp.where(valid, place.gpu_frac, 0.0)
+  fetch = place.fetch & valid & (gfrac > 0)
+
+  # Demand loads wait for a background load in flight.
+  any_fetch = jnp.any(fetch)
+  block = jnp.where(any_fetch, inflight, 0.0)
+  state = dataclasses.replace(state, drained_s=state.drained_s + block)
+  fetch_start = jnp.maximum(tr, carry.link_gpu_free) + block
+  gpu_end, fetch_busy = gpu_lane_end(tr + shared_s, fetch_start, slots.gpu_s, gfrac,
+                                     fetch, fetch_s)
+  fetch_end = fetch_start + fetch_busy
+
+  # NDP lane.
+  loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place)
+  ndp_tokens = jnp.sum(jnp.where(valid & (gfrac < 1.0), tokens, 0.0))
+  has_ndp = ndp_tokens > 0
+  n_partials = jnp.where(
+      has_ndp, n_units if pol.ndp_mode == "tp" else jnp.sum(loads > 0), 0)
+  bcast = jnp.where(has_ndp, bcast_full, 0.0)
+  ndp_end = bcast_start + bcast + jnp.max(loads)
+  # Background loads use the idle link between demand loads and the return;
+  # the small partial-sum message is not queued behind a bulk copy.
+  state = jax.tree_util.tree_map(
+      lambda a, b: jnp.where(has_ndp, a, b),
+      _bg_drain(state, ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free)), state)
+  ret = costs.return_s(ss, sp, model, jnp.where(has_ndp, batch_tokens, 0.0),
+                       n_partials)
+  ret_start = jnp.maximum(ndp_end, fetch_end)
+  ret_end = ret_start + ret
+  red = costs.reduce_s(ss, sp, model, batch_tokens, n_partials)
+  end = jnp.maximum(gpu_end, jnp.where(has_ndp, ret_end, tr)) + red
+  if pol.lower_bound:
+    post_min = (costs.return_s(ss, sp, model, batch_tokens, 1)
+                + costs.reduce_s(ss, sp, model, batch_tokens, 1))
+    span, _ = oracle_bound(slots._replace(bcast_s=bcast_full), n_units, post_min)
+    end = tr + span
+
+  link_gpu_free = jnp.where(has_ndp, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
+  bg_clock = jnp.where(has_ndp, ret_end, fetch_end)
+  link_ndp_free = jnp.where(has_ndp, bcast_start + bcast, carry.link_ndp_free)
+
+  # Bookkeeping.
+  eb = M.expert_bytes(model)
+  acc = carry.acc
+  ab = M.dtype_bytes(model.activation_dtype) * model.hidden_size
+  on_gpu = valid & (gfrac > 0)
+  used_now = on_gpu & resident & state.prefetched[layer, ids]
+  state = dataclasses.replace(
+      state, used=state.used.at[layer, ids].set(state.used[layer, ids] | used_now))
+  mean_load = jnp.mean(loads)
+  imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0), 0.0)
+  n_res = jnp.sum(state.resident)
+  acc = _Acc(
+      gpu_busy_s=acc.gpu_busy_s + attn_s + shared_s + jnp.sum(slots.gpu_s * gfrac) + red,
+      unit_busy_s=acc.unit_busy_s + loads,
+      link_to_gpu_busy_s=acc.link_to_gpu_busy_s + fetch_busy + ret,
+      link_to_ndp_busy_s=acc.link_to_ndp_busy_s + bcast,
+      bytes_to_gpu=acc.bytes_to_gpu + jnp.sum(jnp.where(fetch, gfrac, 0.0)) * eb
+      + jnp.where(has_ndp, n_partials * batch_tokens * ab, 0.0),
+      bytes_to_ndp=acc.bytes_to_ndp + jnp.where(has_ndp, batch_tokens * ab, 0.0),
+      hits=acc.hits + jnp.sum(valid & resident),
+      misses=acc.misses + jnp.sum(valid & ~resident),
+      expert_bytes_gpu=acc.expert_bytes_gpu + jnp.sum(gfrac) * eb,
+      expert_bytes_ndp=acc.expert_bytes_ndp + jnp.sum(jnp.where(valid, 1.0 - gfrac, 0.0)) * eb,
+      activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
+      imbalance_sum=acc.imbalance_sum + jnp.where(has_ndp, imb, 0.0),
+      imbalance_n=acc.imbalance_n + has_ndp,
+      peak_resident=jnp.maximum(acc.peak_resident, n_res),
+      peak_staging=jnp.maximum(acc.peak_staging, jnp.sum(fetch & ~resident)),
+  )
+  return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
+                bg_clock=bg_clock, state=state, acc=acc)
+
+
+# ---------------------------------------------------------------------------
+# One sequence group (B sequences decoding together).
+
+def _simulate_group(st: _Static, sp, ctx, pparams, prefill_ids, decode_ids):
+  """prefill_ids [B, P, L, k], decode_ids [B, T, L, k] -> per-group outputs."""
+  model, ss = st.model, st.ss
+  L, E = ctx.num_layers, ctx.num_experts
+  B, P, T = st.batch, st.prompt_len, st.output_len
+  state = st.policy.init(ctx, pparams)
+  carry = _Carry(t=jnp.zeros(()), link_gpu_free=jnp.zeros(()),
+                 link_ndp_free=jnp.zeros(()), bg_clock=jnp.zeros(()), state=state,
+                 acc=_zero_acc(st.num_units))
+
+  # Prefill: one pass over the layers with all prompt tokens.
+  counts = jax.nn.one_hot(prefill_ids, E, dtype=jnp.float32).sum(axis=(0, 1, 3))  # [L, E]
+  attn_p, shared_p = costs.moe_layer_gpu_s(ss, sp, model, P, P, B)
+  pre_s = costs.step_overhead_s(ss, sp, model, P, P, B, lm_head_tokens=B)
+  carry = carry._replace(t=carry.t + pre_s)
+
+  def prefill_body(c, xs):
+    layer, cnt, a, sh = xs
+    ids, tok, val = _slots_prefill(cnt)
+    return _layer(st, sp, ctx, pparams, "prefill", c, layer, ids, tok, val, a, sh,
+                  P), None
+
+  carry, _ = jax.lax.scan(prefill_body, carry,
+                          (jnp.arange(L), counts, attn_p, shared_p))
+  ttft = carry.t
+  acc_prefill = carry.acc
+
+  # Decode: steps x layers.
+  dec = jnp.moveaxis(decode_ids, 0, 2)  # [T, L, B, k]
+
+  def step_body(c, xs):
+    t_idx, ids_t = xs
+    ctx_len = P + t_idx + 1.0
+    attn_d, shared_d = costs.moe_layer_gpu_s(ss, sp, model, 1, ctx_len, B)
+    over = costs.step_overhead_s(ss, sp, model, 1, ctx_len, B, lm_head_tokens=B)
+    start = c.t
+    c = c._replace(t=c.t + over)
+
+    def layer_body(c2, xs2):
+      layer, ids_l, a, sh = xs2
+      sids, tok, val = _slots_decode(ids_l, E, B)
+      return _layer(st, sp, ctx, pparams, "decode", c2, layer, sids, tok, val, a, sh,
+                    1), None
+
+    c, _ = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_d, shared_d))
+    return c, c.t - start
+
+  carry, step_s = jax.lax.scan(step_body, carry, (jnp.arange(T, dtype=jnp.float32), dec))
+  st_ = carry.state
+  eb = M.expert_bytes(model)
+  prefetched_bytes = jnp.sum(st_.prefetched) * eb
+  used_bytes = jnp.sum(st_.used) * eb
+  return dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
+              prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
+
+
+def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, batch):
+  L, E = M.num_moe_layers(model), model.num_experts
+  if profile_counts is None:
+    profile_counts = jnp.ones((L, E), jnp.float32)
+  return pb.Context(num_layers=L, num_experts=E, num_units=ss.num_ndp_units,
+                    top_k=model.top_k, expert_bytes=float(M.expert_bytes(model)),
+                    fetch_s=costs.fetch_s(ss, sp, model),
+                    capacity=costs.resident_capacity(ss, sp, model, context_len, batch),
+                    profile_counts=jnp.asarray(profile_counts, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("ss", "model", "policy", "batch"))
+def _simulate_jit(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
+                  profile_counts, batch):
+  S, P = prefill_ids.shape[:2]
+  T = decode_ids.shape[1]
+  G = S // batch
+  st = _Static(ss=ss, model=model, policy=policy, num_units=ss.num_ndp_units,
+               batch=batch, prompt_len=P, output_len=T)
+  ctx = _build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch)
+  pre = prefill_ids.reshape((G, batch) + prefill_ids.shape[1:])
+  dec = decode_ids.reshape((G, batch) + decode_ids.shape[1:])
+  out = jax.vmap(lambda p, d: _simulate_group(st, sp, ctx, pparams, p, d))(pre, dec)
+  fixed = costs.gpu_fixed_bytes(model, P + T, batch)
+  return SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
+                            gpu_fixed_bytes=fixed, batch=batch)
+
+
+def simulate(system, model, routing, policy, policy_params=None, *, batch_size: int = 1,
+             profile_counts=None, check: bool = True) -> SimResult:
+  """Simulates prefill + decode of every sequence group.
+
+  Args:
+    system: ``(SystemSpec, SystemParams)`` (e.g. ``system.load_system(...)``).
+    model: a ``MoeModelSpec``.
+    routing: a ``routing.Routing`` with prefill_ids [S, P, L, k] and
+      decode_ids [S, T, L, k]; S must be a multiple of ``batch_size``.
+    policy: a registered policy name or a ``Policy``.
+    policy_params: ``PolicyParams`` (defaults if None).
+    batch_size: sequences decoded together (static).
+    profile_counts: [L, E] offline activation counts for profiled policies
+      (``monde``); None = uniform.
+    check: validate sizes and capacities in Python first (turn off under an
+      outer trace, where values are not concrete).
+  Returns:
+    SimResult with a leading axis of S / batch_size sequence groups.
+  """
+  from ndpsim import policies  # pylint: disable=import-outside-toplevel
+  ss, sp = system[0], system[1]
+  pol = policies.get(policy) if isinstance(policy, str) else policy
+  pparams = policy_params if policy_params is not None else pb.PolicyParams()
+  pre, dec = routing.prefill_ids, routing.decode_ids
+  if check:
+    validate(ss, sp, model, pre, dec, batch_size)
+  return _simulate_jit(ss, sp, model, pol, pparams, jnp.asarray(pre, jnp.int32),
+                       jnp.asarray(dec, jnp.int32), profile_counts, batch_size)
+
+
+def validate(ss, sp, model, prefill_ids, decode_ids, batch_size: int) -> None:
+  """Checks everything a user sets before tracing; one ConfigError each."""
+  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
+  for name, ids in (("prefill_ids", prefill_ids), ("decode_ids", decode_ids)):
+    if ids.ndim != 4 or ids.shape[2] != L or ids.shape[3] != k:
+      raise ConfigError(
+          f"routing.{name} has shape {tuple(ids.shape)}; model {model.name!r} needs "
+          f"[num_seqs, tokens, {L} MoE layers, top_k {k}]: generate the routing "
+          "with this model's layers and top-k")
+  if prefill_ids.shape[0] != decode_ids.shape[0]:
+    raise ConfigError("routing: prefill and decode have different numbers of sequences")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ConfigError(f"batch_size is {batch_size!r}; write a positive integer")
+  if prefill_ids.shape[0] % batch_size:
+    raise ConfigError(f"num_seqs {prefill_ids.shape[0]} is not a multiple of batch_size "
+                      f"{batch_size}; use num_seqs = a multiple of {batch_size}")
+  ids_np = np.asarray(decode_ids)
+  if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= E):
+    raise ConfigError(f"routing holds expert ids outside [0, {E}) for {model.name!r}")
+  from ndpsim.hw import ndp as ndp_mod  # pylint: disable=import-outside-toplevel
+  ndp_cap = ss.num_ndp_units * ndp_mod.capacity_bytes(ss.ndp)
+  need = M.expert_bytes_total(model)
+  if need > ndp_cap:
+    raise ConfigError(
+        f"model {model.name!r} has {need / 1e9:.1f} GB of routed experts but "
+        f"{ss.num_ndp_units} NDP units hold {ndp_cap / 1e9:.1f} GB; use more NDP units "
+        "(--num_ndp_units) or a larger NDP part")
+  from ndpsim.hw import gpu as gpu_mod  # pylint: disable=import-outside-toplevel
+  P, T = prefill_ids.shape[1], decode_ids.shape[1]
+  fixed = costs.gpu_fixed_bytes(model, P + T, batch_size) + float(sp.gpu_reserved_bytes)
+  mem = float(gpu_mod.memory_capacity_bytes(sp.gpu))
+  if fixed > mem:
+    raise ConfigError(
+        f"GPU memory {mem / 1e9:.1f} GB is smaller than the non-expert weights plus KV "
+        f"cache plus reserve of {model.name!r} ({fixed / 1e9:.1f} GB); use a GPU with "
+        "more memory, a smaller model dtype, or shorter sequences")

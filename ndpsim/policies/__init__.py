@@ -1,0 +1,32 @@
+"""Scheduling policies by name.  See ``policies/base.py`` for the contract."""
+from __future__ import annotations
+
+import difflib
+
+from ndpsim.base import ConfigError
+from ndpsim.policies import (gpu_offload, monde, ndp_ep, ndp_tp, oracle, tp_lb,
+                             tp_lb_adaptive, tp_lb_prefetch)
+from ndpsim.policies.base import Placement, Policy, PolicyParams, PolicyState, Slots
+
+REGISTRY: dict[str, Policy] = {
+    m.POLICY.name: m.POLICY
+    for m in (gpu_offload, ndp_ep, monde, ndp_tp, tp_lb, tp_lb_prefetch,
+              tp_lb_adaptive, oracle)
+}
+
+
+def register(policy: Policy) -> None:
+  """Adds a policy to the registry (e.g. ``tuned``)."""
+  REGISTRY[policy.name] = policy
+
+
+def names() -> list[str]:
+  return list(REGISTRY)
+
+
+def get(name: str) -> Policy:
+  if name not in REGISTRY:
+    close = difflib.get_close_matches(name, REGISTRY, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown policy {name!r}{hint}; write one of {names()}")
+  return REGISTRY[name]

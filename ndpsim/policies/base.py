@@ -1,0 +1,221 @@
+"""The policy interface: what a scheduling policy may read, return and not do.
+
+A policy is a :class:`Policy` -- a static, hashable bundle of pure functions,
+like an optax ``GradientTransformation``:
+
+``init(ctx, params) -> PolicyState``
+    Before prefill.  May read the static context ``ctx`` (model and system
+    sizes, the traced cost scalars and the offline profile, if the policy is a
+    profiled one) and its own params.  Must not read the routing.
+
+``place(ctx, state, layer, slots, params, phase) -> (Placement, PolicyState)``
+    Once per (phase, step, layer), after the router ran.  May read the state,
+    the activated experts of this layer only (``slots``: ids and token
+    counts), the per-slot costs in ``slots`` and its params.  Returns where
+    each activated expert runs and the updated state (residency changes,
+    prefetch queue additions, recency/frequency bookkeeping).  Must not read
+    future routing (only ``oracle`` is told it ignores transfers), must keep
+    the number of resident experts within ``state.capacity`` and must not
+    mark an expert resident before its load was queued on the link (the
+    engine, not the policy, decides when a queued load has arrived).
+
+Everything is traced: discrete choices are boolean masks and integer ranks,
+never Python branches on values.  ``phase`` is a Python string
+(``"prefill"`` or ``"decode"``), static.
+
+Residency and background loads.  ``state.resident[l, e]`` says expert ``e``
+of MoE layer ``l`` is in GPU memory now.  A policy queues a background load by
+setting ``state.queue_end_s[l, e]`` to the link-seconds position at which the
+load completes in the background queue (see :func:`enqueue`); the engine
+drains the queue with link time the demand traffic leaves idle and flips
+``resident`` when ``queue_end_s <= drained_s``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ndpsim import base
+
+INF = jnp.inf
+
+
+@base.params_dataclass
+class PolicyParams:
+  """Traced policy knobs shared by every policy (unused ones are ignored).
+
+  resident_fraction: fraction of the GPU's expert budget (memory left after
+    non-expert weights, KV cache and reserve) that a policy may fill with
+    resident experts, in [0, 1].  For ``tp_lb_prefetch`` this is the prefetch
+    budget; for ``monde`` the hot-expert set; for ``gpu_offload`` the cache.
+  gpu_bias: multiplies the GPU-lane estimate the load balancer uses (1 =
+    unbiased); ``tuned`` fits it.
+  ndp_bias: multiplies the NDP-lane estimate the load balancer uses.
+  adapt_decay: per-step decay of the exponentially weighted activation count
+    used by ``tp_lb_adaptive`` (0 < decay < 1; closer to 1 = longer memory).
+  adapt_margin: a candidate replaces the weakest resident expert only when its
+    score exceeds the resident's by this margin (activations).
+  """
+  resident_fraction: Any = 1.0
+  gpu_bias: Any = 1.0
+  ndp_bias: Any = 1.0
+  adapt_decay: Any = 0.9
+  adapt_margin: Any = 0.5
+
+
+@base.params_dataclass
+class PolicyState:
+  """Per-sequence policy state; arrays are [L, E] over MoE layers x experts.
+
+  resident: expert in GPU memory now (bool).
+  queue_end_s: background-queue position (link seconds) at which a queued
+    load completes; +inf when not queued.
+  queued_s: total link seconds ever queued in the background.
+  drained_s: background link seconds done so far.
+  score: policy bookkeeping (LRU time, counts, EW frequency).
+  prefetched: expert was loaded by a background transfer (bool).
+  used: a prefetched expert served at least one activation on the GPU.
+  capacity: resident experts allowed per layer (float, traced).
+  """
+  resident: jax.Array
+  queue_end_s: jax.Array
+  queued_s: jax.Array
+  drained_s: jax.Array
+  score: jax.Array
+  prefetched: jax.Array
+  used: jax.Array
+  capacity: jax.Array
+
+
+def empty_state(num_layers: int, num_experts: int, capacity) -> PolicyState:
+  z = jnp.zeros((num_layers, num_experts))
+  return PolicyState(resident=z.astype(bool), queue_end_s=jnp.full_like(z, INF),
+                     queued_s=jnp.zeros(()), drained_s=jnp.zeros(()), score=z,
+                     prefetched=z.astype(bool), used=z.astype(bool),
+                     capacity=jnp.asarray(capacity, jnp.float32))
+
+
+class Slots(NamedTuple):
+  """The activated experts of one layer: [n] arrays over slots.
+
+  ids: expert id per slot (int32). tokens: tokens routed to it (float).
+  valid: slot holds an activated expert (bool; padding otherwise).
+  resident: expert is in GPU memory now (bool).
+  gpu_s: GPU compute time of the expert for its tokens, s.
+  fetch_s: link time to load its weights onto the GPU (T_w), s.
+  ndp_tp_s: per-unit time of its tensor-parallel slice on the NDP units, s.
+  ndp_ep_s: time of the whole expert on one NDP unit, s.
+  gpu_pre_s: GPU work of the layer before routed experts (shared experts), s.
+  link_delay_s: wait before demand loads can start (link busy), s.
+  bcast_s: activation broadcast before NDP work can start, s.
+  post_s: partial-sum return + reduction after the NDP work (TP), s.
+  Scalars are relative to the router's decision.
+  """
+  ids: jax.Array
+  tokens: jax.Array
+  valid: jax.Array
+  resident: jax.Array
+  gpu_s: jax.Array
+  fetch_s: jax.Array
+  ndp_tp_s: jax.Array
+  ndp_ep_s: jax.Array
+  gpu_pre_s: jax.Array
+  link_delay_s: jax.Array
+  bcast_s: jax.Array
+  post_s: jax.Array
+
+
+class Placement(NamedTuple):
+  """Where each slot runs, [n] arrays.
+
+  gpu_frac: fraction of the expert's work done on the GPU, in [0, 1] (hard
+    policies: 0 or 1).  The rest runs on the NDP units.
+  fetch: the GPU part needs its weights loaded on demand (not resident).
+  ep_unit: NDP unit of the expert under expert parallelism (int32); ignored
+    when the policy's ``ndp_mode`` is ``"tp"``.
+  """
+  gpu_frac: jax.Array
+  fetch: jax.Array
+  ep_unit: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Static sizes plus traced per-run scalars a policy may read.
+
+  num_layers, num_experts, num_units, top_k: static ints.
+  expert_bytes: bytes of one routed expert (Python float).
+  fetch_s: T_w of one expert (traced scalar).
+  capacity: resident experts allowed per layer at resident_fraction = 1
+    (traced scalar, from GPU memory left after non-expert weights and KV).
+  profile_counts: [L, E] offline activation counts (profiled policies only).
+  """
+  num_layers: int
+  num_experts: int
+  num_units: int
+  top_k: int
+  expert_bytes: float
+  fetch_s: Any
+  capacity: Any
+  profile_counts: Any
+
+
+class Policy(NamedTuple):
+  """A scheduling policy: a name, its NDP mode and two pure functions."""
+  name: str
+  ndp_mode: str  # "tp" (every expert split over all units) or "ep"
+  init: Callable[[Context, PolicyParams], PolicyState]
+  place: Callable[..., tuple[Placement, PolicyState]]
+  lower_bound: bool = False  # True only for ``oracle``
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by policies.
+
+def rank_desc(x: jax.Array, axis: int = -1) -> jax.Array:
+  """Rank of each element when sorted descending (0 = largest); ties by index."""
+  order = jnp.argsort(-x, axis=axis, stable=True)
+  return jnp.argsort(order, axis=axis, stable=True)
+
+
+def top_m_mask(score: jax.Array, m, eligible: jax.Array | None = None) -> jax.Array:
+  """Mask of the ``m`` highest-score entries along the last axis (m traced)."""
+  if eligible is not None:
+    score = jnp.where(eligible, score, -INF)
+  mask = rank_desc(score) < jnp.floor(m + 1e-6)
+  if eligible is not None:
+    mask &= eligible
+  return mask
+
+
+def enqueue(state: PolicyState, layer, want: jax.Array, order_score: jax.Array,
+            fetch_s) -> PolicyState:
+  """Queues background loads of ``want`` [E] experts of ``layer``.
+
+  Loads join the end of the background queue in descending ``order_score``;
+  each costs ``fetch_s`` link seconds.  Already resident or queued experts
+  are skipped.
+  """
+  row_q = state.queue_end_s[layer]
+  new = want & ~state.resident[layer] & jnp.isinf(row_q)
+  rank = rank_desc(jnp.where(new, order_score, -INF))
+  pos = state.queued_s + (rank + 1.0) * fetch_s
+  row_q = jnp.where(new, pos, row_q)
+  queued = state.queued_s + jnp.sum(new) * fetch_s
+  return dataclasses.replace(
+      state, queue_end_s=state.queue_end_s.at[layer].set(row_q), queued_s=queued,
+      prefetched=state.prefetched.at[layer].set(state.prefetched[layer] | new))
+
+
+def no_fetch_placement(slots: Slots, gpu: jax.Array) -> Placement:
+  gpu = gpu & slots.valid
+  return Placement(gpu_frac=gpu.astype(jnp.float32), fetch=gpu & ~slots.resident,
+                   ep_unit=jnp.zeros_like(slots.ids))
+
+
+def ep_units(ids: jax.Array, num_units: int) -> jax.Array:
+  """Round-robin expert-parallel map: expert e lives on unit e mod N."""
+  return (ids % num_units).astype(jnp.int32)

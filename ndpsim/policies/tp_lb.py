@@ -1,0 +1,25 @@
+"""``tp_lb``: tensor parallelism plus load-balancing-aware GPU/NDP scheduling.
+
+Contract: per layer, reads the activated experts and their costs (slots) and
+moves a prefix of them (resident first, then most tokens first) to the GPU
+while that lowers the layer's makespan (:func:`balance.greedy_split`); moved
+experts that are not resident pay T_w on the link before computing.  Keeps no
+residency: weights loaded for one layer are dropped after it.  Never reads
+future routing.
+"""
+from __future__ import annotations
+
+from ndpsim.policies import balance
+from ndpsim.policies import base as pb
+
+
+def init(ctx, params):
+  return pb.empty_state(ctx.num_layers, ctx.num_experts, 0.0)
+
+
+def place(ctx, state, layer, slots, params, phase):
+  gpu = balance.greedy_split(slots, params.gpu_bias, params.ndp_bias)
+  return pb.no_fetch_placement(slots, gpu), state
+
+
+POLICY = pb.Policy(name="tp_lb", ndp_mode="tp", init=init, place=place)

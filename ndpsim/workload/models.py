@@ -1,0 +1,884 @@
+"""MoE model zoo: static shapes of public Mixture-of-Experts LLMs, no weights.
+
+What is modelled: every weight tensor of a decoder-only MoE transformer, by
+shape and storage dtype, grouped the way an offloading system places them:
+
+* routed experts (SwiGLU: gate and up ``[hidden, ffn]``, down ``[ffn, hidden]``,
+  optional biases) -- the tensors that live in the NDP units;
+* attention (MHA, GQA or DeepSeek MLA; optional q/k norms, biases, sinks,
+  sliding window on a subset of layers);
+* router, shared experts (with Qwen's optional sigmoid gate), leading dense
+  FFN layers, norms, embedding table and LM head.
+
+Derived quantities (bytes, parameter counts, KV-cache bytes, FLOPs) are plain
+functions of the frozen, hashable :class:`MoeModelSpec`, so a spec can be a
+static argument of ``jax.jit``.  Byte counts use the dtype of each tensor
+group (:data:`DTYPE_BITS`; block-scaled formats include their scales).
+
+What is not modelled: rotary tables and other non-persistent buffers, the
+multi-token-prediction heads some checkpoints ship, per-layer mixed
+precision, and non-gated (two-matrix) expert FFNs.  A layer is either dense
+(the first ``first_dense_layers``) or MoE; interleaved MoE placements
+(``decoder_sparse_step`` > 1) are rejected by the loaders.
+
+Parameter-count conventions of the published figures differ: most model
+cards count the input embedding table in "active" parameters, OpenAI's
+GPT-OSS card does not.  :func:`active_params` takes that as a keyword.
+
+Models load from the registry (:data:`MODELS`), from a JSON file with the
+fields of :class:`MoeModelSpec` (:func:`load_model_json`) or from a local
+HuggingFace ``config.json`` (:func:`load_hf_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import pathlib
+from typing import Any
+
+import jax.numpy as jnp
+
+from ndpsim import probe as _probe
+from ndpsim.base import ConfigError, replace, spec_dataclass
+
+# Storage bits per element, scales of block formats included:
+# mxfp4 = FP4 E2M1 + one E8M0 scale per 32 elements (OCP MX spec);
+# nvfp4 = FP4 + one FP8 scale per 16; int4_g128 = int4 + one fp16 scale per 128.
+DTYPE_BITS: dict[str, float] = {
+    "fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "fp8": 8.0, "int8": 8.0,
+    "int4": 4.0, "int4_g128": 4.125, "mxfp4": 4.25, "nvfp4": 4.5,
+}
+DTYPE_ALIASES = {
+    "float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
+    "half": "fp16", "float8_e4m3fn": "fp8", "fp8_e4m3": "fp8", "e4m3": "fp8",
+}
+ATTENTION_KINDS = ("mha", "gqa", "mla")
+QK_NORMS = ("none", "per_head", "full")
+_DTYPE_FIELDS = ("expert_dtype", "attention_dtype", "dense_dtype",
+                 "embedding_dtype", "vector_dtype", "kv_dtype", "activation_dtype")
+
+
+@spec_dataclass
+class MoeModelSpec:
+  """Static shape of one MoE LLM.  All sizes are element counts.
+
+  Layers ``0 .. first_dense_layers-1`` have a dense SwiGLU FFN of width
+  ``dense_ffn_size``; the rest are MoE layers with ``num_experts`` routed
+  experts (``top_k`` per token) plus ``num_shared_experts`` always-on experts.
+  Attention: ``mha``/``gqa`` use ``num_q_heads``, ``num_kv_heads`` and
+  ``head_dim``; ``mla`` uses the ``*_lora_rank`` and ``*_head_dim`` fields
+  (``head_dim`` = 0).  ``sliding_window`` (tokens, 0 = none) applies to the
+  layers listed in ``sliding_window_layers``.
+
+  Dtype groups: ``expert_dtype`` routed-expert matrices; ``attention_dtype``
+  attention matrices; ``dense_dtype`` router, shared experts, dense FFNs;
+  ``embedding_dtype`` embedding table and LM head; ``vector_dtype`` norms,
+  biases and sinks; ``kv_dtype`` the KV cache; ``activation_dtype`` the hidden
+  activations moved between devices.
+  """
+  name: str
+  num_layers: int
+  hidden_size: int
+  vocab_size: int
+  num_experts: int
+  top_k: int
+  expert_ffn_size: int
+  attention_kind: str
+  num_q_heads: int
+  num_kv_heads: int
+  head_dim: int = 0
+  kv_lora_rank: int = 0
+  q_lora_rank: int = 0
+  qk_nope_head_dim: int = 0
+  qk_rope_head_dim: int = 0
+  v_head_dim: int = 0
+  qk_norm: str = "none"
+  qkv_bias: bool = False
+  o_bias: bool = False
+  attention_sinks: bool = False
+  sliding_window: int = 0
+  sliding_window_layers: tuple[int, ...] = ()
+  num_shared_experts: int = 0
+  shared_expert_ffn_size: int = 0
+  shared_expert_gate: bool = False
+  first_dense_layers: int = 0
+  dense_ffn_size: int = 0
+  expert_bias: bool = False
+  router_bias: bool = False
+  norm_bias: bool = False
+  tie_embeddings: bool = False
+  lm_head_bias: bool = False
+  max_context_tokens: int = 0
+  expert_dtype: str = "bf16"
+  attention_dtype: str = "bf16"
+  dense_dtype: str = "bf16"
+  embedding_dtype: str = "bf16"
+  vector_dtype: str = "bf16"
+  kv_dtype: str = "bf16"
+  activation_dtype: str = "bf16"
+
+  def __post_init__(self):
+    validate_fields(dataclasses.asdict(self), f"MoeModelSpec {self.name!r}")
+
+
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(MoeModelSpec))
+_REQUIRED = tuple(f.name for f in dataclasses.fields(MoeModelSpec)
+                  if f.default is dataclasses.MISSING)
+
+
+def canonical_dtype(dtype: str, where: str = "dtype") -> str:
+  """Canonical dtype name (``bfloat16`` -> ``bf16``); ConfigError if unknown."""
+  d = DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+  if d not in DTYPE_BITS:
+    raise ConfigError(f"{where}: unknown dtype {dtype!r}; write one of "
+                      f"{sorted(DTYPE_BITS)}")
+  return d
+
+
+def dtype_bytes(dtype: str) -> float:
+  """Bytes per element of ``dtype`` (block scales included, e.g. mxfp4 0.53125)."""
+  return DTYPE_BITS[canonical_dtype(dtype)] / 8.0
+
+
+def validate_fields(d: dict[str, Any], where: str) -> None:
+  """Checks a dict of spec fields for consistency; ConfigError names ``where``."""
+  def bad(field, msg):
+    raise ConfigError(f"{where}: field {field} {msg}")
+  for name in ("num_layers", "hidden_size", "vocab_size", "num_experts", "top_k",
+               "expert_ffn_size", "num_q_heads", "num_kv_heads"):
+    if d[name] <= 0:
+      bad(name, f"is {d[name]}; it must be a positive integer")
+  for f in dataclasses.fields(MoeModelSpec):
+    if f.type == "int" and d[f.name] < 0:
+      bad(f.name, f"is {d[f.name]}; it must be >= 0")
+  if d["top_k"] > d["num_experts"]:
+    bad("top_k", f"is {d['top_k']} but num_experts is {d['num_experts']}; "
+        "top_k must be <= num_experts")
+  if d["first_dense_layers"] >= d["num_layers"]:
+    bad("first_dense_layers", f"is {d['first_dense_layers']}; it must be < "
+        f"num_layers ({d['num_layers']}) so that at least one layer is MoE")
+  if (d["first_dense_layers"] > 0) != (d["dense_ffn_size"] > 0):
+    bad("dense_ffn_size", f"is {d['dense_ffn_size']} with first_dense_layers = "
+        f"{d['first_dense_layers']}; give both > 0 or both 0")
+  if (d["num_shared_experts"] > 0) != (d["shared_expert_ffn_size"] > 0):
+    bad("shared_expert_ffn_size", f"is {d['shared_expert_ffn_size']} with "
+        f"num_shared_experts = {d['num_shared_experts']}; give both > 0 or both 0")
+  if d["shared_expert_gate"] and not d["num_shared_experts"]:
+    bad("shared_expert_gate", "is true but num_shared_experts is 0")
+  kind = d["attention_kind"]
+  if kind not in ATTENTION_KINDS:
+    bad("attention_kind", f"is {kind!r}; write one of {list(ATTENTION_KINDS)}")
+  if d["qk_norm"] not in QK_NORMS:
+    bad("qk_norm", f"is {d['qk_norm']!r}; write one of {list(QK_NORMS)}")
+  if d["num_q_heads"] % d["num_kv_heads"]:
+    bad("num_kv_heads", f"is {d['num_kv_heads']}; it must divide num_q_heads "
+        f"({d['num_q_heads']})")
+  mla = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+  if kind == "mla":
+    for name in mla:
+      if d[name] <= 0:
+        bad(name, f"is {d[name]}; attention_kind 'mla' needs it > 0")
+    if d["head_dim"]:
+      bad("head_dim", "must be 0 for attention_kind 'mla' (MLA uses "
+          "qk_nope_head_dim, qk_rope_head_dim and v_head_dim)")
+  else:
+    if d["head_dim"] <= 0:
+      bad("head_dim", f"is {d['head_dim']}; attention_kind {kind!r} needs it > 0")
+    for name in mla + ("q_lora_rank",):
+      if d[name]:
+        bad(name, f"is {d[name]}; it is an MLA field, write 0 for {kind!r}")
+    want = "mha" if d["num_kv_heads"] == d["num_q_heads"] else "gqa"
+    if kind != want:
+      bad("attention_kind", f"is {kind!r} but num_q_heads={d['num_q_heads']}, "
+          f"num_kv_heads={d['num_kv_heads']}; write {want!r}")
+  layers = tuple(d["sliding_window_layers"])
+  if d["sliding_window"] and not layers:
+    bad("sliding_window_layers", "is empty while sliding_window > 0; list the "
+        "layer indices that use the window")
+  if layers and not d["sliding_window"]:
+    bad("sliding_window_layers", "is not empty while sliding_window is 0")
+  for i in layers:
+    if not 0 <= i < d["num_layers"]:
+      bad("sliding_window_layers", f"holds layer {i}; layers are 0.."
+          f"{d['num_layers'] - 1}")
+  if list(layers) != sorted(set(layers)):
+    bad("sliding_window_layers", "must be strictly increasing layer indices")
+  for name in _DTYPE_FIELDS:
+    canonical_dtype(d[name], f"{where}: field {name}")
+    if d[name] != canonical_dtype(d[name]):
+      bad(name, f"is {d[name]!r}; write {canonical_dtype(d[name])!r}")
+
+
+# ---------------------------------------------------------------------------
+# Layer structure.
+
+def num_moe_layers(spec: MoeModelSpec) -> int:
+  """Number of MoE layers (all layers after the leading dense ones)."""
+  return spec.num_layers - spec.first_dense_layers
+
+
+def moe_layer_indices(spec: MoeModelSpec) -> tuple[int, ...]:
+  """Global layer index of each MoE layer; routing axis L follows this order."""
+  return tuple(range(spec.first_dense_layers, spec.num_layers))
+
+
+def _check_layer(spec: MoeModelSpec, layer: int) -> None:
+  if not 0 <= layer < spec.num_layers:
+    raise ConfigError(f"model {spec.name!r}: layer {layer} out of range; "
+                      f"layers are 0..{spec.num_layers - 1}")
+
+
+def layer_sliding_window(spec: MoeModelSpec, layer: int) -> int:
+  """Window in tokens of ``layer``'s attention, 0 = full attention."""
+  _check_layer(spec, layer)
+  return spec.sliding_window if layer in spec.sliding_window_layers else 0
+
+
+# ---------------------------------------------------------------------------
+# Parameter counts (elements) and bytes, by tensor group.
+
+def expert_matrix_shapes(spec: MoeModelSpec):
+  """Shapes of one routed expert: gate ``(hidden, ffn)``, up ``(hidden, ffn)``,
+  down ``(ffn, hidden)`` (input dim first, as the GEMV ``x @ W`` reads them)."""
+  h, f = spec.hidden_size, spec.expert_ffn_size
+  return ((h, f), (h, f), (f, h))
+
+
+def _expert_bias_params(spec: MoeModelSpec) -> int:
+  return 2 * spec.expert_ffn_size + spec.hidden_size if spec.expert_bias else 0
+
+
+def expert_params(spec: MoeModelSpec) -> int:
+  """Elements of one routed expert (three matrices plus biases if any)."""
+  return 3 * spec.hidden_size * spec.expert_ffn_size + _expert_bias_params(spec)
+
+
+def expert_bytes(spec: MoeModelSpec) -> float:
+  """Bytes of one routed expert (gate + up + down, biases at vector_dtype)."""
+  return (3 * spec.hidden_size * spec.expert_ffn_size * dtype_bytes(spec.expert_dtype)
+          + _expert_bias_params(spec) * dtype_bytes(spec.vector_dtype))
+
+
+def layer_expert_bytes(spec: MoeModelSpec) -> float:
+  """Bytes of all routed experts of one MoE layer."""
+  return spec.num_experts * expert_bytes(spec)
+
+
+def expert_bytes_total(spec: MoeModelSpec) -> float:
+  """Bytes of all routed experts of the model (what the NDP units hold)."""
+  return num_moe_layers(spec) * layer_expert_bytes(spec)
+
+
+def _shared_parts(spec):
+  mat = spec.num_shared_experts * 3 * spec.hidden_size * spec.shared_expert_ffn_size
+  gate = spec.hidden_size if spec.shared_expert_gate else 0
+  return [(mat + gate, spec.dense_dtype)]
+
+
+def _router_parts(spec):
+  return [(spec.hidden_size * spec.num_experts, spec.dense_dtype),
+          (spec.num_experts if spec.router_bias else 0, spec.vector_dtype)]
+
+
+def _attention_parts(spec, vectors: bool = True):
+  """[(elements, dtype)] of one layer's attention (matrices, biases, norms);
+  with ``vectors=False`` the vector entries carry dtype None."""
+  h, a = spec.hidden_size, spec.attention_dtype
+  v = spec.vector_dtype if vectors else None
+  nq, nkv = spec.num_q_heads, spec.num_kv_heads
+  if spec.attention_kind == "mla":
+    qk = spec.qk_nope_head_dim + spec.qk_rope_head_dim
+    if spec.q_lora_rank:
+      q = [(h * spec.q_lora_rank + spec.q_lora_rank * nq * qk, a),
+           (spec.q_lora_rank, v)]  # q_a_proj, q_b_proj; q_a_layernorm
+    else:
+      q = [(h * nq * qk, a)]
+    r = spec.kv_lora_rank
+    return q + [
+        (h * (r + spec.qk_rope_head_dim), a),                   # kv_a_proj_with_mqa
+        (r, v),                                                 # kv_a_layernorm
+        (r * nq * (spec.qk_nope_head_dim + spec.v_head_dim), a),  # kv_b_proj
+        (nq * spec.v_head_dim * h, a)]                          # o_proj
+  d = spec.head_dim
+  qdim, kvdim = nq * d, nkv * d
+  norms = {"none": 0, "per_head": 2 * d, "full": qdim + kvdim}[spec.qk_norm]
+  return [(h * qdim + 2 * h * kvdim + qdim * h, a),
+          ((qdim + 2 * kvdim) if spec.qkv_bias else 0, v),
+          (h if spec.o_bias else 0, v),
+          (norms, v),
+          (nq if spec.attention_sinks else 0, v)]
+
+
+def _attention_matrix_params(spec) -> int:
+  """Elements of one layer's attention projection matrices (no vectors)."""
+  return sum(n for n, dt in _attention_parts(spec, vectors=False) if dt is not None)
+
+
+def _norm_parts(spec):
+  """The two per-layer norms (pre-attention, pre-FFN)."""
+  return [(2 * spec.hidden_size * (2 if spec.norm_bias else 1), spec.vector_dtype)]
+
+
+def _dense_ffn_parts(spec):
+  return [(3 * spec.hidden_size * spec.dense_ffn_size, spec.dense_dtype)]
+
+
+def _embedding_parts(spec, input_table: bool = True):
+  table = spec.vocab_size * spec.hidden_size
+  parts = [(table if input_table else 0, spec.embedding_dtype),
+           (spec.hidden_size * (2 if spec.norm_bias else 1), spec.vector_dtype)]
+  if not spec.tie_embeddings:
+    parts.append((table, spec.embedding_dtype))
+  parts.append((spec.vocab_size if spec.lm_head_bias else 0, spec.vector_dtype))
+  return parts
+
+
+def _count(parts) -> int:
+  return sum(n for n, _ in parts)
+
+
+
+def _nbytes(parts) -> float:
+  return sum(n * dtype_bytes(dt) for n, dt in parts)
+
+
+def _non_expert_parts(spec, input_table: bool = True):
+  n_moe, n_dense = num_moe_layers(spec), spec.first_dense_layers
+  per_layer = _attention_parts(spec) + _norm_parts(spec)
+  parts = list(_embedding_parts(spec, input_table))
+  parts += [(n * spec.num_layers, dt) for n, dt in per_layer]
+  parts += [(n * n_moe, dt) for n, dt in _router_parts(spec) + _shared_parts(spec)]
+  parts += [(n * n_dense, dt) for n, dt in _dense_ffn_parts(spec)]
+  return parts
+
+
+def attention_bytes_per_layer(spec: MoeModelSpec) -> float:
+  """Bytes of one layer's attention: projections, biases, q/k norms, sinks."""
+  return _nbytes(_attention_parts(spec))
+
+
+def router_bytes_per_layer(spec: MoeModelSpec) -> float:
+  """Bytes of one MoE layer's router (``[hidden, experts]`` plus bias)."""
+  return _nbytes(_router_parts(spec))
+
+
+def shared_expert_bytes(spec: MoeModelSpec) -> float:
+  """Bytes of one MoE layer's shared experts (all of them, plus their gate)."""
+  return _nbytes(_shared_parts(spec))
+
+
+def dense_ffn_bytes_per_layer(spec: MoeModelSpec) -> float:
+  """Bytes of one leading dense layer's FFN (0 if there is none)."""
+  return _nbytes(_dense_ffn_parts(spec))
+
+
+def non_expert_bytes(spec: MoeModelSpec) -> float:
+  """Bytes of everything but routed experts: embeddings, LM head, attention,
+  norms, routers, shared experts, dense FFNs (what the GPU must hold)."""
+  return _nbytes(_non_expert_parts(spec))
+
+
+def total_bytes(spec: MoeModelSpec) -> float:
+  """Bytes of all weights."""
+  return non_expert_bytes(spec) + expert_bytes_total(spec)
+
+
+def total_params(spec: MoeModelSpec) -> int:
+  """All parameters (embedding and LM head included once each unless tied)."""
+  return _count(_non_expert_parts(spec)) + num_moe_layers(spec) * spec.num_experts * \
+      expert_params(spec)
+
+
+def active_params(spec: MoeModelSpec, *, count_input_embedding: bool = True) -> int:
+  """Parameters used per token: all non-routed ones plus ``top_k`` experts per
+  MoE layer.  ``count_input_embedding=False`` drops the input embedding table
+  (only one row of it is read per token), as the GPT-OSS model card counts."""
+  tied = spec.tie_embeddings
+  non_exp = _count(_non_expert_parts(spec, input_table=count_input_embedding or tied))
+  return non_exp + num_moe_layers(spec) * spec.top_k * expert_params(spec)
+
+
+def active_bytes_per_token(spec: MoeModelSpec) -> float:
+  """Weight bytes read to compute one token (batch 1): non-expert weights with
+  one embedding row instead of the table, plus ``top_k`` experts per layer."""
+  row = spec.hidden_size * dtype_bytes(spec.embedding_dtype)
+  non_exp = _nbytes(_non_expert_parts(spec, input_table=spec.tie_embeddings))
+  return non_exp + (0.0 if spec.tie_embeddings else row) + \
+      num_moe_layers(spec) * spec.top_k * expert_bytes(spec)
+
+
+def with_dtype(spec: MoeModelSpec, expert_dtype: str | None = None,
+               other_dtype: str | None = None, *, kv_dtype: str | None = None,
+               vector_dtype: str | None = None) -> MoeModelSpec:
+  """Copy of ``spec`` with new storage dtypes.  ``other_dtype`` sets the
+  attention, dense (router, shared, dense FFN) and embedding groups; norms and
+  biases keep ``vector_dtype`` unless it is given."""
+  ch: dict[str, str] = {}
+  if expert_dtype:
+    ch["expert_dtype"] = canonical_dtype(expert_dtype, "with_dtype expert_dtype")
+  if other_dtype:
+    o = canonical_dtype(other_dtype, "with_dtype other_dtype")
+    ch.update(attention_dtype=o, dense_dtype=o, embedding_dtype=o)
+  if kv_dtype:
+    ch["kv_dtype"] = canonical_dtype(kv_dtype, "with_dtype kv_dtype")
+  if vector_dtype:
+    ch["vector_dtype"] = canonical_dtype(vector_dtype, "with_dtype vector_dtype")
+  return replace(spec, **ch)
+
+
+# ---------------------------------------------------------------------------
+# KV cache and attention shapes.
+
+def kv_bytes_per_token_per_layer(spec: MoeModelSpec, layer: int) -> float:
+  """KV-cache bytes one token adds to ``layer`` (MLA: the compressed latent
+  ``kv_lora_rank + qk_rope_head_dim``; else K and V of every KV head)."""
+  _check_layer(spec, layer)
+  b = dtype_bytes(spec.kv_dtype)
+  if spec.attention_kind == "mla":
+    return (spec.kv_lora_rank + spec.qk_rope_head_dim) * b
+  return 2 * spec.num_kv_heads * spec.head_dim * b
+
+
+def kv_bytes_per_token(spec: MoeModelSpec) -> float:
+  """KV-cache bytes one token adds over all layers (before any window cap)."""
+  return sum(kv_bytes_per_token_per_layer(spec, i) for i in range(spec.num_layers))
+
+
+def kv_cache_bytes(spec: MoeModelSpec, context_len):
+  """KV-cache bytes for a context of ``context_len`` tokens (int or traced);
+  sliding-window layers hold at most ``sliding_window`` tokens."""
+  total = 0.0
+  for i in range(spec.num_layers):
+    w = layer_sliding_window(spec, i)
+    n = jnp.minimum(context_len, w) if w else context_len
+    total = total + kv_bytes_per_token_per_layer(spec, i) * n
+  return total
+
+
+def attention_kwargs(spec: MoeModelSpec, layer: int) -> dict[str, Any]:
+  """Keyword arguments of ``gpu.attention_time_s`` for ``layer``.  MLA is given
+  in its absorbed decode form: one shared latent "KV head" of width
+  ``kv_lora_rank + qk_rope_head_dim`` for scores and ``kv_lora_rank`` for values."""
+  _check_layer(spec, layer)
+  if spec.attention_kind == "mla":
+    nkv, qk = 1, spec.kv_lora_rank + spec.qk_rope_head_dim
+    v = spec.kv_lora_rank
+  else:
+    nkv, qk, v = spec.num_kv_heads, spec.head_dim, spec.head_dim
+  return dict(num_q_heads=spec.num_q_heads, num_kv_heads=nkv, qk_head_dim=qk,
+              v_head_dim=v, kv_bytes_per_token=kv_bytes_per_token_per_layer(spec, layer),
+              sliding_window=layer_sliding_window(spec, layer))
+
+
+# ---------------------------------------------------------------------------
+# FLOPs (2 per multiply-accumulate; element-wise work is not counted).
+
+def expert_flops_per_token(spec: MoeModelSpec) -> float:
+  """Matmul FLOPs of one routed expert for one token."""
+  return 2.0 * 3 * spec.hidden_size * spec.expert_ffn_size
+
+
+def _attended_keys(q_tokens, context_len, window: int):
+  """Sum over the last ``q_tokens`` of a causal context of ``context_len``
+  tokens of the keys each attends to (capped at ``window`` if > 0)."""
+  first = context_len - q_tokens + 1  # keys seen by the first query token
+  if not window:
+    return q_tokens * first + q_tokens * (q_tokens - 1) / 2
+  n = jnp.clip(window - first + 1, 0, q_tokens)  # query tokens below the cap
+  return n * first + n * (n - 1) / 2 + (q_tokens - n) * window
+
+
+def attention_flops(spec: MoeModelSpec, q_tokens, context_len, layer: int | None = None,
+                    form: str = "absorbed"):
+  """Attention FLOPs of ``q_tokens`` new tokens that end a causal context of
+  ``context_len`` tokens (``context_len >= q_tokens``; ints or traced).
+
+  Projections plus scores (QK) and values (PV), for ``layer`` or, if None,
+  summed over all layers.  For MLA ``form`` picks the "absorbed" core (latent
+  width ``kv_lora_rank + rope`` per head, as decode kernels run it) or the
+  "naive" one (``qk_nope + rope`` and ``v_head_dim`` per head).
+  """
+  if form not in ("absorbed", "naive"):
+    raise ConfigError(f"attention_flops: form {form!r}; write 'absorbed' or 'naive'")
+  layers = range(spec.num_layers) if layer is None else [layer]
+  proj = 2.0 * _attention_matrix_params(spec)
+  if spec.attention_kind == "mla" and form == "absorbed":
+    qk, v = spec.kv_lora_rank + spec.qk_rope_head_dim, spec.kv_lora_rank
+  elif spec.attention_kind == "mla":
+    qk, v = spec.qk_nope_head_dim + spec.qk_rope_head_dim, spec.v_head_dim
+  else:
+    qk = v = spec.head_dim
+  total = 0.0
+  for i in layers:
+    keys = _attended_keys(q_tokens, context_len, layer_sliding_window(spec, i))
+    total = total + proj * q_tokens + 2.0 * spec.num_q_heads * (qk + v) * keys
+  return total
+
+
+def flops_per_token(spec: MoeModelSpec, context_len=1) -> dict[str, Any]:
+  """Matmul FLOPs of one decode token at position ``context_len - 1``, per block
+  type summed over layers: attention, router, routed_experts (top_k),
+  shared_experts, dense_ffn, lm_head, and total."""
+  n_moe = num_moe_layers(spec)
+  out = {
+      "attention": attention_flops(spec, 1, context_len),
+      "router": 2.0 * n_moe * spec.hidden_size * spec.num_experts,
+      "routed_experts": n_moe * spec.top_k * expert_flops_per_token(spec),
+      "shared_experts": 2.0 * n_moe * spec.num_shared_experts * 3 * spec.hidden_size
+                        * spec.shared_expert_ffn_size,
+      "dense_ffn": 2.0 * spec.first_dense_layers * 3 * spec.hidden_size
+                   * spec.dense_ffn_size,
+      "lm_head": 2.0 * spec.vocab_size * spec.hidden_size,
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def activation_bytes_per_token(spec: MoeModelSpec) -> float:
+  """Bytes of one token's hidden vector (what is broadcast to NDP units)."""
+  return spec.hidden_size * dtype_bytes(spec.activation_dtype)
+
+
+# ---------------------------------------------------------------------------
+# The zoo.  Shapes from each model's public config.json (HuggingFace repo in
+# MODEL_SOURCES); dtypes are the usual inference dtypes (GPT-OSS ships its
+# experts in MXFP4, everything else in bf16).
+
+def _zoo() -> dict[str, MoeModelSpec]:
+  m = MoeModelSpec
+  zoo = [
+      m(name="qwen3-30b-a3b", num_layers=48, hidden_size=2048, vocab_size=151936,
+        num_experts=128, top_k=8, expert_ffn_size=768, attention_kind="gqa",
+        num_q_heads=32, num_kv_heads=4, head_dim=128, qk_norm="per_head",
+        max_context_tokens=40960),
+      m(name="mixtral-8x7b", num_layers=32, hidden_size=4096, vocab_size=32000,
+        num_experts=8, top_k=2, expert_ffn_size=14336, attention_kind="gqa",
+        num_q_heads=32, num_kv_heads=8, head_dim=128, max_context_tokens=32768),
+      m(name="deepseek-v2-lite", num_layers=27, hidden_size=2048, vocab_size=102400,
+        num_experts=64, top_k=6, expert_ffn_size=1408, attention_kind="mla",
+        num_q_heads=16, num_kv_heads=16, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, num_shared_experts=2,
+        shared_expert_ffn_size=1408, first_dense_layers=1, dense_ffn_size=10944,
+        max_context_tokens=163840),
+      m(name="olmoe-1b-7b", num_layers=16, hidden_size=2048, vocab_size=50304,
+        num_experts=64, top_k=8, expert_ffn_size=1024, attention_kind="mha",
+        num_q_heads=16, num_kv_heads=16, head_dim=128, qk_norm="full",
+        max_context_tokens=4096),
+      m(name="phi-3.5-moe", num_layers=32, hidden_size=4096, vocab_size=32064,
+        num_experts=16, top_k=2, expert_ffn_size=6400, attention_kind="gqa",
+        num_q_heads=32, num_kv_heads=8, head_dim=128, qkv_bias=True, o_bias=True,
+        norm_bias=True, lm_head_bias=True, max_context_tokens=131072),
+      m(name="qwen1.5-moe-a2.7b", num_layers=24, hidden_size=2048, vocab_size=151936,
+        num_experts=60, top_k=4, expert_ffn_size=1408, attention_kind="mha",
+        num_q_heads=16, num_kv_heads=16, head_dim=128, qkv_bias=True,
+        num_shared_experts=1, shared_expert_ffn_size=5632, shared_expert_gate=True,
+        max_context_tokens=8192),
+      m(name="gpt-oss-20b", num_layers=24, hidden_size=2880, vocab_size=201088,
+        num_experts=32, top_k=4, expert_ffn_size=2880, attention_kind="gqa",
+        num_q_heads=64, num_kv_heads=8, head_dim=64, qkv_bias=True, o_bias=True,
+        attention_sinks=True, sliding_window=128,
+        sliding_window_layers=tuple(range(0, 24, 2)), expert_bias=True,
+        router_bias=True, max_context_tokens=131072, expert_dtype="mxfp4"),
+  ]
+  return {s.name: s for s in zoo}
+
+
+MODELS: dict[str, MoeModelSpec] = _zoo()
+MODEL_SOURCES: dict[str, str] = {
+    "qwen3-30b-a3b": "huggingface.co/Qwen/Qwen3-30B-A3B config.json",
+    "mixtral-8x7b": "huggingface.co/mistralai/Mixtral-8x7B-v0.1 config.json",
+    "deepseek-v2-lite": "huggingface.co/deepseek-ai/DeepSeek-V2-Lite config.json",
+    "olmoe-1b-7b": "huggingface.co/allenai/OLMoE-1B-7B-0924 config.json",
+    "phi-3.5-moe": "huggingface.co/microsoft/Phi-3.5-MoE-instruct config.json",
+    "qwen1.5-moe-a2.7b": "huggingface.co/Qwen/Qwen1.5-MoE-A2.7B config.json",
+    "gpt-oss-20b": "huggingface.co/openai/gpt-oss-20b config.json (experts MXFP4)",
+}
+
+
+def get_model(name: str) -> MoeModelSpec:
+  """Zoo entry by registry name (case-insensitive)."""
+  key = str(name).lower()
+  if key in MODELS:
+    return MODELS[key]
+  close = difflib.get_close_matches(key, list(MODELS), n=1, cutoff=0.4)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  raise ConfigError(f"unknown model {name!r}{hint}; write one of {sorted(MODELS)} "
+                    "or a path to a model .json file or a HuggingFace config.json")
+
+
+# ---------------------------------------------------------------------------
+# Loading: model JSON files and HuggingFace config.json.
+
+_JSON_EXTRA_KEYS = ("source", "notes")
+
+
+def _read_json(path: str | pathlib.Path) -> tuple[dict, str]:
+  p = pathlib.Path(path)
+  where = str(p)
+  if not p.is_file():
+    raise ConfigError(f"model file {where!r} does not exist; give an existing .json "
+                      f"path or one of {sorted(MODELS)}")
+  try:
+    obj = json.loads(p.read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); "
+                      "fix the syntax") from None
+  if not isinstance(obj, dict):
+    raise ConfigError(f"{where}: top level must be a JSON object of model fields")
+  return obj, where
+
+
+def load_model_json(path: str | pathlib.Path) -> MoeModelSpec:
+  """Loads a model file: one JSON object with the fields of :class:`MoeModelSpec`
+  (defaults as there) plus optional ``source`` and ``notes`` strings.
+  Unknown or missing fields and inconsistent values raise ConfigError."""
+  from ndpsim import config  # pylint: disable=import-outside-toplevel
+  obj, where = _read_json(path)
+  fields = {k: v for k, v in obj.items() if k not in _JSON_EXTRA_KEYS}
+  kw = config.take_fields(fields, MoeModelSpec, where, "model", positive=False)
+  for name in _DTYPE_FIELDS:
+    kw[name] = canonical_dtype(kw[name], f"{where}: field model.{name}")
+  validate_fields(kw, where)
+  return MoeModelSpec(**kw)
+
+
+def model_to_json(spec: MoeModelSpec, source: str = "") -> dict[str, Any]:
+  """JSON-able dict that :func:`load_model_json` reads back to ``spec``."""
+  d = dataclasses.asdict(spec)
+  d["sliding_window_layers"] = list(spec.sliding_window_layers)
+  if source:
+    d["source"] = source
+  return d
+
+
+def save_model_json(path: str | pathlib.Path, spec: MoeModelSpec, source: str = "") -> None:
+  """Writes ``spec`` as a model JSON file (a starting point for a new model)."""
+  pathlib.Path(path).write_text(json.dumps(model_to_json(spec, source), indent=2) + "\n")
+
+
+# model_type values whose HF config classes default tie_word_embeddings to False.
+_UNTIED_TYPES = ("qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3",
+                 "olmoe", "phimoe", "gpt_oss")
+
+
+def load_hf_config(path: str | pathlib.Path, name: str | None = None, *,
+                   expert_dtype: str | None = None,
+                   other_dtype: str | None = None) -> MoeModelSpec:
+  """Builds a spec from a local HuggingFace ``config.json`` (or its folder).
+
+  Accepted field names: ``num_hidden_layers``, ``hidden_size``, ``vocab_size``;
+  experts ``num_experts`` | ``num_local_experts`` | ``n_routed_experts``; top-k
+  ``num_experts_per_tok`` | ``experts_per_token``; expert width
+  ``moe_intermediate_size`` else ``intermediate_size``; attention
+  ``num_attention_heads``, ``num_key_value_heads`` (default: MHA), ``head_dim``
+  (default hidden / heads); MLA ``kv_lora_rank``, ``q_lora_rank``,
+  ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; shared experts
+  ``n_shared_experts`` (width ``moe_intermediate_size``) or
+  ``shared_expert_intermediate_size`` (one sigmoid-gated shared expert, Qwen2-MoE);
+  ``first_k_dense_replace`` with ``intermediate_size``; ``sliding_window``
+  with ``layer_types`` or ``use_sliding_window``/``max_window_layers`` (a window
+  >= ``max_position_embeddings`` is no window); ``tie_word_embeddings``,
+  ``attention_bias``, ``lm_head_bias``, ``torch_dtype`` (or ``dtype``, default
+  bf16) and ``quantization_config.quant_method`` (mxfp4, fp8).  Features with no
+  config field (q/k norms, sinks, expert biases, LayerNorm biases) follow
+  ``model_type``.  A missing needed field raises ConfigError naming it.
+  """
+  p = pathlib.Path(path)
+  if p.is_dir():
+    p = p / "config.json"
+  cfg, where = _read_json(p)
+  mt = str(cfg.get("model_type", ""))
+
+  def need(*keys: str):
+    for k in keys:
+      if cfg.get(k) is not None:
+        return cfg[k]
+    alt = f" (or {', '.join(repr(k) for k in keys[1:])})" if len(keys) > 1 else ""
+    raise ConfigError(f"{where}: missing field {keys[0]!r}{alt}, needed for a MoE "
+                      f"model; add \"{keys[0]}\": <value>")
+
+  def integer(key: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+      raise ConfigError(f"{where}: field {key!r} must be an integer, not {v!r}")
+    return int(v)
+
+  def get_int(*keys: str, default=None) -> int:
+    if default is not None and all(cfg.get(k) is None for k in keys):
+      return default
+    return integer(keys[0], need(*keys))
+
+  for key, ok in (("moe_layer_freq", 1), ("decoder_sparse_step", 1)):
+    if cfg.get(key, ok) not in (ok, None):
+      raise ConfigError(f"{where}: field {key!r} is {cfg[key]!r}; only MoE in every "
+                        f"layer after the dense ones is modelled, write {ok}")
+  if cfg.get("mlp_only_layers"):
+    raise ConfigError(f"{where}: field 'mlp_only_layers' is {cfg['mlp_only_layers']}; "
+                      "interleaved dense layers are not modelled, write []")
+  num_layers = get_int("num_hidden_layers")
+  hidden = get_int("hidden_size")
+  heads = get_int("num_attention_heads")
+  kw: dict[str, Any] = dict(
+      num_layers=num_layers, hidden_size=hidden, vocab_size=get_int("vocab_size"),
+      num_experts=get_int("num_experts", "num_local_experts", "n_routed_experts"),
+      top_k=get_int("num_experts_per_tok", "experts_per_token"),
+      expert_ffn_size=get_int("moe_intermediate_size", "intermediate_size"),
+      num_q_heads=heads, max_context_tokens=get_int("max_position_embeddings", default=0))
+  if cfg.get("kv_lora_rank"):
+    kw.update(attention_kind="mla", num_kv_heads=heads, head_dim=0,
+              kv_lora_rank=get_int("kv_lora_rank"),
+              q_lora_rank=get_int("q_lora_rank", default=0),
+              qk_nope_head_dim=get_int("qk_nope_head_dim"),
+              qk_rope_head_dim=get_int("qk_rope_head_dim"),
+              v_head_dim=get_int("v_head_dim"))
+  else:
+    kv = get_int("num_key_value_heads", default=heads)
+    if cfg.get("head_dim") is None and hidden % heads:
+      raise ConfigError(f"{where}: missing field 'head_dim' and hidden_size {hidden} "
+                        f"is not a multiple of num_attention_heads {heads}; add it")
+    kw.update(attention_kind="mha" if kv == heads else "gqa", num_kv_heads=kv,
+              head_dim=get_int("head_dim", default=hidden // heads))
+  if get_int("n_shared_experts", default=0):
+    kw.update(num_shared_experts=get_int("n_shared_experts"),
+              shared_expert_ffn_size=get_int("moe_intermediate_size"))
+  elif get_int("shared_expert_intermediate_size", default=0):
+    kw.update(num_shared_experts=1, shared_expert_gate=True,
+              shared_expert_ffn_size=get_int("shared_expert_intermediate_size"))
+  dense = get_int("first_k_dense_replace", default=0)
+  if dense:
+    kw.update(first_dense_layers=dense, dense_ffn_size=get_int("intermediate_size"))
+  kw.update(_hf_window(cfg, where, num_layers, kw["max_context_tokens"], get_int))
+  bias = bool(cfg.get("attention_bias", False))
+  kw.update(qkv_bias=bias or mt == "qwen2_moe", o_bias=bias and mt != "qwen2_moe",
+            qk_norm={"qwen3_moe": "per_head", "olmoe": "full"}.get(mt, "none"),
+            attention_sinks=mt == "gpt_oss", expert_bias=mt == "gpt_oss",
+            router_bias=mt == "gpt_oss", norm_bias=mt == "phimoe",
+            lm_head_bias=bool(cfg.get("lm_head_bias", False)))
+  if "tie_word_embeddings" in cfg:
+    kw["tie_embeddings"] = bool(cfg["tie_word_embeddings"])
+  elif mt in _UNTIED_TYPES:
+    kw["tie_embeddings"] = False
+  else:
+    need("tie_word_embeddings")
+  kw.update(_hf_dtypes(cfg, where, expert_dtype, other_dtype))
+  if name is None:
+    src = cfg.get("_name_or_path") or (p.parent.name if p.name == "config.json"
+                                       else p.stem)
+    name = pathlib.PurePosixPath(str(src)).name or p.stem
+  kw["name"] = name
+  validate_fields({**{f.name: f.default for f in dataclasses.fields(MoeModelSpec)
+                      if f.default is not dataclasses.MISSING}, **kw}, where)
+  return MoeModelSpec(**kw)
+
+
+def _hf_window(cfg: dict, where: str, num_layers: int, max_ctx: int, get_int) -> dict:
+  window = get_int("sliding_window", default=0)
+  if "layer_types" in cfg:
+    types = cfg["layer_types"]
+    if not isinstance(types, list) or len(types) != num_layers:
+      raise ConfigError(f"{where}: field 'layer_types' must list {num_layers} entries "
+                        "('sliding_attention' or 'full_attention')")
+    layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+  elif window and cfg.get("use_sliding_window", True):
+    first = get_int("max_window_layers", default=0)
+    layers = tuple(range(first, num_layers))
+  else:
+    layers = ()
+  if layers:
+    window = get_int("sliding_window")
+  if not layers or (max_ctx and window >= max_ctx):
+    return dict(sliding_window=0, sliding_window_layers=())
+  return dict(sliding_window=window, sliding_window_layers=layers)
+
+
+def _hf_dtypes(cfg: dict, where: str, expert_dtype, other_dtype) -> dict:
+  raw = cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"
+  base = canonical_dtype(raw, f"{where}: field 'torch_dtype'")
+  out = {k: base for k in _DTYPE_FIELDS}
+  q = cfg.get("quantization_config")
+  if expert_dtype is None and isinstance(q, dict):
+    method = str(q.get("quant_method", ""))
+    if method == "mxfp4":
+      out["expert_dtype"] = "mxfp4"
+    elif method == "fp8":
+      out.update(expert_dtype="fp8", attention_dtype="fp8", dense_dtype="fp8")
+    else:
+      raise ConfigError(f"{where}: quantization_config.quant_method {method!r} is not "
+                        "modelled; load with expert_dtype= (and other_dtype=) one of "
+                        f"{sorted(DTYPE_BITS)}")
+  if expert_dtype:
+    out["expert_dtype"] = canonical_dtype(expert_dtype, "load_hf_config expert_dtype")
+  if other_dtype:
+    o = canonical_dtype(other_dtype, "load_hf_config other_dtype")
+    out.update(attention_dtype=o, dense_dtype=o, embedding_dtype=o)
+  return out
+
+
+def model_from_any(name_or_path: str | pathlib.Path | MoeModelSpec) -> MoeModelSpec:
+  """A spec from a registry name, a model JSON file, a HuggingFace config.json
+  (or the folder holding it), or a spec (returned as is)."""
+  if isinstance(name_or_path, MoeModelSpec):
+    return name_or_path
+  s = str(name_or_path)
+  if s.lower() in MODELS:
+    return MODELS[s.lower()]
+  p = pathlib.Path(s)
+  if p.is_dir():
+    return load_hf_config(p)
+  if p.suffix == ".json":
+    obj, _ = _read_json(p)
+    if "model_type" in obj or "num_hidden_layers" in obj:
+      return load_hf_config(p)
+    return load_model_json(p)
+  return get_model(s)
+
+
+# ---------------------------------------------------------------------------
+# Probe: python -m ndpsim.probe model --model=qwen3-30b-a3b [--dtype=bf16]
+
+PROBE_ARGS = {
+    "model": (str, _probe.REQUIRED, "registry name, model .json or HF config.json"),
+    "dtype": (str, "", "weight dtype of every tensor group (bf16, fp8, int4, "
+              "mxfp4, ...; norms and biases too if >= 16 bits); empty keeps the "
+              "model's own"),
+    "expert_dtype": (str, "", "routed-expert dtype, applied after --dtype"),
+    "kv_dtype": (str, "", "KV-cache dtype; empty keeps the model's own"),
+    "context_len": (int, 1024, "context length for KV-cache bytes and FLOPs"),
+}
+
+
+def probe(args: dict) -> dict:
+  """Sizes, parameter counts, KV bytes and FLOPs of one model, JSON-able."""
+  spec = model_from_any(args["model"])
+  if args["dtype"]:
+    d = canonical_dtype(args["dtype"], "--dtype")
+    spec = with_dtype(spec, d, d, vector_dtype=d if DTYPE_BITS[d] >= 16 else None)
+  if args["expert_dtype"]:
+    spec = with_dtype(spec, canonical_dtype(args["expert_dtype"], "--expert_dtype"))
+  if args["kv_dtype"]:
+    spec = with_dtype(spec, kv_dtype=canonical_dtype(args["kv_dtype"], "--kv_dtype"))
+  ctx = args["context_len"]
+  if ctx < 1:
+    raise ConfigError(f"--context_len is {ctx}; write a positive integer")
+  return {
+      "model": spec.name,
+      "dtypes": {k: getattr(spec, k) for k in _DTYPE_FIELDS},
+      "num_layers": spec.num_layers, "num_moe_layers": num_moe_layers(spec),
+      "num_experts": spec.num_experts, "top_k": spec.top_k,
+      "attention_kind": spec.attention_kind,
+      "total_params": total_params(spec), "active_params": active_params(spec),
+      "active_params_without_input_embedding":
+          active_params(spec, count_input_embedding=False),
+      "expert_bytes": expert_bytes(spec),
+      "expert_matrix_shapes": [list(s) for s in expert_matrix_shapes(spec)],
+      "layer_expert_bytes": layer_expert_bytes(spec),
+      "expert_bytes_total": expert_bytes_total(spec),
+      "shared_expert_bytes_per_layer": shared_expert_bytes(spec),
+      "attention_bytes_per_layer": attention_bytes_per_layer(spec),
+      "router_bytes_per_layer": router_bytes_per_layer(spec),
+      "non_expert_bytes": non_expert_bytes(spec), "total_bytes": total_bytes(spec),
+      "active_bytes_per_token": active_bytes_per_token(spec),
+      "kv_bytes_per_token": kv_bytes_per_token(spec),
+      "context_len": ctx, "kv_cache_bytes": float(kv_cache_bytes(spec, ctx)),
+      "flops_per_token": {k: float(v) for k, v in flops_per_token(spec, ctx).items()},
+  }

@@ -1,0 +1,487 @@
+"""Synthetic MoE routing: expert ids and gate weights for prefill and decode tokens.
+
+What is modelled (per layer ``l``, sequence ``s``, token ``t``):
+
+* Global popularity: a Zipf law over a random ranking of the experts of each
+  layer, ``p_l(e) ~ (rank_l(e) + 1) ** -zipf_exponent``.  Expert ids carry no
+  meaning across layers.
+* Prompt concentration: every sequence draws its own popularity around the
+  global one, ``q_s,l ~ Dirichlet(E p_l / prompt_concentration)``.  The knob is
+  the squared coefficient of variation of a prompt's per-expert popularity
+  around the global one (0: every prompt routes like the corpus).
+* Prefill -> decode: prefill tokens draw from ``q``; decode tokens from
+  ``coupling * q + (1 - coupling) * q'`` with ``q'`` a fresh draw around the
+  same global popularity, so prefill counts predict decode with a controllable
+  strength.
+* Temporal locality: with probability ``reuse_prob`` (per token and layer) a
+  token repeats its predecessor's expert set and gates exactly (the first
+  decode token may repeat the last prompt token); otherwise it draws fresh.
+  Together with ``q`` this gives an overlap that is high at lag 1 and decays to
+  the per-sequence level.
+* Cross-layer correlation: a fixed random permutation ``succ_l`` maps each
+  expert of layer ``l`` to a successor at layer ``l + 1``; a fresh draw at
+  ``l + 1`` multiplies the weight of ``succ_l(top-1 expert at l)`` by
+  ``exp(successor_strength)``.
+* Optional always-on expert (layers in ``RoutingSpec.always_on_layers``): the
+  layer's most popular expert is selected by a share ``always_on_share`` of the
+  tokens (first slot) and by no other token.
+
+Selection: ``top_k`` distinct experts per token, without replacement, from the
+token's weights (Plackett-Luce, i.e. the law of Gumbel-top-k): candidates are
+drawn i.i.d. from per-(sequence, layer) alias tables and the first ``top_k``
+distinct ones are kept in order.  With ``draws_per_token`` candidates a token
+can run out (only under extreme concentration); its missing slots are then
+filled with the most popular unchosen experts of its sequence: an
+approximation whose frequency ``routing_stats.summary`` does not see, and that
+the tests bound for the presets.  Gates are the softmax over the selected
+experts of the router logits ``log w + Gumbel`` implied by that order (exact
+exponential-race arrival times), tempered by ``gate_temperature``; ids are
+sorted by gate, so slot 0 is the top-1 expert.
+
+Not modelled: shared experts (always active; they are not in the ids, the
+simulator adds them), token dropping / capacity limits, drift of a sequence's
+popularity during decode beyond the prefill/decode split, batch effects.
+
+Randomness: a counter-based hash generator seeded from the JAX key (the
+threefry generator is ~10x slower on CPU for this volume); the same key gives
+the same routing on a given backend.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ndpsim import base
+from ndpsim.base import ConfigError
+
+ID_DTYPES = ("int32", "int16", "uint8")
+GATE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@base.spec_dataclass
+class RoutingSpec:
+  """Static shape of a routing workload.
+
+  num_seqs: sequences S.  prompt_len: prefill tokens P per sequence (>= 1).
+  output_len: decode tokens T per sequence (>= 0).  num_layers: MoE layers L.
+  num_experts: routed experts E per layer.  top_k: routed experts per token.
+  always_on_layers: MoE-layer indices that have an always-on expert.
+  id_dtype: dtype of the ids ('int32', 'int16' or 'uint8' when E <= 256).
+  gate_dtype: dtype of the gates ('float32', 'bfloat16', 'float16').
+  draws_per_token: candidates drawn per token and layer (0: automatic,
+    1 for top_k = 1, else 2 * top_k + 4).
+  """
+  num_seqs: int
+  prompt_len: int
+  output_len: int
+  num_layers: int
+  num_experts: int
+  top_k: int
+  always_on_layers: tuple[int, ...] = ()
+  id_dtype: str = "int32"
+  gate_dtype: str = "float32"
+  draws_per_token: int = 0
+
+  def __post_init__(self):
+    for name, lo in (("num_seqs", 1), ("prompt_len", 1), ("output_len", 0),
+                     ("num_layers", 1), ("num_experts", 1), ("top_k", 1),
+                     ("draws_per_token", 0)):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+        raise ConfigError(f"RoutingSpec.{name}={v!r}: write an integer >= {lo}")
+    if self.top_k > self.num_experts:
+      raise ConfigError(f"RoutingSpec.top_k={self.top_k} exceeds num_experts="
+                        f"{self.num_experts}: write top_k <= num_experts")
+    if self.draws_per_token and self.draws_per_token < self.top_k:
+      raise ConfigError(f"RoutingSpec.draws_per_token={self.draws_per_token} < top_k="
+                        f"{self.top_k}: write 0 (automatic) or >= top_k")
+    if not isinstance(self.always_on_layers, tuple):
+      raise ConfigError("RoutingSpec.always_on_layers must be a tuple of layer "
+                        f"indices, got {self.always_on_layers!r}: write e.g. (22,)")
+    for l in self.always_on_layers:
+      if not isinstance(l, (int, np.integer)) or not 0 <= l < self.num_layers:
+        raise ConfigError(f"RoutingSpec.always_on_layers has {l!r}: write indices in "
+                          f"[0, {self.num_layers - 1}]")
+    if len(set(self.always_on_layers)) != len(self.always_on_layers):
+      raise ConfigError(f"RoutingSpec.always_on_layers={self.always_on_layers} repeats "
+                        "a layer: list each layer once")
+    if self.id_dtype not in ID_DTYPES:
+      raise ConfigError(f"RoutingSpec.id_dtype={self.id_dtype!r}: write one of {ID_DTYPES}")
+    if self.num_experts - 1 > np.iinfo(self.id_dtype).max:
+      raise ConfigError(f"RoutingSpec.id_dtype={self.id_dtype!r} cannot hold expert id "
+                        f"{self.num_experts - 1}: write 'int16' or 'int32'")
+    if self.gate_dtype not in GATE_DTYPES:
+      raise ConfigError(f"RoutingSpec.gate_dtype={self.gate_dtype!r}: write one of "
+                        f"{GATE_DTYPES}")
+    if (self.prompt_len + self.output_len) * (self.draws_per_token or 64) >= 2**31:
+      raise ConfigError("RoutingSpec.prompt_len + output_len is too long for the "
+                        "counter-based generator: write fewer than 2**25 tokens")
+
+  @property
+  def num_tokens(self) -> int:
+    """P + T tokens per sequence."""
+    return self.prompt_len + self.output_len
+
+  @property
+  def draws(self) -> int:
+    """Candidates drawn per token and layer."""
+    if self.draws_per_token:
+      return self.draws_per_token
+    return 1 if self.top_k == 1 else 2 * self.top_k + 4
+
+
+@base.params_dataclass
+class RoutingParams:
+  """Traced routing knobs (all dimensionless, so a preset carries across E, k).
+
+  zipf_exponent: skew of the global popularity over expert ranks (>= 0).
+  prompt_concentration: squared coefficient of variation of a sequence's
+    per-expert popularity around the global one (>= 0; 0 = none).
+  reuse_prob: chance a token repeats its predecessor's experts, per layer [0, 1].
+  successor_strength: log of the weight boost of the successor of the previous
+    layer's top-1 expert (>= 0 nats).
+  prefill_decode_coupling: share of the prompt's popularity that the decode
+    tokens keep [0, 1] (1: decode routes like prefill).
+  always_on_share: share of tokens selecting the always-on expert in the
+    layers of ``RoutingSpec.always_on_layers`` [0, 1].
+  gate_temperature: temperature of the gate softmax (> 0; 1: Gumbel logits).
+  """
+  zipf_exponent: Any = 0.0
+  prompt_concentration: Any = 0.0
+  reuse_prob: Any = 0.0
+  successor_strength: Any = 0.0
+  prefill_decode_coupling: Any = 1.0
+  always_on_share: Any = 0.0
+  gate_temperature: Any = 1.0
+
+
+_RANGES = {
+    "zipf_exponent": (0.0, None), "prompt_concentration": (0.0, None),
+    "reuse_prob": (0.0, 1.0), "successor_strength": (0.0, None),
+    "prefill_decode_coupling": (0.0, 1.0), "always_on_share": (0.0, 1.0),
+    "gate_temperature": (1e-6, None),
+}
+
+
+def validate_params(params: RoutingParams) -> RoutingParams:
+  """Raises ConfigError for a concrete knob out of range (traced ones pass)."""
+  for name, (lo, hi) in _RANGES.items():
+    v = getattr(params, name)
+    if isinstance(v, jax.core.Tracer):
+      continue
+    a = np.asarray(v, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a < lo) or (hi is not None and np.any(a > hi)):
+      span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+      raise ConfigError(f"RoutingParams.{name}={v!r}: write a number in {span}")
+  return params
+
+
+class Routing(NamedTuple):
+  """Routed experts, sorted by gate (slot 0 = top-1).  Shared experts excluded.
+
+  prefill_ids: [S, P, L, k] expert ids (``spec.id_dtype``).
+  prefill_gates: [S, P, L, k] gate weights, summing to 1 over k.
+  decode_ids: [S, T, L, k].  decode_gates: [S, T, L, k].
+  """
+  prefill_ids: jax.Array
+  prefill_gates: jax.Array
+  decode_ids: jax.Array
+  decode_gates: jax.Array
+
+
+# Presets.  Calibrated ones were fitted by benchmarks/routing_calibrate.py (a
+# coordinate search then Nelder-Mead in NumPy over the generator, matching the
+# statistics of shared/reference/routing_stats.md at each trace's E, k, layer
+# count and token counts, averaged over replicate keys).
+_PRESETS: dict[str, dict[str, float]] = {
+    "uniform": dict(),
+    "balanced_corpus": dict(prompt_concentration=1.5, reuse_prob=0.15,
+                            successor_strength=1.5, prefill_decode_coupling=0.8),
+    "skewed": dict(zipf_exponent=1.2, prompt_concentration=0.5, reuse_prob=0.15,
+                   successor_strength=1.5, prefill_decode_coupling=0.8),
+    "flame_moe_290m": dict(zipf_exponent=0.175, prompt_concentration=0.095,
+                           reuse_prob=0.0, successor_strength=2.05,
+                           prefill_decode_coupling=1.0),
+    "mixtral_8x7b": dict(zipf_exponent=0.26, prompt_concentration=0.12,
+                         reuse_prob=0.13, successor_strength=0.9,
+                         prefill_decode_coupling=0.5),
+    "llama4_maverick": dict(zipf_exponent=1.3, prompt_concentration=6.0,
+                            reuse_prob=0.1, successor_strength=1.2,
+                            prefill_decode_coupling=0.6, always_on_share=0.999),
+}
+PRESETS: tuple[str, ...] = tuple(_PRESETS)
+
+
+def preset(name: str, num_experts: int, top_k: int) -> RoutingParams:
+  """Named routing knobs for a model with ``num_experts`` and ``top_k``.
+
+  The knobs are dimensionless (Zipf exponent over ranks, squared coefficient of
+  variation, per-token probabilities, a log boost), so a preset applies to any
+  E and k as is; E and k are validated.  ``llama4_maverick`` sets
+  ``always_on_share`` for layers listed in ``RoutingSpec.always_on_layers``
+  (Maverick's MoE layer 45 is MoE-layer index 22); it has no effect otherwise.
+  """
+  if name not in _PRESETS:
+    raise ConfigError(f"unknown routing preset {name!r}: write one of {list(PRESETS)}")
+  if not isinstance(num_experts, (int, np.integer)) or num_experts < 1:
+    raise ConfigError(f"num_experts={num_experts!r}: write an integer >= 1")
+  if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= num_experts:
+    raise ConfigError(f"top_k={top_k!r}: write an integer in [1, num_experts={num_experts}]")
+  return RoutingParams(**{k: float(v) for k, v in _PRESETS[name].items()})
+
+
+# ----------------------------------------------------------------------------
+# Counter-based uniforms.
+
+def _mix(x: jax.Array) -> jax.Array:
+  """A bijective 32-bit avalanche hash (lowbias32)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def _uniform(h: jax.Array, seed: jax.Array) -> jax.Array:
+  """Uniform in (0, 1), float32 with 23 random bits, from a token hash and seed."""
+  b = _mix(h ^ seed)
+  return ((b >> 9).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-23)
+
+
+# ----------------------------------------------------------------------------
+# Popularity.
+
+def _global_popularity(key, spec: RoutingSpec, params: RoutingParams):
+  """Global popularity [L, E] (float32, rows sum to 1) and top expert [L].
+
+  In always-on layers the top expert is removed from the popularity (it is
+  selected through ``always_on_share`` instead).
+  """
+  L, E = spec.num_layers, spec.num_experts
+  ranks = jax.vmap(lambda k: jax.random.permutation(k, E))(jax.random.split(key, L))
+  logp = -jnp.asarray(params.zipf_exponent, jnp.float32) * jnp.log1p(
+      ranks.astype(jnp.float32))
+  top = jnp.argmin(ranks, axis=1).astype(jnp.int32)
+  on = np.zeros((L, 1), bool)
+  on[list(spec.always_on_layers), 0] = True
+  if E > 1:
+    logp = jnp.where(on & (ranks == 0), -jnp.inf, logp)
+  return jax.nn.softmax(logp, axis=1), top
+
+
+def _sequence_popularity(key, glob, conc, S: int):
+  """Dirichlet(E glob / conc) per sequence: [S, L, E]; conc == 0 gives glob."""
+  E = glob.shape[-1]
+  safe = jnp.where(conc > 0, conc, 1.0)
+  alpha = jnp.where(glob > 0, E * glob / safe, 1.0)
+  lg = jax.random.loggamma(key, jnp.broadcast_to(alpha, (S,) + glob.shape))
+  lg = jnp.where(glob > 0, lg, -jnp.inf)
+  q = jax.nn.softmax(lg, axis=-1)
+  return jnp.where(conc > 0, q, glob[None])
+
+
+def _alias_table(w: jax.Array):
+  """Walker/Vose alias table of one distribution w [E] (sums to 1).
+
+  Returns (accept [E] float32, alias [E] int32): draw slot i uniformly; keep i
+  with probability accept[i], else take alias[i].  Built from the sorted
+  masses with two pointers (one pass of E steps).
+  """
+  E = w.shape[0]
+  order = jnp.argsort(w).astype(jnp.int32)
+  a = w[order] * E
+  def step(_, st):
+    a, acc, ali, i, j, carry = st
+    has_carry = carry >= 0
+    small_i = (i <= j) & (a[jnp.clip(i, 0, E - 1)] < 1.0)
+    s = jnp.where(has_carry, carry, i)
+    have_small = has_carry | small_i
+    have_large = j >= i + jnp.where(has_carry, 0, 1)
+    pair = have_small & have_large
+    s_c = jnp.clip(s, 0, E - 1)
+    j_c = jnp.clip(j, 0, E - 1)
+    acc = acc.at[s_c].set(jnp.where(pair, a[s_c], acc[s_c]))
+    ali = ali.at[s_c].set(jnp.where(pair, order[j_c], ali[s_c]))
+    new_large = a[j_c] - (1.0 - a[s_c])
+    a = a.at[j_c].set(jnp.where(pair, new_large, a[j_c]))
+    # Consumed the small: advance the left pointer if it was not the carry.
+    i = jnp.where(have_small & ~has_carry, i + 1, i)
+    carry = jnp.where(have_small, -1, carry)
+    becomes_small = pair & (new_large < 1.0)
+    carry = jnp.where(becomes_small, j, carry)
+    # Finalize the large (accept 1) when no small is left, or it became small.
+    j = jnp.where(becomes_small | ~have_small, j - 1, j)
+    return a, acc, ali, i, j, carry
+
+  init = (a, jnp.ones(E, jnp.float32), order, jnp.int32(0), jnp.int32(E - 1),
+          jnp.int32(-1))
+  _, acc, ali, *_ = lax.fori_loop(0, E, step, init)
+  accept = jnp.zeros(E, jnp.float32).at[order].set(acc)
+  alias = jnp.zeros(E, jnp.int32).at[order].set(ali)
+  return accept, alias
+
+
+# ----------------------------------------------------------------------------
+# One layer for all tokens.
+
+def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Array):
+  """Expert ids and gates of every token at one layer.
+
+  tab: this layer's tables, flat over (phase, sequence, expert): 'accept',
+  'alias', 'q' [2 S E]; 'fill' [2 S F] (experts by falling popularity);
+  'seeds' uint32 [n]; 'succ' [E] successor map to the next layer; 'on' bool;
+  'top' int32 (always-on expert).  succ_in: [S, N] int32 boosted expert per
+  token (-1: none).  Returns ids [S, N, k] int32, gates [S, N, k] float32,
+  succ_out [S, N] int32 (successor of each token's top-1 for the next layer).
+  """
+  S, N, E, k, P, R = (spec.num_seqs, spec.num_tokens, spec.num_experts, spec.top_k,
+                      spec.prompt_len, spec.draws)
+  F = tab["fill"].shape[0] // (2 * S)
+  seeds = tab["seeds"]
+  s_idx = lax.broadcasted_iota(jnp.int32, (S, N), 0)
+  t_idx = lax.broadcasted_iota(jnp.int32, (S, N), 1)
+  table = jnp.where(t_idx >= P, S, 0) + s_idx                # [S, N] table row
+  base = table * E
+  ht = _mix(_mix(s_idx.astype(jnp.uint32) ^ seeds[0]) ^ t_idx.astype(jnp.uint32))
+  u = lambda j: _uniform(ht, seeds[1 + j])
+  f32 = jnp.float32
+  take = lambda name, idx: tab[name].at[idx].get(mode="promise_in_bounds")
+
+  boost = jnp.exp(jnp.asarray(params.successor_strength, f32)) - 1.0
+  has_succ = succ_in >= 0
+  succ = jnp.maximum(succ_in, 0)
+  q_succ = jnp.where(has_succ, take("q", base + succ), 0.0)
+  beta = boost * q_succ / (1.0 + boost * q_succ)
+
+  # Candidates i.i.d. from the boosted categorical; keep the first distinct.
+  uc = _uniform(ht[..., None], seeds[1:1 + 3 * R].reshape(3, R)[:, None, None, :])
+  slot = jnp.minimum((uc[0] * E).astype(jnp.int32), E - 1)         # [S, N, R]
+  cell = base[..., None] + slot
+  c = jnp.where(uc[1] < take("accept", cell), slot, take("alias", cell))
+  cands = jnp.where(uc[2] < beta[..., None], succ[..., None], c)
+  if R > 1:
+    earlier = jnp.tril(jnp.ones((R, R), bool), -1)
+    seen = jnp.any((cands[..., :, None] == cands[..., None, :]) & earlier, axis=-1)
+    new = ~seen
+  else:
+    new = jnp.ones(cands.shape, bool)
+  rank = jnp.cumsum(new.astype(jnp.int32), axis=-1)                 # [S, N, R]
+  pick = new[..., None, :] & (rank[..., None, :] == jnp.arange(1, k + 1)[:, None])
+  chosen = list(jnp.moveaxis(jnp.sum(jnp.where(pick, cands[..., None, :], 0), -1), -1, 0))
+  count = jnp.minimum(rank[..., -1], k)
+
+  def fill(args):
+    chosen, count = args
+    chosen = list(chosen)
+    fbase = table * F
+    for f in range(F):
+      o = take("fill", fbase + f)
+      new = jnp.ones((S, N), bool)
+      for j in range(k):
+        new = new & ((o != chosen[j]) | (j >= count))
+      new = new & (count < k)
+      for j in range(k):
+        chosen[j] = jnp.where(new & (count == j), o, chosen[j])
+      count = count + new
+    return tuple(chosen), count
+
+  if R < E and k > 1:
+    chosen, count = lax.cond(jnp.any(count < k), fill, lambda a: a,
+                             (tuple(chosen), count))
+    chosen = list(chosen)
+
+  # Always-on expert in slot 0 for a share of the tokens.
+  share = jnp.asarray(params.always_on_share, f32)
+  forced = tab["on"] & (u(3 * R) < share)
+  top = jnp.broadcast_to(tab["top"], (S, N))
+  ids = [jnp.where(forced, top, chosen[0])]
+  ids += [jnp.where(forced, chosen[j - 1], chosen[j]) for j in range(1, k)]
+
+  # Gates: exponential-race arrival times in selection order.
+  norm = 1.0 + boost * q_succ
+  t0 = -jnp.log(u(3 * R + 1)) * jnp.maximum(1.0 - share, 1e-6)
+  t = jnp.where(forced, t0, 0.0)
+  left = jnp.ones((S, N), f32)
+  times = []
+  for j in range(k):
+    w = take("q", base + chosen[j]) * jnp.where(has_succ & (chosen[j] == succ),
+                                               1.0 + boost, 1.0) / norm
+    t = t + (-jnp.log(u(3 * R + 2 + j))) / jnp.maximum(left, 1e-30)
+    left = left - w
+    times.append(t)
+  times = [jnp.where(forced, t0, times[0])] + [
+      jnp.where(forced, times[j - 1], times[j]) for j in range(1, k)]
+  logits = -jnp.log(jnp.stack(times, -1)) / jnp.asarray(params.gate_temperature, f32)
+  gates = jax.nn.softmax(logits, axis=-1)
+  ids = jnp.stack(ids, -1)
+
+  # Temporal reuse: a token repeats its predecessor with probability reuse_prob.
+  fresh = (t_idx == 0) | (u(3 * R + 2 + k) >= jnp.asarray(params.reuse_prob, f32))
+  src = lax.cummax(jnp.where(fresh, t_idx, 0), axis=1)
+  flat_src = (s_idx * N + src).reshape(-1)
+  ids = ids.reshape(S * N, k).at[flat_src].get(mode="promise_in_bounds")
+  gates = gates.reshape(S * N, k).at[flat_src].get(mode="promise_in_bounds")
+  ids, gates = ids.reshape(S, N, k), gates.reshape(S, N, k)
+  succ_out = tab["succ"].at[ids[..., 0]].get(mode="promise_in_bounds")
+  return ids, gates, succ_out
+
+
+def _num_seeds(spec: RoutingSpec) -> int:
+  return 3 * spec.draws + spec.top_k + 4
+
+
+def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
+  S, L, E, k, P = (spec.num_seqs, spec.num_layers, spec.num_experts, spec.top_k,
+                   spec.prompt_len)
+  f32 = jnp.float32
+  k_glob, k_pre, k_new, k_succ, k_seed = jax.random.split(key, 5)
+  glob, top = _global_popularity(k_glob, spec, params)                 # [L, E]
+  conc = jnp.asarray(params.prompt_concentration, f32)
+  q_pre = _sequence_popularity(k_pre, glob, conc, S)                  # [S, L, E]
+  q_new = _sequence_popularity(k_new, glob, conc, S)
+  rho = jnp.asarray(params.prefill_decode_coupling, f32)
+  q_dec = rho * q_pre + (1.0 - rho) * q_new
+  q = jnp.stack([q_pre, q_dec]).transpose(2, 0, 1, 3)                  # [L, 2, S, E]
+  acc, ali = jax.vmap(_alias_table)(q.reshape(-1, E))
+  F = min(E, 2 * k)
+  fill = lax.top_k(q, F)[1].astype(jnp.int32)                          # [L, 2, S, F]
+  succ = jax.vmap(lambda kk: jax.random.permutation(kk, E))(
+      jax.random.split(k_succ, L)).astype(jnp.int32)
+  seeds = jax.random.bits(k_seed, (L, _num_seeds(spec)), jnp.uint32)
+  on = np.zeros(L, bool)
+  on[list(spec.always_on_layers)] = True
+  xs = dict(accept=acc.reshape(L, -1), alias=ali.reshape(L, -1), q=q.reshape(L, -1),
+            fill=fill.reshape(L, -1), seeds=seeds, succ=succ, on=jnp.asarray(on),
+            top=top)
+  id_dtype, gate_dtype = jnp.dtype(spec.id_dtype), jnp.dtype(spec.gate_dtype)
+
+  def body(succ_in, tab):
+    ids, gates, succ_out = _layer(spec, params, tab, succ_in)
+    return succ_out, (ids.astype(id_dtype), gates.astype(gate_dtype))
+
+  init = jnp.full((S, spec.num_tokens), -1, jnp.int32)
+  _, (ids, gates) = lax.scan(body, init, xs)                          # [L, S, N, k]
+  ids = ids.transpose(1, 2, 0, 3)
+  gates = gates.transpose(1, 2, 0, 3)
+  return Routing(ids[:, :P], gates[:, :P], ids[:, P:], gates[:, P:])
+
+
+_generate_jit = jax.jit(_generate, static_argnums=1)
+
+
+def generate(key: jax.Array, spec: RoutingSpec, params: RoutingParams) -> Routing:
+  """Routing of ``spec.num_seqs`` sequences: a pure, jit-compiled function of key.
+
+  key: a JAX PRNG key.  spec: static shapes.  params: traced knobs (vmap-able).
+  Returns Routing with ids [S, P|T, L, k] in ``spec.id_dtype`` (sorted by
+  gate) and gates in ``spec.gate_dtype``.  Shared experts are not included.
+  Memory: the ids and gates plus about 2 S N k (id + gate) words per layer.
+  """
+  if not isinstance(spec, RoutingSpec):
+    raise ConfigError(f"spec must be a RoutingSpec, got {type(spec).__name__}")
+  validate_params(params)
+  return _generate_jit(key, spec, params)
