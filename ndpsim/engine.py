@@ -58,6 +58,7 @@ class _Acc(NamedTuple):
   """Per-sequence accumulators carried through the scans."""
   gpu_busy_s: jax.Array
   unit_busy_s: jax.Array  # [N]
+  ndp_lane_s: jax.Array   # sum over layers of the slowest unit's time
   link_to_gpu_busy_s: jax.Array
   link_to_ndp_busy_s: jax.Array
   bytes_to_gpu: jax.Array
@@ -75,7 +76,7 @@ class _Acc(NamedTuple):
 
 def _zero_acc(n_units: int) -> _Acc:
   z = jnp.zeros(())
-  return _Acc(z, jnp.zeros((n_units,)), z, z, z, z, z, z, z, z, z, z, z, z, z)
+  return _Acc(z, jnp.zeros((n_units,)), z, z, z, z, z, z, z, z, z, z, z, z, z, z)
 
 
 class _Carry(NamedTuple):
@@ -89,13 +90,14 @@ class _Carry(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class _Static:
-  ss: Any
-  model: Any
   policy: pb.Policy
   num_units: int
   batch: int
-  prompt_len: int
-  output_len: int
+  act_bytes_per_token: float
+  phase_tokens: tuple
+
+  def tokens(self, phase: str) -> int:
+    return dict(self.phase_tokens)[phase]
 
 
 # ---------------------------------------------------------------------------
@@ -133,17 +135,51 @@ def _bg_drain(state: pb.PolicyState, idle_s):
 
 
 def _bg_inflight_remainder(state: pb.PolicyState, fetch_s):
-  """Link seconds left of the background load in flight (0 if none)."""
-  ends = jnp.where(state.queue_end_s > state.drained_s + 1e-12, state.queue_end_s,
-                   jnp.inf)
-  nxt = jnp.min(ends)
-  started = (nxt - fetch_s) < state.drained_s - 1e-12
-  return jnp.where(jnp.isfinite(nxt) & started, nxt - state.drained_s, 0.0)
+  """Link seconds left of the background load in flight (0 if none).
+
+  Every queued load costs ``fetch_s`` and the queue is contiguous from 0, so
+  loads start at multiples of ``fetch_s``: the one in flight ends at the next
+  multiple above ``drained_s``.
+  """
+  r = state.drained_s / fetch_s
+  frac = r - jnp.floor(r + 1e-6)
+  pending = state.queued_s - state.drained_s > 1e-6 * fetch_s
+  return jnp.where(pending & (frac > 1e-6), (1.0 - frac) * fetch_s, 0.0)
 
 
-def _arrivals(state: pb.PolicyState):
-  arrived = state.queue_end_s <= state.drained_s + 1e-12
-  return dataclasses.replace(state, resident=state.resident | arrived)
+def _arrivals(state: pb.PolicyState, layer):
+  """Marks this layer's queued loads that have completed as resident."""
+  row = state.resident[layer] | (state.queue_end_s[layer] <= state.drained_s * (1 + 1e-7))
+  return dataclasses.replace(state, resident=state.resident.at[layer].set(row))
+
+
+class PhaseCosts(NamedTuple):
+  """Costs of one phase, computed once outside the per-sequence scans.
+
+  gpu_s, tp_s, ep_s: [max_tokens + 1] expert time by routed token count (GPU;
+    one TP slice on a unit; a whole expert on a unit).
+  bcast_s: activation broadcast of the phase's batch tokens.
+  ret_s, red_s: [N + 1] partial-sum return and reduction by number of partials.
+  """
+  gpu_s: jax.Array
+  tp_s: jax.Array
+  ep_s: jax.Array
+  bcast_s: jax.Array
+  ret_s: jax.Array
+  red_s: jax.Array
+
+
+def phase_costs(ss, sp, model, max_tokens: int, batch_tokens: int) -> PhaseCosts:
+  n = ss.num_ndp_units
+  t = jnp.arange(max_tokens + 1, dtype=jnp.float32)
+  parts = jnp.arange(n + 1, dtype=jnp.float32)
+  return PhaseCosts(
+      gpu_s=costs.gpu_expert_s(ss, sp, model, t),
+      tp_s=costs.ndp_expert_s(ss, sp, model, t, n),
+      ep_s=costs.ndp_expert_s(ss, sp, model, t, 1),
+      bcast_s=costs.broadcast_s(ss, sp, model, float(batch_tokens)),
+      ret_s=costs.return_s(ss, sp, model, float(batch_tokens), parts),
+      red_s=costs.reduce_s(ss, sp, model, float(batch_tokens), parts))
 
 
 # ---------------------------------------------------------------------------
@@ -153,8 +189,8 @@ def _slots_decode(ids, num_experts: int, batch: int):
   """ids [B, k] -> slots of unique activated experts (ids, tokens, valid)."""
   flat = ids.reshape(-1).astype(jnp.int32)
   if batch == 1:
-    return flat, jnp.ones(flat.shape, jnp.float32), jnp.ones(flat.shape, bool)
-  counts = jnp.zeros((num_experts,), jnp.float32).at[flat].add(1.0)
+    return flat, jnp.ones(flat.shape, jnp.int32), jnp.ones(flat.shape, bool)
+  counts = jnp.zeros((num_experts,), jnp.int32).at[flat].add(1)
   n = min(num_experts, flat.shape[0])
   tok, idx = jax.lax.top_k(counts, n)
   return idx.astype(jnp.int32), tok, tok > 0
@@ -166,10 +202,10 @@ def _slots_prefill(counts):
   return jnp.arange(e, dtype=jnp.int32), counts, counts > 0
 
 
-def _layer(st: _Static, sp, ctx: pb.Context, pparams, phase: str, carry: _Carry,
-           layer, ids, tokens, valid, attn_s, shared_s, q_tokens):
-  """Simulates one MoE layer; returns the new carry."""
-  model, ss, pol, n_units = st.model, st.ss, st.policy, st.num_units
+def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
+           carry: _Carry, layer, ids, tokens, valid, attn_s, shared_s):
+  """Simulates one MoE layer; returns the new carry.  tokens: int32 [n]."""
+  pol, n_units = st.policy, st.num_units
   state = carry.state
   t0 = carry.t
   tr = t0 + attn_s
@@ -177,30 +213,25 @@ def _layer(st: _Static, sp, ctx: pb.Context, pparams, phase: str, carry: _Carry,
 
   # Background loads use the idle link up to the router's decision.
   idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
-  state = _arrivals(_bg_drain(state, idle))
+  state = _arrivals(_bg_drain(state, idle), layer)
 
   resident = state.resident[layer, ids] & valid
-  batch_tokens = q_tokens * st.batch
   inflight = _bg_inflight_remainder(state, fetch_s)
-  bcast_full = costs.broadcast_s(ss, sp, model, batch_tokens)
   bcast_start = jnp.maximum(tr, carry.link_ndp_free)
-  post_tp = (costs.return_s(ss, sp, model, batch_tokens, n_units)
-             + costs.reduce_s(ss, sp, model, batch_tokens, n_units))
-  slots = pb.Slots(ids=ids, tokens=tokens, valid=valid, resident=resident,
-                   gpu_s=costs.gpu_expert_s(ss, sp, model, tokens),
+  slots = pb.Slots(ids=ids, tokens=tokens.astype(jnp.float32), valid=valid,
+                   resident=resident, gpu_s=pc.gpu_s[tokens],
                    fetch_s=jnp.broadcast_to(fetch_s, tokens.shape),
-                   ndp_tp_s=costs.ndp_expert_s(ss, sp, model, tokens, n_units),
-                   ndp_ep_s=costs.ndp_expert_s(ss, sp, model, tokens, 1),
+                   ndp_tp_s=pc.tp_s[tokens], ndp_ep_s=pc.ep_s[tokens],
                    gpu_pre_s=shared_s,
                    link_delay_s=jnp.maximum(carry.link_gpu_free - tr, 0.0) + inflight,
-                   bcast_s=bcast_start - tr + bcast_full, post_s=post_tp)
+                   bcast_s=bcast_start - tr + pc.bcast_s,
+                   post_s=pc.ret_s[n_units] + pc.red_s[n_units])
   place, state = pol.place(ctx, state, layer, slots, pparams, phase)
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
 
   # Demand loads wait for a background load in flight.
-  any_fetch = jnp.any(fetch)
-  block = jnp.where(any_fetch, inflight, 0.0)
+  block = jnp.where(jnp.any(fetch), inflight, 0.0)
   state = dataclasses.replace(state, drained_s=state.drained_s + block)
   fetch_start = jnp.maximum(tr, carry.link_gpu_free) + block
   gpu_end, fetch_busy = gpu_lane_end(tr + shared_s, fetch_start, slots.gpu_s, gfrac,
@@ -209,27 +240,22 @@ def _layer(st: _Static, sp, ctx: pb.Context, pparams, phase: str, carry: _Carry,
 
   # NDP lane.
   loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place)
-  ndp_tokens = jnp.sum(jnp.where(valid & (gfrac < 1.0), tokens, 0.0))
-  has_ndp = ndp_tokens > 0
-  n_partials = jnp.where(
-      has_ndp, n_units if pol.ndp_mode == "tp" else jnp.sum(loads > 0), 0)
-  bcast = jnp.where(has_ndp, bcast_full, 0.0)
+  has_ndp = jnp.any(valid & (gfrac < 1.0))
+  n_partials = jnp.where(has_ndp, n_units if pol.ndp_mode == "tp"
+                         else jnp.sum(loads > 0), 0).astype(jnp.int32)
+  bcast = jnp.where(has_ndp, pc.bcast_s, 0.0)
   ndp_end = bcast_start + bcast + jnp.max(loads)
   # Background loads use the idle link between demand loads and the return;
   # the small partial-sum message is not queued behind a bulk copy.
-  state = jax.tree_util.tree_map(
-      lambda a, b: jnp.where(has_ndp, a, b),
-      _bg_drain(state, ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free)), state)
-  ret = costs.return_s(ss, sp, model, jnp.where(has_ndp, batch_tokens, 0.0),
-                       n_partials)
-  ret_start = jnp.maximum(ndp_end, fetch_end)
-  ret_end = ret_start + ret
-  red = costs.reduce_s(ss, sp, model, batch_tokens, n_partials)
+  idle2 = jnp.where(has_ndp, ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free), 0.0)
+  state = _bg_drain(state, idle2)
+  ret = pc.ret_s[n_partials]
+  ret_end = jnp.maximum(ndp_end, fetch_end) + ret
+  red = pc.red_s[n_partials]
   end = jnp.maximum(gpu_end, jnp.where(has_ndp, ret_end, tr)) + red
   if pol.lower_bound:
-    post_min = (costs.return_s(ss, sp, model, batch_tokens, 1)
-                + costs.reduce_s(ss, sp, model, batch_tokens, 1))
-    span, _ = oracle_bound(slots._replace(bcast_s=bcast_full), n_units, post_min)
+    span, _ = oracle_bound(slots._replace(bcast_s=pc.bcast_s), n_units,
+                           pc.ret_s[1] + pc.red_s[1])
     end = tr + span
 
   link_gpu_free = jnp.where(has_ndp, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
@@ -237,23 +263,24 @@ def _layer(st: _Static, sp, ctx: pb.Context, pparams, phase: str, carry: _Carry,
   link_ndp_free = jnp.where(has_ndp, bcast_start + bcast, carry.link_ndp_free)
 
   # Bookkeeping.
-  eb = M.expert_bytes(model)
+  eb = ctx.expert_bytes
   acc = carry.acc
-  ab = M.dtype_bytes(model.activation_dtype) * model.hidden_size
+  ab = st.act_bytes_per_token
+  batch_tokens = st.tokens(phase)
   on_gpu = valid & (gfrac > 0)
   used_now = on_gpu & resident & state.prefetched[layer, ids]
   state = dataclasses.replace(
       state, used=state.used.at[layer, ids].set(state.used[layer, ids] | used_now))
   mean_load = jnp.mean(loads)
   imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0), 0.0)
-  n_res = jnp.sum(state.resident)
   acc = _Acc(
       gpu_busy_s=acc.gpu_busy_s + attn_s + shared_s + jnp.sum(slots.gpu_s * gfrac) + red,
       unit_busy_s=acc.unit_busy_s + loads,
+      ndp_lane_s=acc.ndp_lane_s + jnp.max(loads),
       link_to_gpu_busy_s=acc.link_to_gpu_busy_s + fetch_busy + ret,
       link_to_ndp_busy_s=acc.link_to_ndp_busy_s + bcast,
       bytes_to_gpu=acc.bytes_to_gpu + jnp.sum(jnp.where(fetch, gfrac, 0.0)) * eb
-      + jnp.where(has_ndp, n_partials * batch_tokens * ab, 0.0),
+      + n_partials * batch_tokens * ab,
       bytes_to_ndp=acc.bytes_to_ndp + jnp.where(has_ndp, batch_tokens * ab, 0.0),
       hits=acc.hits + jnp.sum(valid & resident),
       misses=acc.misses + jnp.sum(valid & ~resident),
@@ -262,40 +289,71 @@ def _layer(st: _Static, sp, ctx: pb.Context, pparams, phase: str, carry: _Carry,
       activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
       imbalance_sum=acc.imbalance_sum + jnp.where(has_ndp, imb, 0.0),
       imbalance_n=acc.imbalance_n + has_ndp,
-      peak_resident=jnp.maximum(acc.peak_resident, n_res),
+      peak_resident=acc.peak_resident,
       peak_staging=jnp.maximum(acc.peak_staging, jnp.sum(fetch & ~resident)),
   )
   return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
                 bg_clock=bg_clock, state=state, acc=acc)
 
 
+def _with_peak(c: _Carry) -> _Carry:
+  n = jnp.sum(c.state.resident).astype(jnp.float32)
+  return c._replace(acc=c.acc._replace(peak_resident=jnp.maximum(c.acc.peak_resident, n)))
+
+
 # ---------------------------------------------------------------------------
 # One sequence group (B sequences decoding together).
 
-def _simulate_group(st: _Static, sp, ctx, pparams, prefill_ids, decode_ids):
+class Tables(NamedTuple):
+  """Everything that depends on params but not on the sequence (hoisted out
+  of the vmap over sequences).  Times in seconds; [L] over MoE layers."""
+  prefill: PhaseCosts
+  decode: PhaseCosts
+  attn_prefill_s: jax.Array    # [L]
+  shared_prefill_s: jax.Array  # [L]
+  over_prefill_s: jax.Array    # leading dense layers + LM head
+  attn_decode_s: jax.Array     # [T, L]
+  shared_decode_s: jax.Array   # [L]
+  over_decode_s: jax.Array     # [T]
+
+
+def build_tables(ss, sp, model, P: int, T: int, B: int) -> Tables:
+  attn_p, shared_p = costs.moe_layer_gpu_s(ss, sp, model, P, float(P), B)
+  ctx_len = P + 1.0 + jnp.arange(T, dtype=jnp.float32)
+  attn_d = jax.vmap(lambda c: costs.moe_layer_gpu_s(ss, sp, model, 1, c, B)[0])(ctx_len)
+  _, shared_d = costs.moe_layer_gpu_s(ss, sp, model, 1, float(P + 1), B)
+  over_d = jax.vmap(lambda c: costs.step_overhead_s(ss, sp, model, 1, c, B,
+                                                    lm_head_tokens=B))(ctx_len)
+  return Tables(prefill=phase_costs(ss, sp, model, P * B, P * B),
+                decode=phase_costs(ss, sp, model, B, B),
+                attn_prefill_s=attn_p, shared_prefill_s=shared_p,
+                over_prefill_s=costs.step_overhead_s(ss, sp, model, P, float(P), B,
+                                                     lm_head_tokens=B),
+                attn_decode_s=attn_d.reshape(T, -1), shared_decode_s=shared_d,
+                over_decode_s=over_d)
+
+
+def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_ids):
   """prefill_ids [B, P, L, k], decode_ids [B, T, L, k] -> per-group outputs."""
-  model, ss = st.model, st.ss
   L, E = ctx.num_layers, ctx.num_experts
-  B, P, T = st.batch, st.prompt_len, st.output_len
   state = st.policy.init(ctx, pparams)
-  carry = _Carry(t=jnp.zeros(()), link_gpu_free=jnp.zeros(()),
+  carry = _Carry(t=tab.over_prefill_s, link_gpu_free=jnp.zeros(()),
                  link_ndp_free=jnp.zeros(()), bg_clock=jnp.zeros(()), state=state,
                  acc=_zero_acc(st.num_units))
 
-  # Prefill: one pass over the layers with all prompt tokens.
-  counts = jax.nn.one_hot(prefill_ids, E, dtype=jnp.float32).sum(axis=(0, 1, 3))  # [L, E]
-  attn_p, shared_p = costs.moe_layer_gpu_s(ss, sp, model, P, P, B)
-  pre_s = costs.step_overhead_s(ss, sp, model, P, P, B, lm_head_tokens=B)
-  carry = carry._replace(t=carry.t + pre_s)
+  # Prefill: one pass over the layers with all prompt tokens of the batch.
+  flat = jnp.moveaxis(prefill_ids, 2, 0).reshape(L, -1)          # [L, B*P*k]
+  counts = jax.vmap(lambda x: jnp.zeros((E,), jnp.int32).at[x].add(1))(flat)
 
   def prefill_body(c, xs):
     layer, cnt, a, sh = xs
     ids, tok, val = _slots_prefill(cnt)
-    return _layer(st, sp, ctx, pparams, "prefill", c, layer, ids, tok, val, a, sh,
-                  P), None
+    return _layer(st, ctx, pparams, "prefill", tab.prefill, c, layer, ids, tok, val,
+                  a, sh), None
 
-  carry, _ = jax.lax.scan(prefill_body, carry,
-                          (jnp.arange(L), counts, attn_p, shared_p))
+  carry, _ = jax.lax.scan(prefill_body, carry, (jnp.arange(L), counts,
+                                                tab.attn_prefill_s, tab.shared_prefill_s))
+  carry = _with_peak(carry)
   ttft = carry.t
   acc_prefill = carry.acc
 
@@ -303,27 +361,25 @@ def _simulate_group(st: _Static, sp, ctx, pparams, prefill_ids, decode_ids):
   dec = jnp.moveaxis(decode_ids, 0, 2)  # [T, L, B, k]
 
   def step_body(c, xs):
-    t_idx, ids_t = xs
-    ctx_len = P + t_idx + 1.0
-    attn_d, shared_d = costs.moe_layer_gpu_s(ss, sp, model, 1, ctx_len, B)
-    over = costs.step_overhead_s(ss, sp, model, 1, ctx_len, B, lm_head_tokens=B)
+    ids_t, attn_t, over_t = xs
     start = c.t
-    c = c._replace(t=c.t + over)
+    c = c._replace(t=c.t + over_t)
 
     def layer_body(c2, xs2):
       layer, ids_l, a, sh = xs2
-      sids, tok, val = _slots_decode(ids_l, E, B)
-      return _layer(st, sp, ctx, pparams, "decode", c2, layer, sids, tok, val, a, sh,
-                    1), None
+      sids, tok, val = _slots_decode(ids_l, E, st.batch)
+      return _layer(st, ctx, pparams, "decode", tab.decode, c2, layer, sids, tok, val,
+                    a, sh), None
 
-    c, _ = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_d, shared_d))
-    return c, c.t - start
+    c, _ = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_t,
+                                        tab.shared_decode_s))
+    return _with_peak(c), c.t - start
 
-  carry, step_s = jax.lax.scan(step_body, carry, (jnp.arange(T, dtype=jnp.float32), dec))
+  carry, step_s = jax.lax.scan(step_body, carry,
+                               (dec, tab.attn_decode_s, tab.over_decode_s))
   st_ = carry.state
-  eb = M.expert_bytes(model)
-  prefetched_bytes = jnp.sum(st_.prefetched) * eb
-  used_bytes = jnp.sum(st_.used) * eb
+  prefetched_bytes = jnp.sum(st_.prefetched) * ctx.expert_bytes
+  used_bytes = jnp.sum(st_.used) * ctx.expert_bytes
   return dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
               prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
 
@@ -339,21 +395,26 @@ def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, 
                     profile_counts=jnp.asarray(profile_counts, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("ss", "model", "policy", "batch"))
-def _simulate_jit(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
+def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
                   profile_counts, batch):
   S, P = prefill_ids.shape[:2]
   T = decode_ids.shape[1]
   G = S // batch
-  st = _Static(ss=ss, model=model, policy=policy, num_units=ss.num_ndp_units,
-               batch=batch, prompt_len=P, output_len=T)
+  st = _Static(policy=policy, num_units=ss.num_ndp_units, batch=batch,
+               act_bytes_per_token=model.hidden_size * M.dtype_bytes(model.activation_dtype),
+               phase_tokens=(("prefill", P * batch), ("decode", batch)))
   ctx = _build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch)
+  tab = build_tables(ss, sp, model, P, T, batch)
   pre = prefill_ids.reshape((G, batch) + prefill_ids.shape[1:])
   dec = decode_ids.reshape((G, batch) + decode_ids.shape[1:])
-  out = jax.vmap(lambda p, d: _simulate_group(st, sp, ctx, pparams, p, d))(pre, dec)
+  out = jax.vmap(lambda p, d: _simulate_group(st, ctx, pparams, tab, p, d))(pre, dec)
   fixed = costs.gpu_fixed_bytes(model, P + T, batch)
   return SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
                             gpu_fixed_bytes=fixed, batch=batch)
+
+
+STATIC_ARGNAMES = ("ss", "model", "policy", "batch")
+_simulate_jit = jax.jit(simulate_core, static_argnames=STATIC_ARGNAMES)
 
 
 def simulate(system, model, routing, policy, policy_params=None, *, batch_size: int = 1,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -166,6 +165,19 @@ def test_prefill_attention_is_causal_and_compute_bound():
   assert _f(gpu.attention_time_s(spec, params, q_tokens=0, context_len=10, num_q_heads=32,
                                  num_kv_heads=4, qk_head_dim=128, v_head_dim=128,
                                  kv_bytes_per_token=2048)) == 0.0
+
+
+def test_idle_calls_have_finite_zero_gradients():
+  spec, params = _load()
+  params = base.as_arrays(params)
+  fns = [lambda p: gpu.matmul_time_s(spec, p, 0, 768, 2048),
+         lambda p: gpu.attention_time_s(spec, p, q_tokens=0, context_len=0, num_q_heads=32,
+                                        num_kv_heads=4, qk_head_dim=128, v_head_dim=128,
+                                        kv_bytes_per_token=2048),
+         lambda p: gpu.elementwise_time_s(spec, p, 0.0)]
+  for fn in fns:
+    for g in jax.tree_util.tree_leaves(jax.grad(fn)(params)):
+      assert np.all(np.asarray(g) == 0.0)
 
 
 def test_attention_head_mismatch_is_config_error():

@@ -125,6 +125,10 @@ def test_zero_tokens_or_rows_cost_nothing_traced():
   out = np.asarray(f(jnp.array([0.0, 1.0, 2.0, 4.0]), jnp.array([2048.0, 0.0, 2048.0, 512.0])))
   assert out[0] == 0.0 and out[1] == 0.0 and out[2] > 0 and out[3] > 0
   assert _f(ndp.stream_time_s(spec, params, 0.0)) == 0.0
+  for r, t in ((2048, 0), (0, 4)):
+    g = jax.grad(lambda p, r=r, t=t: ndp.matmul_time_s(spec, p, r, 768, t))(
+        base.as_arrays(params))
+    assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree_util.tree_leaves(g))
 
 
 def _fd_check(fn, params, rel=1e-3):

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from ndpsim import config, probe as _probe
+from ndpsim import base, config, probe as _probe
 from ndpsim.base import ConfigError
 from ndpsim.hw import dram_structure as _st
 from ndpsim.hw.dram_spec import (DramParams, DramSpec, FIELDS, REFRESH_MODES,  # noqa: F401
@@ -128,7 +128,7 @@ def _refresh_stretch(spec: DramSpec, p: DramParams, rot: _st.Rotation, gs):
   loss = p.t_rfc_cycles + p.t_rtp_cycles + p.t_rp_cycles + p.t_rcd_cycles + wave
   if spec.refresh_mode == "staggered" and rot.ranks > 1:
     hidden = rot.window * (rot.ranks - 1) / rot.ranks * gs
-    loss = rot.ranks * jnp.maximum(loss - hidden, p.t_rfc_cycles * 0.0 + wave)
+    loss = rot.ranks * jnp.maximum(loss - hidden, wave)
   return 1.0 / (1.0 - loss / p.t_refi_cycles)
 
 
@@ -379,7 +379,7 @@ def probe(args: dict) -> dict:
     raise ConfigError(f"--queue_depth={args['queue_depth']} must be >= 1 (0 keeps the "
                       "preset's)")
   if args["queue_depth"]:
-    spec = _replace(spec, transaction_queue_depth=args["queue_depth"])
+    spec = base.replace(spec, transaction_queue_depth=args["queue_depth"])
   req = args["request_bytes"] or spec.transaction_bytes
   if req <= 0 or req % spec.transaction_bytes:
     raise ConfigError(f"--request_bytes={args['request_bytes']} must be a positive "
@@ -407,7 +407,3 @@ def probe(args: dict) -> dict:
         ndp_stream_time_ns(spec, params, args["bytes"], args["level"]))
   return out
 
-
-def _replace(spec: DramSpec, **kw) -> DramSpec:
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  return dataclasses.replace(spec, **kw)

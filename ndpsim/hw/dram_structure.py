@@ -104,15 +104,6 @@ def pattern_rotation(spec: DramSpec, pattern: str, request_txns: int) -> Rotatio
   raise ValueError(pattern)
 
 
-def stream_visit_fraction_same(spec: DramSpec) -> float:
-  """Fraction of stream row-visit changes that land in the same banks."""
-  f = channel_fields(spec)
-  ico = f.index("co")
-  sizes = spec.field_sizes()
-  above = [x for x in f[ico + 1:] if x == "ro" or sizes[x] > 1]
-  return 1.0 if not above or above[0] == "ro" else 0.0
-
-
 def row_span_transactions(spec: DramSpec) -> int:
   """Transactions from the LSB up to and including the ``co`` field."""
   sizes = spec.field_sizes()
@@ -128,10 +119,3 @@ def channel_above_column(spec: DramSpec) -> bool:
   """Whether the channel bits sit above the column bits in the mapping."""
   f = spec.mapping_fields()
   return f.index("ch") < f.index("co")
-
-
-def random_rows_per_bank(spec: DramSpec, region_bytes: float) -> float:
-  """Distinct rows a random pattern touches per bank it touches (>= 1)."""
-  pairs = max(1.0, region_bytes / spec.row_bytes)
-  banks = min(float(spec.total_banks), pairs)
-  return max(1.0, pairs / banks)

@@ -33,7 +33,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ndpsim import base, config, probe as _probe
+from ndpsim import base, config
 from ndpsim.base import ConfigError
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4")
@@ -211,13 +211,14 @@ def attention_breakdown(spec: GpuSpec, params: GpuParams, *, q_tokens, context_l
   w = _f(sliding_window)
   pairs = attended_pairs(q, ctx, w)
   flops = bsz * num_q_heads * pairs * 2.0 * (qk_head_dim + v_head_dim)
-  clock_hz = params.clock_mhz * 1e6 * params.achievable_compute_fraction
+  eff_clock_hz = params.clock_mhz * 1e6 * params.achievable_compute_fraction
   # CTAs: (sequence, q head, query block); idle SMs split the KV (flash-decoding).
-  ctas = bsz * num_q_heads * jnp.ceil(q / spec.attention_block_q)
-  units = ctas * jnp.maximum(1.0, jnp.floor(spec.num_sms / jnp.maximum(ctas, 1.0)))
+  ctas = jnp.maximum(bsz * num_q_heads * jnp.ceil(q / spec.attention_block_q), 1.0)
+  units = ctas * jnp.maximum(1.0, jnp.floor(spec.num_sms / ctas))
   util = units / (jnp.ceil(units / spec.num_sms) * spec.num_sms)
-  tensor_rate = tensor_flops_per_cycle_per_sm(spec, params, dtype) * clock_hz * spec.num_sms
-  vector_rate = params.vector_flops_per_cycle_per_sm * clock_hz * spec.num_sms
+  tensor_rate = (tensor_flops_per_cycle_per_sm(spec, params, dtype) * eff_clock_hz
+                 * spec.num_sms)
+  vector_rate = params.vector_flops_per_cycle_per_sm * eff_clock_hz * spec.num_sms
   tensor_s = flops / (tensor_rate * util)
   vector_s = bsz * num_q_heads * pairs * _SOFTMAX_VECTOR_FLOPS_PER_SCORE / (vector_rate * util)
   compute_s = jnp.maximum(tensor_s, vector_s)
@@ -330,7 +331,9 @@ PROBE_ARGS = {
     "q_heads": (int, 32, "attention: query heads"),
     "kv_heads": (int, 4, "attention: kv heads (1 for MLA absorbed)"),
     "head_dim": (int, 128, "attention: qk and v head dim"),
-    "kv_bytes_per_token": (float, -1.0, "attention: KV bytes per token (default 2 x kv_heads x head_dim x 2)"),
+    "kv_bytes_per_token": (float, -1.0,
+                           "attention: KV bytes per token (default 2 x kv_heads x head_dim "
+                           "x act_bytes)"),
     "window": (int, 0, "attention: sliding window (0 = full)"),
     "batch": (int, 1, "attention: sequences"),
 }

@@ -24,7 +24,7 @@ def init(ctx, params):
 
 def place(ctx, state, layer, slots, params, phase):
   row = state.score[layer]
-  stamp = jnp.max(state.score) + 1.0
+  stamp = jnp.max(row) + 1.0
   row = row.at[slots.ids].max(jnp.where(slots.valid, stamp, -1.0))
   keep = pb.top_m_mask(row, state.capacity, eligible=row >= 0)
   state = dataclasses.replace(state, score=state.score.at[layer].set(row),

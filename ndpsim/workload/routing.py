@@ -73,7 +73,7 @@ class RoutingSpec:
   id_dtype: dtype of the ids ('int32', 'int16' or 'uint8' when E <= 256).
   gate_dtype: dtype of the gates ('float32', 'bfloat16', 'float16').
   draws_per_token: candidates drawn per token and layer (0: automatic,
-    1 for top_k = 1, else 2 * top_k + 4).
+    1 for top_k = 1, else top_k + top_k // 2 + 2).
   """
   num_seqs: int
   prompt_len: int
@@ -96,6 +96,8 @@ class RoutingSpec:
     if self.top_k > self.num_experts:
       raise ConfigError(f"RoutingSpec.top_k={self.top_k} exceeds num_experts="
                         f"{self.num_experts}: write top_k <= num_experts")
+    if self.num_experts > 65536:
+      raise ConfigError(f"RoutingSpec.num_experts={self.num_experts}: write at most 65536")
     if self.draws_per_token and self.draws_per_token < self.top_k:
       raise ConfigError(f"RoutingSpec.draws_per_token={self.draws_per_token} < top_k="
                         f"{self.top_k}: write 0 (automatic) or >= top_k")
@@ -131,7 +133,7 @@ class RoutingSpec:
     """Candidates drawn per token and layer."""
     if self.draws_per_token:
       return self.draws_per_token
-    return 1 if self.top_k == 1 else 2 * self.top_k + 4
+    return 1 if self.top_k == 1 else self.top_k + self.top_k // 2 + 2
 
 
 @base.params_dataclass
@@ -331,48 +333,55 @@ def _alias_table(w: jax.Array):
 def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Array):
   """Expert ids and gates of every token at one layer.
 
-  tab: this layer's tables, flat over (phase, sequence, expert): 'accept',
-  'alias', 'q' [2 S E]; 'fill' [2 S F] (experts by falling popularity);
+  tab: this layer's tables, flat over (phase, sequence, expert): 'packed'
+  uint32 [2 S E] (16-bit alias acceptance << 16 | alias id), 'q' float32
+  [2 S E] (popularity); 'fill' [2 S F] (experts by falling popularity);
   'seeds' uint32 [n]; 'succ' [E] successor map to the next layer; 'on' bool;
   'top' int32 (always-on expert).  succ_in: [S, N] int32 boosted expert per
   token (-1: none).  Returns ids [S, N, k] int32, gates [S, N, k] float32,
   succ_out [S, N] int32 (successor of each token's top-1 for the next layer).
+  Candidate arrays are [R, S, N] (tokens minor, for vectorization).
   """
   S, N, E, k, P, R = (spec.num_seqs, spec.num_tokens, spec.num_experts, spec.top_k,
                       spec.prompt_len, spec.draws)
   F = tab["fill"].shape[0] // (2 * S)
   seeds = tab["seeds"]
+  f32, u32 = jnp.float32, jnp.uint32
+  take = lambda name, idx: tab[name].at[idx].get(mode="promise_in_bounds")
   s_idx = lax.broadcasted_iota(jnp.int32, (S, N), 0)
   t_idx = lax.broadcasted_iota(jnp.int32, (S, N), 1)
   table = jnp.where(t_idx >= P, S, 0) + s_idx                # [S, N] table row
   base = table * E
-  ht = _mix(_mix(s_idx.astype(jnp.uint32) ^ seeds[0]) ^ t_idx.astype(jnp.uint32))
+  ht = _mix(_mix(s_idx.astype(u32) ^ seeds[0]) ^ t_idx.astype(u32))
   u = lambda j: _uniform(ht, seeds[1 + j])
-  f32 = jnp.float32
-  take = lambda name, idx: tab[name].at[idx].get(mode="promise_in_bounds")
 
   boost = jnp.exp(jnp.asarray(params.successor_strength, f32)) - 1.0
   has_succ = succ_in >= 0
   succ = jnp.maximum(succ_in, 0)
   q_succ = jnp.where(has_succ, take("q", base + succ), 0.0)
   beta = boost * q_succ / (1.0 + boost * q_succ)
+  beta16 = jnp.round(beta * 65536.0).astype(u32)              # P(boost) in 1/2^16
 
-  # Candidates i.i.d. from the boosted categorical; keep the first distinct.
-  uc = _uniform(ht[..., None], seeds[1:1 + 3 * R].reshape(3, R)[:, None, None, :])
-  slot = jnp.minimum((uc[0] * E).astype(jnp.int32), E - 1)         # [S, N, R]
-  cell = base[..., None] + slot
-  c = jnp.where(uc[1] < take("accept", cell), slot, take("alias", cell))
-  cands = jnp.where(uc[2] < beta[..., None], succ[..., None], c)
-  if R > 1:
-    earlier = jnp.tril(jnp.ones((R, R), bool), -1)
-    seen = jnp.any((cands[..., :, None] == cands[..., None, :]) & earlier, axis=-1)
-    new = ~seen
-  else:
-    new = jnp.ones(cands.shape, bool)
-  rank = jnp.cumsum(new.astype(jnp.int32), axis=-1)                 # [S, N, R]
-  pick = new[..., None, :] & (rank[..., None, :] == jnp.arange(1, k + 1)[:, None])
-  chosen = list(jnp.moveaxis(jnp.sum(jnp.where(pick, cands[..., None, :], 0), -1), -1, 0))
-  count = jnp.minimum(rank[..., -1], k)
+  # Candidates i.i.d. from the boosted categorical: one word gives the alias
+  # slot (high 16 bits) and the acceptance draw (low 16); a second word gives
+  # the boost draws of two candidates.
+  w1 = _mix(ht[None] ^ seeds[1:1 + R, None, None])                  # [R, S, N]
+  w2 = _mix(ht[None] ^ seeds[1 + R:1 + R + (R + 1) // 2, None, None])
+  ub = jnp.concatenate([w2 >> 16, w2 & 0xFFFF])[:R]
+  slot = ((w1 >> 16) * u32(E)) >> 16
+  packed = take("packed", base[None] + slot.astype(jnp.int32))
+  c = jnp.where((w1 & 0xFFFF) < (packed >> 16), slot, packed & 0xFFFF)
+  cands = jnp.where(ub < beta16[None], succ[None].astype(u32), c).astype(jnp.int32)
+  count = jnp.zeros((S, N), jnp.int32)
+  chosen = [jnp.zeros((S, N), jnp.int32) for _ in range(k)]
+  for r in range(R):
+    new = jnp.ones((S, N), bool)
+    for rp in range(r):
+      new = new & (cands[r] != cands[rp])
+    for j in range(min(k, r + 1)):
+      chosen[j] = jnp.where(new & (count == j), cands[r], chosen[j])
+    count = count + new
+  count = jnp.minimum(count, k)
 
   def fill(args):
     chosen, count = args
@@ -380,10 +389,9 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
     fbase = table * F
     for f in range(F):
       o = take("fill", fbase + f)
-      new = jnp.ones((S, N), bool)
+      new = count < k
       for j in range(k):
         new = new & ((o != chosen[j]) | (j >= count))
-      new = new & (count < k)
       for j in range(k):
         chosen[j] = jnp.where(new & (count == j), o, chosen[j])
       count = count + new
@@ -395,22 +403,23 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
     chosen = list(chosen)
 
   # Always-on expert in slot 0 for a share of the tokens.
+  n0 = 1 + R + (R + 1) // 2
   share = jnp.asarray(params.always_on_share, f32)
-  forced = tab["on"] & (u(3 * R) < share)
+  forced = tab["on"] & (u(n0) < share)
   top = jnp.broadcast_to(tab["top"], (S, N))
   ids = [jnp.where(forced, top, chosen[0])]
   ids += [jnp.where(forced, chosen[j - 1], chosen[j]) for j in range(1, k)]
 
   # Gates: exponential-race arrival times in selection order.
   norm = 1.0 + boost * q_succ
-  t0 = -jnp.log(u(3 * R + 1)) * jnp.maximum(1.0 - share, 1e-6)
+  t0 = -jnp.log(u(n0 + 1)) * jnp.maximum(1.0 - share, 1e-6)
   t = jnp.where(forced, t0, 0.0)
   left = jnp.ones((S, N), f32)
   times = []
   for j in range(k):
     w = take("q", base + chosen[j]) * jnp.where(has_succ & (chosen[j] == succ),
-                                               1.0 + boost, 1.0) / norm
-    t = t + (-jnp.log(u(3 * R + 2 + j))) / jnp.maximum(left, 1e-30)
+                                                1.0 + boost, 1.0) / norm
+    t = t + (-jnp.log(u(n0 + 2 + j))) / jnp.maximum(left, 1e-30)
     left = left - w
     times.append(t)
   times = [jnp.where(forced, t0, times[0])] + [
@@ -420,7 +429,7 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
   ids = jnp.stack(ids, -1)
 
   # Temporal reuse: a token repeats its predecessor with probability reuse_prob.
-  fresh = (t_idx == 0) | (u(3 * R + 2 + k) >= jnp.asarray(params.reuse_prob, f32))
+  fresh = (t_idx == 0) | (u(n0 + 2 + k) >= jnp.asarray(params.reuse_prob, f32))
   src = lax.cummax(jnp.where(fresh, t_idx, 0), axis=1)
   flat_src = (s_idx * N + src).reshape(-1)
   ids = ids.reshape(S * N, k).at[flat_src].get(mode="promise_in_bounds")
@@ -431,7 +440,7 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
 
 
 def _num_seeds(spec: RoutingSpec) -> int:
-  return 3 * spec.draws + spec.top_k + 4
+  return 1 + spec.draws + (spec.draws + 1) // 2 + spec.top_k + 3
 
 
 def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
@@ -447,6 +456,8 @@ def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
   q_dec = rho * q_pre + (1.0 - rho) * q_new
   q = jnp.stack([q_pre, q_dec]).transpose(2, 0, 1, 3)                  # [L, 2, S, E]
   acc, ali = jax.vmap(_alias_table)(q.reshape(-1, E))
+  acc16 = jnp.minimum(jnp.round(acc * 65536.0), 65535.0).astype(jnp.uint32)
+  packed = (acc16 << 16) | ali.astype(jnp.uint32)
   F = min(E, 2 * k)
   fill = lax.top_k(q, F)[1].astype(jnp.int32)                          # [L, 2, S, F]
   succ = jax.vmap(lambda kk: jax.random.permutation(kk, E))(
@@ -454,7 +465,7 @@ def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
   seeds = jax.random.bits(k_seed, (L, _num_seeds(spec)), jnp.uint32)
   on = np.zeros(L, bool)
   on[list(spec.always_on_layers)] = True
-  xs = dict(accept=acc.reshape(L, -1), alias=ali.reshape(L, -1), q=q.reshape(L, -1),
+  xs = dict(packed=packed.reshape(L, -1), q=q.reshape(L, -1),
             fill=fill.reshape(L, -1), seeds=seeds, succ=succ, on=jnp.asarray(on),
             top=top)
   id_dtype, gate_dtype = jnp.dtype(spec.id_dtype), jnp.dtype(spec.gate_dtype)

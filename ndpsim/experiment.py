@@ -1,0 +1,354 @@
+"""``ndpsim-experiment`` / ``python -m ndpsim.experiment``: the paper's study.
+
+With no flags it runs the default study on the shipped platform (RTX 5080 +
+4 NDP-DIMMs over PCIe 5.0): four MoE models, batch 1, 512 prompt + 512 output
+tokens, the eight policies, routing from the ``mixtral_8x7b`` calibrated
+preset; plus the NDP-unit sweep (2-6) and the prefetch-budget sweep on the
+first model.  It prints a table and writes into ``--out_dir``:
+``results.json`` (resolved configuration, rows, speedup summaries),
+``results.csv`` (the rows), PNG plots, and ``cells/`` (one file per finished
+cell: ``--resume`` skips those).
+
+This is the only module that reads absl FLAGS; the work is in
+:mod:`ndpsim.studies` and :mod:`ndpsim.plots`.  Bad flags print one line
+(``error: --flag: what to write``) on stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+
+from ndpsim.base import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("system", "paper_rtx5080_ndp_dimm",
+                    "system preset name (hw_configs/systems/) or path to a .json")
+flags.DEFINE_list("models", ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
+                             "olmoe-1b-7b"],
+                  "models: registry names, model .json files or HF config.json paths")
+flags.DEFINE_list("policies", ["monde", "ndp_ep", "ndp_tp", "tp_lb", "tp_lb_prefetch",
+                               "tp_lb_adaptive", "oracle", "gpu_offload"],
+                  "policies of the headline (monde, the speedup baseline, always runs)")
+flags.DEFINE_list("num_ndp_units", ["4"],
+                  "NDP units of the headline; a list sweeps the headline over each")
+flags.DEFINE_float("headline_budget", 1.0,
+                   "prefetch/resident budget of the headline, a fraction in [0, 1] of "
+                   "the GPU memory left for experts")
+flags.DEFINE_list("prefetch_budgets", ["0", "0.1", "0.25", "0.5", "0.75", "1"],
+                  "budgets the prefetch study sweeps (fractions in [0, 1])")
+flags.DEFINE_list("prefetch_policies", ["tp_lb_prefetch", "tp_lb_adaptive"],
+                  "policies the prefetch study sweeps")
+flags.DEFINE_list("sweep_ndp_units", ["2", "3", "4", "5", "6"],
+                  "NDP-unit counts the ndp_units study sweeps")
+flags.DEFINE_list("sweep_models", [],
+                  "models of the ndp_units and prefetch studies (empty: the first of "
+                  "--models)")
+flags.DEFINE_list("sweep_policies", ["monde", "ndp_tp", "tp_lb", "tp_lb_prefetch"],
+                  "policies of the ndp_units study")
+flags.DEFINE_integer("prompt_len", None, "prompt tokens per sequence (default 512, or "
+                     "the trace's)")
+flags.DEFINE_integer("output_len", None, "output tokens per sequence (default 512, or "
+                     "the trace's)")
+flags.DEFINE_integer("batch_size", 1, "sequences decoded together")
+flags.DEFINE_integer("num_seqs", None, "sequences per cell (default 8, or the trace's "
+                     "evaluation half); more narrows the 95% intervals")
+flags.DEFINE_string("routing", "mixtral_8x7b",
+                    "routing preset name (ndpsim.workload.routing.PRESETS) or a "
+                    ".npz/.csv trace file")
+flags.DEFINE_integer("seed", 0, "seed of the evaluation routing (MoNDE's profile uses "
+                     "fold_in(seed, 1))")
+flags.DEFINE_string("out_dir", "ndpsim_results", "folder for results, plots and cells")
+flags.DEFINE_list("studies", ["headline", "ndp_units", "prefetch"],
+                  "studies to run: headline, ndp_units, prefetch, routing, sensitivity")
+flags.DEFINE_multi_string("set", [], "hardware override component.field=value, e.g. "
+                          "gpu.memory_bandwidth_gbps=800 (repeatable)")
+flags.DEFINE_string("dtype", "", "storage dtype of every weight group (bf16, fp8, int4, "
+                    "...); empty keeps each model's own")
+flags.DEFINE_boolean("resume", False, "reuse the finished cells in --out_dir")
+flags.DEFINE_boolean("plots", True, "write the PNG plots")
+flags.DEFINE_string("cache_dir", "", "persistent JAX compilation cache folder (speeds up "
+                    "re-runs and --resume); empty = none")
+flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() first "
+                     "(one process per host; see docs/results.md)")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed)")
+flags.DEFINE_integer("num_processes", None, "number of processes (--distributed)")
+flags.DEFINE_integer("process_id", None, "this process's index (--distributed)")
+
+_LIST_TYPES = {"num_ndp_units": int, "sweep_ndp_units": int, "prefetch_budgets": float}
+
+
+def _typed_list(name: str, values: list[str]) -> tuple:
+  tp = _LIST_TYPES.get(name, str)
+  out = []
+  for v in values:
+    try:
+      x = tp(v)
+    except ValueError:
+      kind = "integers" if tp is int else "numbers"
+      raise ConfigError(f"--{name}: {v!r} is not a number; write a comma-separated list "
+                        f"of {kind}") from None
+    out.append(x)
+  return tuple(out)
+
+
+def config_from_flags(fl=FLAGS):
+  """A ``StudyConfig`` from parsed flags (ConfigError on a malformed list)."""
+  from ndpsim import studies  # pylint: disable=import-outside-toplevel
+  kw: dict[str, Any] = {}
+  for name in ("models", "policies", "num_ndp_units", "prefetch_budgets",
+               "prefetch_policies", "sweep_ndp_units", "sweep_models", "sweep_policies",
+               "studies"):
+    kw[name] = _typed_list(name, list(fl[name].value))
+  for name in ("system", "headline_budget", "prompt_len", "output_len", "batch_size",
+               "num_seqs", "routing", "seed", "dtype"):
+    kw[name] = fl[name].value
+  kw["overrides"] = tuple(fl["set"].value)
+  return studies.StudyConfig(**kw)
+
+
+# ---------------------------------------------------------------------------
+# Output.
+
+def format_tables(doc: dict) -> str:
+  """The printed report: headline table, per-policy summary, sweeps."""
+  rows = doc["rows"]
+  out = io.StringIO()
+  st = doc["config"]["studies"]
+  head = _rows_of(rows, st.get("headline", []))
+  if head:
+    out.write("## Headline: end-to-end latency and speedup over monde\n\n")
+    out.write(_row_table(head, ("model", "policy", "num_ndp_units")))
+    for n, summ in doc["summary_by_num_ndp_units"].items():
+      out.write(f"\n## Speedup over monde per policy (N = {n}, over models)\n\n")
+      out.write(_summary_table(summ))
+    s = doc["summary"].get("tp_lb_prefetch")
+    if s:
+      out.write(f"\ntp_lb_prefetch (the paper's framework): mean {s['mean_speedup']:.2f}x, "
+                f"max {s['max_speedup']:.2f}x ({s['max_model']}); paper: 2.41x mean, "
+                "2.56x max\n")
+  for name, key, label in (("ndp_units", "num_ndp_units", "N"),
+                           ("prefetch", "prefetch_budget", "budget")):
+    rs = [r for r in _rows_of(rows, st.get(name, []))
+          if name != "prefetch" or r["policy"] != "monde"]
+    if rs:
+      out.write(f"\n## Study {name}: speedup over monde vs {label}\n\n")
+      out.write(_pivot(rs, key, label))
+  for preset, summ in doc.get("summary_by_routing", {}).items():
+    out.write(f"\n## Study routing: preset {preset} (speedup over monde, over models)\n\n")
+    out.write(_summary_table(summ))
+  sens = doc.get("sensitivity")
+  if sens:
+    out.write(f"\n## Sensitivity ({sens['model']}, {sens['policy']}, mean e2e "
+              f"{sens['e2e_latency_s_mean']:.4g} s): d latency / d log parameter, s\n\n")
+    items = sorted(sens["elasticities"].items(), key=lambda kv: -abs(kv[1]))[:15]
+    out.write("| parameter | value | d e2e / d log p (s) |\n|---|---|---|\n")
+    for k, v in items:
+      out.write(f"| {k} | {sens['values'][k]:.4g} | {v:+.4g} |\n")
+  return out.getvalue()
+
+
+def _rows_of(rows, cells):
+  want = {tuple(c) for c in cells}
+  return [r for r in rows if (r["model"], r["policy"], r["num_ndp_units"],
+                              r["prefetch_budget"], r["routing"]) in want]
+
+
+def _fmt_speed(r):
+  s = r.get("speedup_vs_monde")
+  return "-" if s is None else f"{s:.2f}x ±{r['speedup_vs_monde_ci95']:.2f}"
+
+
+def _row_table(rows, keys) -> str:
+  lines = ["| model | policy | N | e2e latency s (±95%) | TTFT s | TPOT ms | speedup |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['policy']} | {r['num_ndp_units']} | "
+                 f"{r['e2e_latency_s_mean']:.4g} ±{r['e2e_latency_s_ci95']:.2g} | "
+                 f"{r['ttft_s_mean']:.4g} | {1e3 * r['tpot_s_mean']:.4g} | "
+                 f"{_fmt_speed(r)} |")
+  del keys
+  return "\n".join(lines) + "\n"
+
+
+def _summary_table(summ) -> str:
+  lines = ["| policy | mean | geomean | max (model) |", "|---|---|---|---|"]
+  for p, s in summ.items():
+    lines.append(f"| {p} | {s['mean_speedup']:.2f}x | {s['geomean_speedup']:.2f}x | "
+                 f"{s['max_speedup']:.2f}x ({s['max_model']}) |")
+  return "\n".join(lines) + "\n"
+
+
+def _pivot(rows, key, label) -> str:
+  xs = sorted({r[key] for r in rows})
+  series = list(dict.fromkeys((r["model"], r["policy"]) for r in rows))
+  val = {(r["model"], r["policy"], r[key]): r for r in rows}
+  lines = [f"| model | policy | " + " | ".join(f"{label}={x:g}" for x in xs) + " |",
+           "|---|---|" + "---|" * len(xs)]
+  for m, p in series:
+    cells = [_fmt_speed(val[(m, p, x)]).split(" ")[0] if (m, p, x) in val else ""
+             for x in xs]
+    lines.append(f"| {m} | {p} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+CSV_SKIP = ("e2e_latency_s_per_group",)
+
+
+def rows_csv(rows: list[dict]) -> str:
+  """The rows as CSV (list-valued fields left out)."""
+  keys = [k for k in rows[0] if k not in CSV_SKIP] if rows else []
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: r[k] for k in keys})
+  return buf.getvalue()
+
+
+def build_document(res, rows: list[dict], sens: dict | None, wall_s: float) -> dict:
+  """results.json: configuration, rows and summaries."""
+  from ndpsim import studies  # pylint: disable=import-outside-toplevel
+  cfg = res.config
+  cells = res.cells.get("headline", [])
+  by_n = {}
+  for n in cfg.num_ndp_units:
+    by_n[str(n)] = studies.speedup_summary(
+        studies.select(rows, [c for c in cells if c.num_ndp_units == n]))
+  by_routing = {}
+  for preset in studies.REAL_TRACE_PRESETS:
+    sel = [c for c in res.cells.get("routing", []) if c.routing == preset]
+    if sel:
+      by_routing[preset] = studies.speedup_summary(studies.select(rows, sel))
+  first = str(cfg.num_ndp_units[0])
+  return {"config": studies.resolved_config(res), "rows": rows,
+          "summary": by_n.get(first, {}), "summary_by_num_ndp_units": by_n,
+          "summary_by_routing": by_routing, "sensitivity": sens,
+          "paper": {"tp_lb_prefetch_mean_speedup": 2.41, "tp_lb_prefetch_max_speedup": 2.56},
+          "speedup_definition": "mean e2e latency of monde (same model, NDP units and "
+          "routing, headline budget) / mean e2e latency of the row; ci95: 1.96 sd / "
+          "sqrt(n) of the paired per-sequence-group ratio",
+          "wall_s": wall_s}
+
+
+def write_plots(doc: dict, out_dir: pathlib.Path) -> list[str]:
+  from ndpsim import plots  # pylint: disable=import-outside-toplevel
+  rows, st = doc["rows"], doc["config"]["studies"]
+  head = _rows_of(rows, st.get("headline", []))
+  n0 = doc["config"]["flags"]["num_ndp_units"][0]
+  head0 = [r for r in head if r["num_ndp_units"] == n0]
+  made = [
+      plots.speedup_bars(head0, out_dir / "speedup.png",
+                         f"Speedup over MoNDE, {n0} NDP units"),
+      plots.lane_breakdown(head0, out_dir / "lane_breakdown.png"),
+      plots.speedup_lines(_rows_of(rows, st.get("ndp_units", [])),
+                          out_dir / "speedup_vs_ndp_units.png", "num_ndp_units",
+                          "NDP-DIMMs", "Speedup over MoNDE vs NDP units"),
+      plots.speedup_lines([r for r in _rows_of(rows, st.get("prefetch", []))
+                           if r["policy"] != "monde"],
+                          out_dir / "speedup_vs_prefetch_budget.png", "prefetch_budget",
+                          "prefetch budget (fraction of GPU memory left for experts)",
+                          "Speedup over MoNDE vs prefetch budget"),
+      plots.sensitivity_bars(doc.get("sensitivity"), out_dir / "sensitivity.png"),
+  ]
+  return [p for p in made if p]
+
+
+# ---------------------------------------------------------------------------
+# Main.
+
+def _progress(ev: dict) -> None:
+  if ev["event"] == "start":
+    print(f"ndpsim-experiment: {ev['total']} cells, {ev['skipped']} already finished",
+          file=sys.stderr, flush=True)
+    return
+  c, r = ev["cell"], ev["row"]
+  t = ev["elapsed_s"]
+  print(f"[{ev['done']:3d}/{ev['total']} {int(t) // 60:d}:{int(t) % 60:02d}] {c.model} "
+        f"{c.policy} N={c.num_ndp_units} budget={c.prefetch_budget:g} {c.routing}: e2e "
+        f"{r['e2e_latency_s_mean']:.4g} s ±{r['e2e_latency_s_ci95']:.2g} "
+        f"({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
+
+
+def run_experiment(fl=FLAGS) -> dict:
+  """Runs the configured studies and writes every output; returns results.json."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from ndpsim import studies  # pylint: disable=import-outside-toplevel
+  t0 = time.perf_counter()
+  cfg = config_from_flags(fl)
+  res = studies.resolve(cfg)
+  out_dir = pathlib.Path(fl.out_dir)
+  lead = jax.process_index() == 0
+  rows = studies.run_cells(res, out_dir, resume=fl.resume,
+                           progress=_progress if lead else None, write=lead)
+  sens = None
+  if "sensitivity" in cfg.studies:
+    if lead:
+      print("ndpsim-experiment: sensitivity (forward-mode derivatives)...",
+            file=sys.stderr, flush=True)
+    sens = studies.sensitivity(res)
+  doc = build_document(res, rows, sens, time.perf_counter() - t0)
+  if lead:
+    if fl.plots:
+      doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]
+    doc["wall_s"] = time.perf_counter() - t0
+    studies.write_atomic(out_dir / "results.json", json.dumps(doc, indent=1, default=str))
+    studies.write_atomic(out_dir / "results.csv", rows_csv(rows))
+    print(format_tables(doc))
+    print(f"wrote {out_dir}/results.json, results.csv"
+          + "".join(f", {p}" for p in doc.get("plots", []))
+          + f" in {doc['wall_s']:.0f} s", file=sys.stderr)
+  return doc
+
+
+def _fail(msg: str) -> None:
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] + "; see --helpfull")
+  return []
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected argument {argv[1]!r}; every setting is a --flag=value "
+          "(see --helpfull)")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=import-outside-toplevel
+  if FLAGS.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if FLAGS.distributed:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  try:
+    run_experiment(FLAGS)
+  except ConfigError as e:
+    _fail(str(e).splitlines()[0])
+  except KeyboardInterrupt:
+    print(f"interrupted: finished cells are in {FLAGS.out_dir}/cells; rerun with "
+          "--resume to continue", file=sys.stderr)
+    sys.exit(130)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

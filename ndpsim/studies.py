@@ -1,0 +1,707 @@
+"""The studies behind ``ndpsim-experiment``: configuration, cells, runs, summaries.
+
+A study is a grid of *cells*; a cell is one simulated configuration
+``(model, policy, num_ndp_units, prefetch_budget, routing)`` run over
+``num_seqs`` sequences.  Studies (names for ``--studies``):
+
+* ``headline`` -- every model x every policy at each headline NDP-unit count
+  and the headline prefetch budget, routing ``config.routing``;
+* ``ndp_units`` -- ``sweep_models`` x ``sweep_policies`` x ``sweep_ndp_units``;
+* ``prefetch`` -- ``sweep_models`` x ``prefetch_policies`` x ``prefetch_budgets``
+  at the first headline unit count: one compiled call per (model, policy),
+  ``jax.vmap`` over the budgets (policy params are traced);
+* ``routing`` -- the headline grid (first unit count) under each calibrated
+  real-trace routing preset (:data:`REAL_TRACE_PRESETS`);
+* ``sensitivity`` -- d(mean end-to-end latency) / d(log p) for every traced
+  hardware parameter p (``jax.jvp``), see :mod:`ndpsim.sensitivity_study`.
+
+``monde`` (the baseline every speedup is measured against) is simulated in
+every (model, unit count, routing) a study touches, at the headline budget.
+
+Routing: the evaluation set is ``routing.generate(PRNGKey(seed), spec,
+preset)``; MoNDE's offline profile (its "dataset") is the per-(layer, expert)
+activation count over every token of a separate profiling set,
+``generate(fold_in(PRNGKey(seed), 1), spec, preset)``.  A trace file instead
+gives its first half of sequences to the profile and the second to the
+evaluation.
+
+Scale-out: sequences are sharded over every device (``jax.devices()``: all
+local devices, or all hosts' after ``jax.distributed.initialize``) with a
+``Mesh`` + ``NamedSharding`` on the sequence axis; the sequence count is
+padded to a multiple of the device count with copies that are dropped from
+the results, so the numbers do not depend on the device count.
+
+Files: every finished cell is written atomically to
+``<out_dir>/cells/<key>.json`` with a fingerprint of everything it depends
+on; a resumed run reuses the cells whose fingerprint matches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import re
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import ndpsim
+from ndpsim import base, config, engine, policies, results
+from ndpsim.base import ConfigError
+from ndpsim.hw import system as system_mod
+from ndpsim.workload import models as M
+from ndpsim.workload import routing as R
+from ndpsim.workload import traces
+
+DEFAULT_SYSTEM = "paper_rtx5080_ndp_dimm"
+DEFAULT_MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite", "olmoe-1b-7b")
+DEFAULT_POLICIES = ("monde", "ndp_ep", "ndp_tp", "tp_lb", "tp_lb_prefetch",
+                    "tp_lb_adaptive", "oracle", "gpu_offload")
+STUDIES = ("headline", "ndp_units", "prefetch", "routing", "sensitivity")
+REAL_TRACE_PRESETS = ("flame_moe_290m", "mixtral_8x7b", "llama4_maverick")
+BASELINE = "monde"
+SEQ_AXIS = "seq"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """Everything a study run depends on (the experiment's flags, resolved).
+
+  prompt_len / output_len / num_seqs: None = the default (512, 512, 8) for a
+  synthetic routing preset, or the trace's own for a trace file.
+  sweep_models: empty = the first of ``models``.
+  overrides: ``--set`` strings, ``component.field=value``.
+  dtype: storage dtype of every weight group ("" keeps each model's own).
+  """
+  system: str = DEFAULT_SYSTEM
+  models: tuple[str, ...] = DEFAULT_MODELS
+  policies: tuple[str, ...] = DEFAULT_POLICIES
+  num_ndp_units: tuple[int, ...] = (4,)
+  headline_budget: float = 1.0
+  prefetch_budgets: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+  prefetch_policies: tuple[str, ...] = ("tp_lb_prefetch", "tp_lb_adaptive")
+  sweep_ndp_units: tuple[int, ...] = (2, 3, 4, 5, 6)
+  sweep_models: tuple[str, ...] = ()
+  sweep_policies: tuple[str, ...] = ("monde", "ndp_tp", "tp_lb", "tp_lb_prefetch")
+  prompt_len: int | None = None
+  output_len: int | None = None
+  batch_size: int = 1
+  num_seqs: int | None = None
+  routing: str = "mixtral_8x7b"
+  seed: int = 0
+  studies: tuple[str, ...] = ("headline", "ndp_units", "prefetch")
+  overrides: tuple[str, ...] = ()
+  dtype: str = ""
+
+
+class Cell(NamedTuple):
+  """One simulated configuration (a row of results)."""
+  model: str
+  policy: str
+  num_ndp_units: int
+  prefetch_budget: float
+  routing: str
+
+
+class Workload(NamedTuple):
+  """Routing of one (model, routing source): evaluation ids and MoNDE profile."""
+  prefill_ids: np.ndarray  # [S, P, L, k]
+  decode_ids: np.ndarray   # [S, T, L, k]
+  profile_counts: np.ndarray  # [L, E]
+
+
+@dataclasses.dataclass
+class Resolved:
+  """A validated study: specs, systems, routing sources and the cells."""
+  config: StudyConfig
+  models: dict[str, M.MoeModelSpec]
+  systems: dict[int, system_mod.SystemPreset]
+  routing_sources: dict[str, Any]  # preset name -> None, trace label -> path
+  prompt_len: int
+  output_len: int
+  num_seqs: int
+  cells: dict[str, list[Cell]]
+  head_models: list[str] = dataclasses.field(default_factory=list)
+  sweep_models: list[str] = dataclasses.field(default_factory=list)
+
+  def all_cells(self) -> list[Cell]:
+    seen: dict[Cell, None] = {}
+    for cells in self.cells.values():
+      for c in cells:
+        seen.setdefault(c)
+    return list(seen)
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+
+def _flag_error(flag: str, e: Exception) -> ConfigError:
+  return ConfigError(f"--{flag}: {e}")
+
+
+def _is_trace(name: str) -> bool:
+  return name.endswith((".npz", ".csv"))
+
+
+def routing_label(name: str) -> str:
+  return pathlib.Path(name).name if _is_trace(name) else name
+
+
+def _load_trace(path: str, prompt_len, output_len):
+  if not os.path.isfile(path):
+    raise ConfigError(f"--routing: trace file {path!r} does not exist; give an "
+                      f"existing .npz/.csv trace or one of {list(R.PRESETS)}")
+  try:
+    if path.endswith(".npz"):
+      return traces.load_npz(path)
+    if prompt_len is None or output_len is None:
+      raise ConfigError("a CSV trace needs --prompt_len and --output_len (tokens "
+                        "per sequence = their sum)")
+    return traces.load_csv(path, prompt_len=prompt_len,
+                           tokens_per_sequence=prompt_len + output_len)
+  except ConfigError as e:
+    raise _flag_error("routing", e) from None
+
+
+def resolve(cfg: StudyConfig) -> Resolved:
+  """Validates ``cfg`` before anything is compiled; one ConfigError per problem."""
+  for s in cfg.studies:
+    if s not in STUDIES:
+      raise ConfigError(f"--studies: unknown study {s!r}; write a list of {list(STUDIES)}")
+  if not cfg.studies:
+    raise ConfigError(f"--studies: empty; write a list of {list(STUDIES)}")
+  for flag, pols in (("policies", cfg.policies), ("sweep_policies", cfg.sweep_policies),
+                     ("prefetch_policies", cfg.prefetch_policies)):
+    for p in pols:
+      try:
+        policies.get(p)
+      except ConfigError as e:
+        raise _flag_error(flag, e) from None
+  if not cfg.policies:
+    raise ConfigError(f"--policies: empty; write a list of {policies.names()}")
+  for name, v in (("batch_size", cfg.batch_size), ("prompt_len", cfg.prompt_len),
+                  ("output_len", cfg.output_len), ("num_seqs", cfg.num_seqs)):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+      raise ConfigError(f"--{name}: {v!r} is not allowed; write an integer >= 1")
+  for flag, vals in (("prefetch_budgets", cfg.prefetch_budgets),
+                     ("headline_budget", (cfg.headline_budget,))):
+    for b in vals:
+      if not (isinstance(b, (int, float)) and 0.0 <= b <= 1.0):
+        raise ConfigError(f"--{flag}: {b!r} is outside [0, 1]; write fractions of the "
+                          "GPU memory left for experts, e.g. 0,0.25,0.5,1")
+  if "prefetch" in cfg.studies and not cfg.prefetch_budgets:
+    raise ConfigError("--prefetch_budgets: empty; write e.g. 0,0.25,0.5,1")
+  dtype = cfg.dtype
+  if dtype:
+    try:
+      dtype = M.canonical_dtype(dtype, "--dtype")
+    except ConfigError as e:
+      raise _flag_error("dtype", e) from None
+
+  # Models.
+  models: dict[str, M.MoeModelSpec] = {}
+  names: dict[str, str] = {}
+  for flag, lst in (("models", cfg.models), ("sweep_models", cfg.sweep_models)):
+    for m in lst:
+      try:
+        spec = M.model_from_any(m)
+      except ConfigError as e:
+        raise _flag_error(flag, e) from None
+      if dtype:
+        spec = M.with_dtype(spec, dtype, dtype)
+      models[spec.name] = spec
+      names[m] = spec.name
+  if not cfg.models:
+    raise ConfigError(f"--models: empty; write a list of {sorted(M.MODELS)}")
+  head_models = [names[m] for m in cfg.models]
+  sweep_models = [names[m] for m in cfg.sweep_models] or head_models[:1]
+
+  # Routing.
+  sources: dict[str, Any] = {}
+  P, T, S = cfg.prompt_len, cfg.output_len, cfg.num_seqs
+  if _is_trace(cfg.routing):
+    tr = _load_trace(cfg.routing, P, T)
+    tp, tt, ts = (tr.prefill_ids.shape[1], tr.decode_ids.shape[1],
+                  tr.prefill_ids.shape[0])
+    for flag, given, have in (("prompt_len", P, tp), ("output_len", T, tt)):
+      if given is not None and given != have:
+        raise ConfigError(f"--{flag}: {given} but the trace {cfg.routing!r} has {have}; "
+                          f"drop --{flag} or write {have}")
+    if ts < 2:
+      raise ConfigError(f"--routing: trace {cfg.routing!r} has {ts} sequence(s); MoNDE's "
+                        "profile needs a held-out half, give a trace of >= 2 sequences")
+    avail = ts - ts // 2
+    if S is not None and S > avail:
+      raise ConfigError(f"--num_seqs: {S} but the trace holds {avail} evaluation "
+                        f"sequences (its other {ts // 2} profile MoNDE); write <= {avail}")
+    P, T, S = tp, tt, S or avail
+    for name in set(head_models + sweep_models):
+      spec = models[name]
+      L, E, k = M.num_moe_layers(spec), spec.num_experts, spec.top_k
+      if tr.prefill_ids.shape[2:] != (L, k) or int(max(tr.prefill_ids.max(),
+                                                       tr.decode_ids.max())) >= E:
+        raise ConfigError(
+            f"--routing: trace {cfg.routing!r} has {tr.prefill_ids.shape[2]} layers x "
+            f"top-{tr.prefill_ids.shape[3]} but model {name!r} needs {L} x top-{k} over "
+            f"{E} experts; give --models that match the trace")
+    sources[routing_label(cfg.routing)] = cfg.routing
+  elif cfg.routing in R.PRESETS:
+    sources[cfg.routing] = None
+  else:
+    raise ConfigError(f"--routing: {cfg.routing!r} is neither a preset nor a .npz/.csv "
+                      f"trace; write one of {list(R.PRESETS)} or a trace path")
+  P, T, S = P or 512, T or 512, S or 8
+  if S % cfg.batch_size:
+    raise ConfigError(f"--num_seqs: {S} is not a multiple of --batch_size "
+                      f"{cfg.batch_size}; write a multiple of {cfg.batch_size}")
+  base_routing = routing_label(cfg.routing)
+  if "routing" in cfg.studies:
+    for p in REAL_TRACE_PRESETS:
+      sources.setdefault(p, None)
+
+  # Systems.
+  try:
+    over = config.parse_set_overrides(list(cfg.overrides))
+  except ConfigError as e:
+    raise _flag_error("set", e) from None
+  units = sorted(set(cfg.num_ndp_units)
+                 | (set(cfg.sweep_ndp_units) if "ndp_units" in cfg.studies else set()))
+  if not cfg.num_ndp_units:
+    raise ConfigError("--num_ndp_units: empty; write e.g. 4 or 2,4,6")
+  systems = {}
+  for n in units:
+    flag = "num_ndp_units" if n in cfg.num_ndp_units else "sweep_ndp_units"
+    try:
+      systems[n] = system_mod.load_system(cfg.system, n, over)
+    except ConfigError as e:
+      raise _flag_error(_system_flag(cfg.system, n, over, flag), e) from None
+
+  # Cells.
+  hb = float(cfg.headline_budget)
+  n0 = cfg.num_ndp_units[0]
+  pols = list(dict.fromkeys((BASELINE,) + tuple(cfg.policies)))
+  cells: dict[str, list[Cell]] = {}
+  if "headline" in cfg.studies:
+    cells["headline"] = [Cell(m, p, n, hb, base_routing) for m in head_models
+                         for n in cfg.num_ndp_units for p in pols]
+  if "ndp_units" in cfg.studies:
+    sp = list(dict.fromkeys((BASELINE,) + tuple(cfg.sweep_policies)))
+    cells["ndp_units"] = [Cell(m, p, n, hb, base_routing) for m in sweep_models
+                          for n in cfg.sweep_ndp_units for p in sp]
+  if "prefetch" in cfg.studies:
+    cells["prefetch"] = [Cell(m, BASELINE, n0, hb, base_routing) for m in sweep_models]
+    cells["prefetch"] += [Cell(m, p, n0, float(b), base_routing) for m in sweep_models
+                          for p in cfg.prefetch_policies for b in cfg.prefetch_budgets]
+  if "routing" in cfg.studies:
+    cells["routing"] = [Cell(m, p, n0, hb, r) for r in REAL_TRACE_PRESETS
+                        for m in head_models for p in pols]
+  if "sensitivity" in cfg.studies:
+    cells["sensitivity"] = []  # not cells: see sensitivity()
+
+  # Every (model, units) pair must fit the platform.
+  res = Resolved(cfg, models, systems, sources, P, T, S, cells, head_models, sweep_models)
+  pairs = {(c.model, c.num_ndp_units) for c in res.all_cells()}
+  if "sensitivity" in cfg.studies:
+    pairs.add((sweep_models[0], n0))
+  for m, n in sorted(pairs):
+    check_fits(res, m, n)
+  return res
+
+
+def _system_flag(name: str, n: int, over: dict, units_flag: str) -> str:
+  """Which flag a failed system load is about: --system, the units or --set."""
+  try:
+    system_mod.load_system(name)
+  except ConfigError:
+    return "system"
+  try:
+    system_mod.load_system(name, n)
+  except ConfigError:
+    return units_flag
+  return "set" if over else "system"
+
+
+def check_fits(res: Resolved, model: str, n: int) -> None:
+  """The engine's own size and capacity checks, before any compile."""
+  spec, sysp = res.models[model], res.systems[n]
+  L, k, B = M.num_moe_layers(spec), spec.top_k, res.config.batch_size
+  pre = np.broadcast_to(np.zeros((), np.int32), (B, res.prompt_len, L, k))
+  dec = np.broadcast_to(np.zeros((), np.int32), (B, res.output_len, L, k))
+  try:
+    engine.validate(sysp.spec, sysp.params, spec, pre, dec, B)
+  except ConfigError as e:
+    flag = "num_ndp_units" if "NDP units" in str(e) else "models"
+    raise ConfigError(f"--{flag}: platform {res.config.system!r} with {n} NDP units "
+                      f"cannot run {model!r}: {e}") from None
+
+
+# ---------------------------------------------------------------------------
+# Workloads and sharded simulation.
+
+def _counts(ids_list, L: int, E: int) -> np.ndarray:
+  out = np.zeros((L, E), np.float64)
+  for ids in ids_list:
+    a = np.asarray(ids).astype(np.int64)
+    flat = (np.arange(L)[None, None, :, None] * E + a).reshape(-1)
+    out += np.bincount(flat, minlength=L * E).reshape(L, E)
+  return out.astype(np.float32)
+
+
+def make_workload(res: Resolved, model: str, routing: str) -> Workload:
+  """Evaluation routing and MoNDE's profile for one (model, routing source)."""
+  spec = res.models[model]
+  L, E, k = M.num_moe_layers(spec), spec.num_experts, spec.top_k
+  src = res.routing_sources[routing]
+  if src is not None:  # trace file: first half profiles, the rest evaluates
+    tr = _load_trace(src, res.prompt_len, res.output_len)
+    h = tr.prefill_ids.shape[0] // 2
+    pre, dec = np.asarray(tr.prefill_ids), np.asarray(tr.decode_ids)
+    prof = _counts([pre[:h], dec[:h]], L, E)
+    return Workload(pre[h:h + res.num_seqs].astype(np.int32),
+                    dec[h:h + res.num_seqs].astype(np.int32), prof)
+  rspec = R.RoutingSpec(num_seqs=res.num_seqs, prompt_len=res.prompt_len,
+                        output_len=res.output_len, num_layers=L, num_experts=E, top_k=k)
+  params = R.preset(routing, E, k)
+  key = jax.random.PRNGKey(res.config.seed)
+  ev = R.generate(key, rspec, params)
+  pr = R.generate(jax.random.fold_in(key, 1), rspec, params)
+  prof = _counts([pr.prefill_ids, pr.decode_ids], L, E)
+  return Workload(np.asarray(ev.prefill_ids, np.int32), np.asarray(ev.decode_ids, np.int32),
+                  prof)
+
+
+def device_mesh() -> Mesh:
+  """A 1-D mesh over every device (all hosts' after jax.distributed.initialize)."""
+  return Mesh(np.asarray(jax.devices()), (SEQ_AXIS,))
+
+
+def shard_sequences(x: np.ndarray, mesh: Mesh, multiple: int) -> jax.Array:
+  """``x`` [S, ...] padded (repeating its first rows) to a multiple of
+  ``multiple`` x devices and sharded on axis 0 over ``mesh``."""
+  n = multiple * mesh.devices.size
+  pad = (-x.shape[0]) % n
+  if pad:
+    reps = np.concatenate([x] + [x[: min(pad, x.shape[0])]] * math.ceil(pad / x.shape[0]))
+    x = reps[: x.shape[0] + pad]
+  sharding = NamedSharding(mesh, PartitionSpec(SEQ_AXIS))
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _to_host(tree):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    tree = multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def simulate_sharded(sysp: system_mod.SystemPreset, model: M.MoeModelSpec, wl: Workload,
+                     policy: str, budgets: list[float], batch_size: int,
+                     mesh: Mesh | None = None) -> list[results.SimResult]:
+  """One SimResult (numpy, G = S / batch groups) per budget, sequences sharded.
+
+  One budget: a plain call; several: one compiled call under ``jax.vmap``
+  over ``PolicyParams``.
+  """
+  mesh = mesh or device_mesh()
+  S = wl.prefill_ids.shape[0]
+  G = S // batch_size
+  engine.validate(sysp.spec, sysp.params, model, wl.prefill_ids, wl.decode_ids, batch_size)
+  routing = R.Routing(shard_sequences(wl.prefill_ids, mesh, batch_size), None,
+                      shard_sequences(wl.decode_ids, mesh, batch_size), None)
+  system = (sysp.spec, sysp.params)
+  prof = jnp.asarray(wl.profile_counts)
+
+  def run(pp):
+    return engine.simulate(system, model, routing, policy, pp, batch_size=batch_size,
+                           profile_counts=prof, check=False)
+
+  if len(budgets) == 1:
+    out = [_to_host(run(policies.PolicyParams(resident_fraction=float(budgets[0]))))]
+  else:
+    stacked = base.stack([base.as_arrays(policies.PolicyParams(resident_fraction=float(b)))
+                          for b in budgets])
+    host = _to_host(jax.vmap(run)(stacked))
+    out = [jax.tree_util.tree_map(lambda x, i=i: x[i], host) for i in range(len(budgets))]
+  return [jax.tree_util.tree_map(lambda x: x[:G], r) for r in out]
+
+
+# ---------------------------------------------------------------------------
+# Rows.
+
+def make_row(cell: Cell, r: results.SimResult, wall_s: float) -> dict[str, Any]:
+  """The result row of one cell (JSON-ready)."""
+  s = results.summarize(r)
+  lanes = results.lane_breakdown(r)
+  e2e = np.asarray(r.e2e_s, np.float64).reshape(-1)
+  return {
+      **cell._asdict(),
+      "e2e_latency_s_mean": s["e2e_s"]["mean"], "e2e_latency_s_ci95": s["e2e_s"]["ci95"],
+      "ttft_s_mean": s["ttft_s"]["mean"], "ttft_s_ci95": s["ttft_s"]["ci95"],
+      "tpot_s_mean": s["tpot_s"]["mean"], "tpot_s_ci95": s["tpot_s"]["ci95"],
+      "gpu_hit_rate": s["gpu_hit_rate"]["mean"],
+      "ndp_imbalance_mean": s["ndp_imbalance"]["mean"],
+      **{f"lane_{k}": v for k, v in lanes.items() if k.endswith("_s") and k != "e2e_s"},
+      "bytes_to_gpu_mean": s["bytes_to_gpu"]["mean"],
+      "prefetched_bytes_mean": s["prefetched_bytes"]["mean"],
+      "peak_gpu_bytes_mean": s["peak_gpu_bytes"]["mean"],
+      "num_seq_groups": int(e2e.size), "wall_s": wall_s,
+      "e2e_latency_s_per_group": e2e.tolist(),
+  }
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+  """Adds speedup_vs_monde (ratio of mean e2e latencies, same model, units and
+  routing, monde at the headline budget) and the 95% half-width of the paired
+  per-group ratio."""
+  base_rows = {(r["model"], r["num_ndp_units"], r["routing"]): r for r in rows
+               if r["policy"] == BASELINE}
+  out = []
+  for r in rows:
+    b = base_rows.get((r["model"], r["num_ndp_units"], r["routing"]))
+    r = dict(r)
+    if b is None:
+      r["speedup_vs_monde"], r["speedup_vs_monde_ci95"] = None, None
+    else:
+      r["speedup_vs_monde"] = b["e2e_latency_s_mean"] / r["e2e_latency_s_mean"]
+      ratio = (np.asarray(b["e2e_latency_s_per_group"])
+               / np.asarray(r["e2e_latency_s_per_group"]))
+      r["speedup_vs_monde_ci95"] = (float(1.96 * ratio.std(ddof=1) / np.sqrt(ratio.size))
+                                    if ratio.size > 1 else 0.0)
+    out.append(r)
+  return out
+
+
+def speedup_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
+  """Per policy over models: arithmetic and geometric mean and max speedup."""
+  by: dict[str, list[dict]] = {}
+  for r in rows:
+    if r.get("speedup_vs_monde") is not None:
+      by.setdefault(r["policy"], []).append(r)
+  out = {}
+  for p, rs in by.items():
+    sp = np.asarray([r["speedup_vs_monde"] for r in rs])
+    i = int(np.argmax(sp))
+    out[p] = {"mean_speedup": float(sp.mean()), "geomean_speedup":
+              float(np.exp(np.log(sp).mean())), "max_speedup": float(sp[i]),
+              "max_model": rs[i]["model"], "num_models": int(sp.size)}
+  return out
+
+
+def select(rows: list[dict], cells: list[Cell]) -> list[dict]:
+  """The rows of ``cells``, in their order."""
+  idx = {_cell_of(r): r for r in rows}
+  return [idx[c] for c in cells if c in idx]
+
+
+def _cell_of(row: dict) -> Cell:
+  return Cell(row["model"], row["policy"], int(row["num_ndp_units"]),
+              float(row["prefetch_budget"]), row["routing"])
+
+
+# ---------------------------------------------------------------------------
+# Fingerprints and atomic cell files.
+
+def fingerprint_fields(res: Resolved) -> dict[str, Any]:
+  """The settings every cell depends on (compared by --resume)."""
+  c = res.config
+  return {"system": c.system, "set": list(c.overrides), "dtype": c.dtype,
+          "prompt_len": res.prompt_len, "output_len": res.output_len,
+          "batch_size": c.batch_size, "num_seqs": res.num_seqs, "seed": c.seed,
+          "routing": c.routing, "ndpsim_version": ndpsim.__version__}
+
+
+def cell_fingerprint(res: Resolved, cell: Cell) -> str:
+  blob = json.dumps([fingerprint_fields(res), repr(res.models[cell.model]),
+                     repr(res.systems[cell.num_ndp_units].params), list(cell)],
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cell_path(out_dir: str | os.PathLike, cell: Cell) -> pathlib.Path:
+  name = f"{cell.model}__{cell.policy}__n{cell.num_ndp_units}__b{cell.prefetch_budget:g}" \
+         f"__{cell.routing}"
+  return pathlib.Path(out_dir) / "cells" / (re.sub(r"[^A-Za-z0-9_.=-]", "_", name) + ".json")
+
+
+def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
+  """Writes ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  mode = "wb" if isinstance(text, bytes) else "w"
+  with open(tmp, mode) as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def load_cell(out_dir, res: Resolved, cell: Cell) -> dict | None:
+  """A finished cell's row if its file exists and its fingerprint matches."""
+  p = cell_path(out_dir, cell)
+  try:
+    obj = json.loads(p.read_text())
+  except (OSError, json.JSONDecodeError):
+    return None
+  if obj.get("fingerprint") != cell_fingerprint(res, cell):
+    return None
+  return obj.get("row")
+
+
+def check_resume(out_dir, res: Resolved) -> None:
+  """--resume over a run with other settings is an error naming the setting."""
+  p = pathlib.Path(out_dir) / "run_settings.json"
+  if not p.is_file():
+    return
+  old = json.loads(p.read_text())
+  new = json.loads(json.dumps(fingerprint_fields(res)))
+  for k, v in new.items():
+    if old.get(k) != v:
+      raise ConfigError(f"--resume: {out_dir} holds a run with {k}={old.get(k)!r} but this "
+                        f"run has {k}={v!r}; use the same --{k} or a new --out_dir")
+
+
+# ---------------------------------------------------------------------------
+# Running.
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def run_cells(res: Resolved, out_dir, *, resume: bool = False,
+              progress: Progress | None = None, mesh: Mesh | None = None,
+              write: bool = True) -> list[dict]:
+  """Simulates every cell not finished yet; returns all rows (with speedups).
+
+  Cells of one (model, routing, units, policy) share a compile: their budgets
+  run in one vmapped call.  Each finished cell is written atomically as soon
+  as its call returns; ``progress`` gets one dict per cell.
+  """
+  out_dir = pathlib.Path(out_dir)
+  if resume:
+    check_resume(out_dir, res)
+  if write:
+    write_atomic(out_dir / "run_settings.json",
+                 json.dumps(fingerprint_fields(res), indent=1))
+  cells = res.all_cells()
+  rows: dict[Cell, dict] = {}
+  todo: dict[tuple, list[Cell]] = {}
+  for c in cells:
+    row = load_cell(out_dir, res, c) if resume else None
+    if row is not None:
+      rows[c] = row
+    else:
+      todo.setdefault((c.model, c.routing, c.num_ndp_units, c.policy), []).append(c)
+  total, done = len(cells), len(rows)
+  t_start = time.perf_counter()
+  if progress:
+    progress({"event": "start", "total": total, "skipped": done})
+  workloads: dict[tuple[str, str], Workload] = {}
+  for (model, routing, n, policy), group in todo.items():
+    if (model, routing) not in workloads:
+      workloads.clear()  # keep one model's routing in memory at a time
+      workloads[(model, routing)] = make_workload(res, model, routing)
+    t0 = time.perf_counter()
+    budgets = [c.prefetch_budget for c in group]
+    outs = simulate_sharded(res.systems[n], res.models[model], workloads[(model, routing)],
+                            policy, budgets, res.config.batch_size, mesh)
+    wall = (time.perf_counter() - t0) / len(group)
+    for c, r in zip(group, outs):
+      row = make_row(c, r, wall)
+      rows[c] = row
+      if write:
+        write_atomic(cell_path(out_dir, c), json.dumps(
+            {"fingerprint": cell_fingerprint(res, c), "row": row}, indent=1))
+      done += 1
+      if progress:
+        progress({"event": "cell", "cell": c, "row": row, "done": done, "total": total,
+                  "elapsed_s": time.perf_counter() - t_start})
+  return add_speedups([rows[c] for c in cells])
+
+
+def resolved_config(res: Resolved) -> dict[str, Any]:
+  """The fully resolved configuration for results.json."""
+  c = res.config
+  models = {}
+  for name, spec in res.models.items():
+    models[name] = {"source": M.MODEL_SOURCES.get(name, "file"),
+                    "num_moe_layers": M.num_moe_layers(spec),
+                    "num_experts": spec.num_experts, "top_k": spec.top_k,
+                    "expert_dtype": spec.expert_dtype,
+                    "expert_bytes_total": M.expert_bytes_total(spec),
+                    "non_expert_bytes": M.non_expert_bytes(spec),
+                    "spec": dataclasses.asdict(spec)}
+  routing = {}
+  for name, src in res.routing_sources.items():
+    if src is None:
+      routing[name] = {"kind": "preset", "params": {
+          k: float(v) for k, v in dataclasses.asdict(R.preset(name, 2, 1)).items()}}
+    else:
+      routing[name] = {"kind": "trace", "path": str(src)}
+  systems = {str(n): {"name": s.name, **s.info} for n, s in res.systems.items()}
+  return {
+      "ndpsim_version": ndpsim.__version__, "jax_version": jax.__version__,
+      "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+      "flags": {**dataclasses.asdict(c), "prompt_len": res.prompt_len,
+                "output_len": res.output_len, "num_seqs": res.num_seqs},
+      "seeds": {"evaluation": f"PRNGKey({c.seed})",
+                "monde_profile": f"fold_in(PRNGKey({c.seed}), 1)"},
+      "systems": systems, "models": models, "routing": routing,
+      "studies": {k: [list(x) for x in v] for k, v in res.cells.items()},
+  }
+
+
+# ---------------------------------------------------------------------------
+# Sensitivity.
+
+def sensitivity(res: Resolved, model: str | None = None, policy: str | None = None,
+                mesh: Mesh | None = None) -> dict[str, Any]:
+  """d(mean end-to-end latency) / d(log p) for every traced hardware param p.
+
+  Forward mode (``jax.jacfwd`` over one log-scale factor per leaf of
+  ``SystemParams``): memory stays that of one simulation, the work grows with
+  the number of leaves.  Model: the first sweep model; policy:
+  ``tp_lb_prefetch`` if listed, else the first non-baseline policy; units:
+  the first headline count; budget: the headline budget.
+  """
+  c = res.config
+  model = model or res.sweep_models[0]
+  if policy is None:
+    cands = [p for p in c.policies if p != BASELINE]
+    policy = "tp_lb_prefetch" if "tp_lb_prefetch" in cands else (cands or [BASELINE])[0]
+  n = c.num_ndp_units[0]
+  sysp, spec = res.systems[n], res.models[model]
+  wl = make_workload(res, model, routing_label(c.routing))
+  mesh = mesh or device_mesh()
+  B = c.batch_size
+  engine.validate(sysp.spec, sysp.params, spec, wl.prefill_ids, wl.decode_ids, B)
+  routing = R.Routing(shard_sequences(wl.prefill_ids, mesh, B), None,
+                      shard_sequences(wl.decode_ids, mesh, B), None)
+  G = wl.prefill_ids.shape[0] // B
+  flat, treedef = jax.tree_util.tree_flatten_with_path(sysp.params)
+  names = [jax.tree_util.keystr(p).lstrip(".") for p, _ in flat]
+  values = [float(v) for _, v in flat]
+  pp = policies.PolicyParams(resident_fraction=float(c.headline_budget))
+  prof = jnp.asarray(wl.profile_counts)
+
+  def mean_e2e(u):
+    leaves = [jnp.asarray(v, jnp.float32) * jnp.exp(u[i]) for i, v in enumerate(values)]
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    r = engine.simulate((sysp.spec, params), spec, routing, policy, pp, batch_size=B,
+                        profile_counts=prof, check=False)
+    return jnp.mean(r.e2e_s[:G])
+
+  u0 = jnp.zeros((len(values),), jnp.float32)
+  e2e, jac = jax.jit(lambda u: (mean_e2e(u), jax.jacfwd(mean_e2e)(u)))(u0)
+  e2e, jac = _to_host((e2e, jac))
+  return {"model": model, "policy": policy, "num_ndp_units": n,
+          "prefetch_budget": float(c.headline_budget), "routing": routing_label(c.routing),
+          "e2e_latency_s_mean": float(e2e),
+          "elasticities": {k: float(v) for k, v in zip(names, jac)},
+          "values": dict(zip(names, values))}

@@ -1,0 +1,116 @@
+"""A 2-layer, 4-expert toy model whose layer times are worked out by hand.
+
+The primitive costs (one expert on the GPU, one TP slice on an NDP unit, a
+broadcast, ...) come from the hardware models; the timeline that composes them
+is written out here, independently of the engine, for each policy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ndpsim import costs, engine
+from ndpsim.workload import models as M
+from ndpsim.workload.routing import Routing
+from tests import engine_util as U
+
+TOY = M.MoeModelSpec(name="toy", num_layers=2, hidden_size=512, vocab_size=1000,
+                     num_experts=4, top_k=2, expert_ffn_size=1024, attention_kind="mha",
+                     num_q_heads=4, num_kv_heads=4, head_dim=128)
+N = 2
+P = 2
+# Prefill: token 0 -> experts (0, 1), token 1 -> (2, 3) in both layers: all four
+# experts see one token.  Decode: layer 0 -> (0, 2) (same EP unit), layer 1 -> (1, 2).
+PRE = np.array([[[[0, 1], [0, 1]], [[2, 3], [2, 3]]]], np.int32)  # [S, P, L, k]
+DEC = np.array([[[[0, 2], [1, 2]]]], np.int32)                    # [S, T, L, k]
+
+
+@pytest.fixture(scope="module")
+def setup():
+  ss, sp = U.load(units=N)
+  r = Routing(prefill_ids=PRE, prefill_gates=np.full(PRE.shape, 0.5, np.float32),
+              decode_ids=DEC, decode_gates=np.full(DEC.shape, 0.5, np.float32))
+  c = {}
+  f = lambda x: float(np.asarray(x))  # noqa: E731
+  c["g1"] = f(costs.gpu_expert_s(ss, sp, TOY, 1.0))
+  c["tp1"] = f(costs.ndp_expert_s(ss, sp, TOY, 1.0, N))
+  c["ep1"] = f(costs.ndp_expert_s(ss, sp, TOY, 1.0, 1))
+  c["T"] = f(costs.fetch_s(ss, sp, TOY))
+  for tok in (1.0, float(P)):
+    c[f"bcast{tok:g}"] = f(costs.broadcast_s(ss, sp, TOY, tok))
+    for n in (1, N):
+      c[f"ret{tok:g}_{n}"] = f(costs.return_s(ss, sp, TOY, tok, n))
+      c[f"red{tok:g}_{n}"] = f(costs.reduce_s(ss, sp, TOY, tok, n))
+  attn_d, _ = costs.moe_layer_gpu_s(ss, sp, TOY, 1, P + 1.0, 1)
+  attn_p, _ = costs.moe_layer_gpu_s(ss, sp, TOY, P, float(P), 1)
+  c["attn_d"] = [f(a) for a in attn_d]
+  c["attn_p"] = [f(a) for a in attn_p]
+  c["over_d"] = f(costs.step_overhead_s(ss, sp, TOY, 1, P + 1.0, 1, lm_head_tokens=1))
+  c["over_p"] = f(costs.step_overhead_s(ss, sp, TOY, P, float(P), 1, lm_head_tokens=1))
+  return (ss, sp), r, c
+
+
+def _sim(setup, policy):
+  system, r, _ = setup
+  res = engine.simulate(system, TOY, r, policy)
+  return float(res.ttft_s[0]), float(res.step_s[0, 0])
+
+
+def test_ndp_tp_by_hand(setup):
+  _, _, c = setup
+  ttft, step = _sim(setup, "ndp_tp")
+  # Prefill: every expert has one token; each unit computes 4 slices.
+  layer_p = [a + c["bcast2"] + 4 * c["tp1"] + c["ret2_2"] + c["red2_2"] for a in c["attn_p"]]
+  assert ttft == pytest.approx(c["over_p"] + sum(layer_p), rel=1e-5)
+  layer_d = [a + c["bcast1"] + 2 * c["tp1"] + c["ret1_2"] + c["red1_2"] for a in c["attn_d"]]
+  assert step == pytest.approx(c["over_d"] + sum(layer_d), rel=1e-5)
+
+
+def test_ndp_ep_by_hand(setup):
+  _, _, c = setup
+  _, step = _sim(setup, "ndp_ep")
+  # Layer 0: experts 0 and 2 both on unit 0 -> serial, one partial.
+  l0 = c["attn_d"][0] + c["bcast1"] + 2 * c["ep1"] + c["ret1_1"] + c["red1_1"]
+  # Layer 1: experts 1 (unit 1) and 2 (unit 0) in parallel, two partials.
+  l1 = c["attn_d"][1] + c["bcast1"] + c["ep1"] + c["ret1_2"] + c["red1_2"]
+  assert step == pytest.approx(c["over_d"] + l0 + l1, rel=1e-5)
+
+
+def test_tp_lb_by_hand(setup):
+  _, _, c = setup
+  _, step = _sim(setup, "tp_lb")
+  g, T, tp = c["g1"], c["T"], c["tp1"]
+  post = c["ret1_2"] + c["red1_2"]
+  spans = [c["bcast1"] + 2 * tp + post,                 # both on NDP
+           max(T + g, max(c["bcast1"] + tp, T) + post),  # one loaded to the GPU
+           2 * T + g]                                    # both loaded, serial link
+  layer = [a + min(spans) for a in c["attn_d"]]
+  assert step == pytest.approx(c["over_d"] + sum(layer), rel=1e-5)
+
+
+def test_gpu_offload_by_hand(setup):
+  _, _, c = setup
+  ttft, step = _sim(setup, "gpu_offload")
+  # Prefill loads all four experts of each layer, serially on the link; the GPU
+  # runs each after it arrives: the last one ends at 4T + g.
+  layer_p = [a + 4 * c["T"] + c["g1"] for a in c["attn_p"]]
+  assert ttft == pytest.approx(c["over_p"] + sum(layer_p), rel=1e-5)
+  # The cache holds all four: decode is two resident experts per layer.
+  layer_d = [a + 2 * c["g1"] for a in c["attn_d"]]
+  assert step == pytest.approx(c["over_d"] + sum(layer_d), rel=1e-5)
+
+
+def test_oracle_by_hand(setup):
+  _, _, c = setup
+  _, step = _sim(setup, "oracle")
+  g, h = c["g1"], min(c["tp1"], c["ep1"] / N)
+  post = c["ret1_1"] + c["red1_1"]
+  spans = [c["bcast1"] + 2 * h + post, max(g, c["bcast1"] + h + post), 2 * g]
+  layer = [a + min(spans) for a in c["attn_d"]]
+  assert step == pytest.approx(c["over_d"] + sum(layer), rel=1e-5)
+
+
+def test_oracle_below_every_policy_on_toy(setup):
+  _, ob = _sim(setup, "oracle")
+  for pol in ("ndp_tp", "ndp_ep", "tp_lb", "gpu_offload", "monde", "tp_lb_prefetch"):
+    assert ob <= _sim(setup, pol)[1] * (1 + 1e-6), pol

@@ -1,0 +1,288 @@
+"""The experiment binary and its studies, on a tiny model (a few seconds each).
+
+The binary runs in subprocesses (its absl flags and, for the sharding test,
+XLA_FLAGS must be its own); numbers are checked against direct
+``engine.simulate`` calls made here.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ndpsim import engine, policies, studies
+from ndpsim.base import ConfigError
+from ndpsim.hw import system as system_mod
+from ndpsim.workload import models as M
+from ndpsim.workload import routing as R
+
+DATA = pathlib.Path(__file__).parent / "data"
+TINY = str(DATA / "exp_tiny_model.json")
+P, T, S, N = 8, 4, 4, 2
+POLS = ("monde", "tp_lb_prefetch")
+TINY_FLAGS = [f"--models={TINY}", f"--policies={','.join(POLS)}", f"--prompt_len={P}",
+              f"--output_len={T}", f"--num_seqs={S}", f"--num_ndp_units={N}",
+              "--studies=headline"]
+
+
+def _binary() -> list[str]:
+  script = pathlib.Path(sys.executable).parent / "ndpsim-experiment"
+  return [str(script)] if script.exists() else [sys.executable, "-m", "ndpsim.experiment"]
+
+
+def _env(**extra) -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+  env.pop("XLA_FLAGS", None)
+  env.update(extra)
+  return env
+
+
+def _tiny_config(**kw) -> studies.StudyConfig:
+  base = dict(models=(TINY,), policies=POLS, prompt_len=P, output_len=T, num_seqs=S,
+              num_ndp_units=(N,), studies=("headline",))
+  base.update(kw)
+  return studies.StudyConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def direct():
+  """Direct engine.simulate calls reproducing the binary's documented inputs."""
+  sysp = system_mod.load_system("paper_rtx5080_ndp_dimm", N)
+  model = M.model_from_any(TINY)
+  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
+  spec = R.RoutingSpec(num_seqs=S, prompt_len=P, output_len=T, num_layers=L,
+                       num_experts=E, top_k=k)
+  params = R.preset("mixtral_8x7b", E, k)
+  key = jax.random.PRNGKey(0)
+  ev = R.generate(key, spec, params)
+  pr = R.generate(jax.random.fold_in(key, 1), spec, params)
+  prof = np.zeros((L, E), np.float32)
+  for ids in (pr.prefill_ids, pr.decode_ids):
+    for l in range(L):
+      prof[l] += np.bincount(np.asarray(ids)[:, :, l].reshape(-1), minlength=E)
+  out = {}
+  for pol in POLS:
+    r = engine.simulate((sysp.spec, sysp.params), model, ev, pol,
+                        policies.PolicyParams(resident_fraction=1.0), profile_counts=prof)
+    out[pol] = np.asarray(r.e2e_s, np.float64)
+  return out
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+  """The binary interrupted (SIGINT) after its first finished cell, then resumed."""
+  out = tmp_path_factory.mktemp("exp")
+  cache = tmp_path_factory.mktemp("jaxcache")
+  cmd = _binary() + TINY_FLAGS + [f"--out_dir={out}", f"--cache_dir={cache}"]
+  proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  cells = out / "cells"
+  deadline = time.time() + 80
+  while time.time() < deadline and proc.poll() is None:
+    if cells.is_dir() and any(p.suffix == ".json" for p in cells.iterdir()):
+      proc.send_signal(signal.SIGINT)
+      break
+    time.sleep(0.02)
+  _, err1 = proc.communicate(timeout=60)
+  first = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in cells.glob("*.json")}
+  r2 = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True,
+                      timeout=120)
+  return dict(out=out, rc1=proc.returncode, err1=err1, first=first, r2=r2)
+
+
+def test_interrupted_run_keeps_cells_and_resume_skips_them(interrupted_run):
+  run = interrupted_run
+  assert run["rc1"] == 130, run["err1"][-2000:]
+  assert "rerun with --resume" in run["err1"]
+  assert 1 <= len(run["first"]) < len(POLS), run["first"].keys()
+  r2 = run["r2"]
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert f"{len(POLS)} cells, {len(run['first'])} already finished" in r2.stderr
+  cells = run["out"] / "cells"
+  for name, (mtime, text) in run["first"].items():  # skipped, not rewritten
+    assert (cells / name).stat().st_mtime_ns == mtime
+    assert (cells / name).read_text() == text
+  assert len(list(cells.glob("*.json"))) == len(POLS)
+  assert not list(cells.glob(".*tmp"))  # no half-written files left behind
+
+
+def test_binary_files_schema_and_numbers(interrupted_run, direct):
+  out = interrupted_run["out"]
+  assert interrupted_run["r2"].returncode == 0
+  doc = json.loads((out / "results.json").read_text())
+  cfgd = doc["config"]
+  assert cfgd["ndpsim_version"]
+  assert cfgd["systems"][str(N)]["name"] == "paper_rtx5080_ndp_dimm"
+  assert cfgd["systems"][str(N)]["parts"]["gpu"] == "rtx5080"
+  assert cfgd["routing"]["mixtral_8x7b"]["params"]["zipf_exponent"] == pytest.approx(0.26)
+  assert cfgd["flags"]["seed"] == 0 and cfgd["flags"]["num_seqs"] == S
+  rows = doc["rows"]
+  assert [r["policy"] for r in rows] == list(POLS)
+  need = ("model", "policy", "num_ndp_units", "prefetch_budget", "e2e_latency_s_mean",
+          "e2e_latency_s_ci95", "ttft_s_mean", "tpot_s_mean", "speedup_vs_monde")
+  for r in rows:
+    assert all(k in r for k in need), sorted(r)
+    assert r["model"] == "exp-tiny-moe" and r["num_ndp_units"] == N
+    assert r["prefetch_budget"] == 1.0
+    assert r["ttft_s_mean"] < r["e2e_latency_s_mean"]
+    assert r["e2e_latency_s_mean"] == pytest.approx(r["ttft_s_mean"] + T * r["tpot_s_mean"],
+                                                    rel=1e-5)
+  by = {r["policy"]: r for r in rows}
+  for pol in POLS:  # the binary's numbers are engine.simulate's
+    e2e = direct[pol]
+    assert by[pol]["e2e_latency_s_mean"] == pytest.approx(e2e.mean(), rel=1e-5)
+    assert by[pol]["e2e_latency_s_ci95"] == pytest.approx(
+        1.96 * e2e.std(ddof=1) / np.sqrt(S), rel=1e-3, abs=1e-12)
+  want = direct["monde"].mean() / direct["tp_lb_prefetch"].mean()
+  assert by["tp_lb_prefetch"]["speedup_vs_monde"] == pytest.approx(want, rel=1e-5)
+  assert by["monde"]["speedup_vs_monde"] == 1.0
+  summ = doc["summary"]["tp_lb_prefetch"]
+  assert summ["mean_speedup"] == pytest.approx(want, rel=1e-5)
+  assert summ["max_speedup"] == pytest.approx(want, rel=1e-5)
+  with open(out / "results.csv") as f:
+    crow = list(csv.DictReader(f))
+  assert [c["policy"] for c in crow] == list(POLS)
+  for c, r in zip(crow, rows):
+    assert float(c["e2e_latency_s_mean"]) == pytest.approx(r["e2e_latency_s_mean"], rel=1e-9)
+    assert float(c["speedup_vs_monde"]) == pytest.approx(r["speedup_vs_monde"], rel=1e-9)
+  for png in ("speedup.png", "lane_breakdown.png"):
+    assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "tp_lb_prefetch" in interrupted_run["r2"].stdout  # the printed table
+
+
+# ---------------------------------------------------------------------------
+# Bad input fails fast, with one line naming the flag.
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(models=("qwen3-30b-a3", )), "--models"),
+    (dict(policies=("monde", "tp_lbb")), "--policies"),
+    (dict(prefetch_policies=("nope",), studies=("prefetch",)), "--prefetch_policies"),
+    (dict(studies=("headline", "speed")), "--studies"),
+    (dict(prefetch_budgets=(0.5, 1.5), studies=("prefetch",)), "--prefetch_budgets"),
+    (dict(num_ndp_units=(9,)), "--num_ndp_units"),
+    (dict(num_ndp_units=(0,)), "--num_ndp_units"),
+    (dict(models=("mixtral-8x7b",), num_ndp_units=(1,)), "--num_ndp_units"),
+    (dict(overrides=("gpu.memory_capacity_bytes=1e8",)), "--set"),
+    (dict(overrides=("gpu.no_such_field=3",)), "--set"),
+    (dict(overrides=("bandwidth=3",)), "--set"),
+    (dict(routing="zipfy"), "--routing"),
+    (dict(routing="/nonexistent/trace.npz"), "--routing"),
+    (dict(num_seqs=3, batch_size=2), "--num_seqs"),
+    (dict(num_seqs=0), "--num_seqs"),
+    (dict(prompt_len=-1), "--prompt_len"),
+    (dict(dtype="fp7"), "--dtype"),
+    (dict(system="rtx9090_box"), "--system"),
+])
+def test_bad_config_is_one_line_naming_the_flag(kw, flag):
+  with pytest.raises(ConfigError) as e:
+    studies.resolve(_tiny_config(**kw))
+  msg = str(e.value)
+  assert msg.startswith(flag + ":"), msg
+  assert "\n" not in msg
+  assert any(w in msg for w in ("write", "use", "give", "drop", "fields are")), msg
+
+
+def test_platform_that_cannot_hold_the_model_says_so():
+  with pytest.raises(ConfigError, match=r"--num_ndp_units: .*mixtral-8x7b.*GB"):
+    studies.resolve(_tiny_config(models=("mixtral-8x7b",), num_ndp_units=(1,)))
+  with pytest.raises(ConfigError, match=r"--models: .*GPU memory"):
+    studies.resolve(_tiny_config(models=("mixtral-8x7b",), num_ndp_units=(4,),
+                                 overrides=("gpu.memory_capacity_bytes=2e9",)))
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--num_seqs=abc"], "--num_seqs"),
+    (["--models=olmoe-1b-7b,no-such-model"], "--models"),
+    (["--num_ndp_units=2,x"], "--num_ndp_units"),
+])
+def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
+  r = subprocess.run(_binary() + args + [f"--out_dir={tmp_path}"], env=_env(),
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, r.stderr
+  assert lines[0].startswith("error: ") and flag in lines[0], lines[0]
+  assert not list(tmp_path.iterdir())  # failed before writing anything
+
+
+# ---------------------------------------------------------------------------
+# In-process: resume logic, determinism, settings mismatch.
+
+def test_resume_in_process_recomputes_only_unfinished_cells(tmp_path):
+  res = studies.resolve(_tiny_config())
+  events = []
+
+  def stop_after_first(ev):
+    events.append(ev)
+    if ev["event"] == "cell":
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    studies.run_cells(res, tmp_path, progress=stop_after_first)
+  assert len(list((tmp_path / "cells").glob("*.json"))) == 1
+  events.clear()
+  rows = studies.run_cells(res, tmp_path, resume=True, progress=events.append)
+  assert events[0] == {"event": "start", "total": 2, "skipped": 1}
+  assert [e["cell"].policy for e in events[1:]] == ["tp_lb_prefetch"]
+  again = studies.run_cells(res, tmp_path / "fresh")  # same flags and seed
+  for a, b in zip(rows, again):
+    assert a["e2e_latency_s_per_group"] == b["e2e_latency_s_per_group"]
+    assert a["speedup_vs_monde"] == b["speedup_vs_monde"]
+  other = studies.resolve(_tiny_config(seed=1))
+  with pytest.raises(ConfigError, match=r"^--resume: .*seed=0.*seed=1.*--seed"):
+    studies.run_cells(other, tmp_path, resume=True)
+
+
+def test_fingerprint_changes_with_hardware_override():
+  a = studies.resolve(_tiny_config())
+  b = studies.resolve(_tiny_config(overrides=("gpu.memory_bandwidth_gbps=800",)))
+  c = a.all_cells()[0]
+  assert studies.cell_fingerprint(a, c) != studies.cell_fingerprint(b, c)
+  assert studies.cell_fingerprint(a, c) == studies.cell_fingerprint(
+      studies.resolve(_tiny_config()), c)
+
+
+# ---------------------------------------------------------------------------
+# Sharding over 8 forced host devices gives the 1-device numbers.
+
+_SHARD_SCRIPT = r"""
+import json, sys, jax
+from ndpsim import studies
+cfg = studies.StudyConfig(models=(sys.argv[1],), policies=("monde", "tp_lb_prefetch"),
+                          prompt_len=8, output_len=4, num_seqs=4, num_ndp_units=(2,),
+                          studies=("headline",))
+res = studies.resolve(cfg)
+wl = studies.make_workload(res, "exp-tiny-moe", "mixtral_8x7b")
+mesh = studies.device_mesh()
+x = studies.shard_sequences(wl.prefill_ids, mesh, 1)
+out = {"devices": jax.device_count(), "mesh": int(mesh.devices.size),
+       "shard_devices": len(x.sharding.device_set), "padded": int(x.shape[0])}
+for pol in ("monde", "tp_lb_prefetch"):
+  r, = studies.simulate_sharded(res.systems[2], res.models["exp-tiny-moe"], wl, pol, [1.0],
+                                1, mesh)
+  out[pol] = [float(v) for v in r.e2e_s]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_eight_host_devices_match_one_device(direct):
+  r = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, TINY], capture_output=True,
+                     text=True, timeout=120,
+                     env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert r.returncode == 0, r.stderr[-3000:]
+  line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")][-1]
+  out = json.loads(line[len("RESULT"):])
+  assert out["devices"] == 8 and out["mesh"] == 8 and out["shard_devices"] == 8
+  assert out["padded"] == 8  # 4 sequences padded to one per device
+  for pol in POLS:
+    assert len(out[pol]) == S
+    np.testing.assert_allclose(out[pol], direct[pol], rtol=1e-6)
