@@ -51,7 +51,7 @@ flags.DEFINE_list("sweep_ndp_units", ["2", "3", "4", "5", "6"],
 flags.DEFINE_list("sweep_models", [],
                   "models of the ndp_units and prefetch studies (empty: the first of "
                   "--models)")
-flags.DEFINE_list("sweep_policies", ["monde", "ndp_tp", "tp_lb", "tp_lb_prefetch"],
+flags.DEFINE_list("sweep_policies", ["monde", "ndp_tp", "tp_lb_prefetch"],
                   "policies of the ndp_units study")
 flags.DEFINE_integer("prompt_len", None, "prompt tokens per sequence (default 512, or "
                      "the trace's)")
@@ -125,7 +125,7 @@ def format_tables(doc: dict) -> str:
   head = _rows_of(rows, st.get("headline", []))
   if head:
     out.write("## Headline: end-to-end latency and speedup over monde\n\n")
-    out.write(_row_table(head, ("model", "policy", "num_ndp_units")))
+    out.write(_row_table(head))
     for n, summ in doc["summary_by_num_ndp_units"].items():
       out.write(f"\n## Speedup over monde per policy (N = {n}, over models)\n\n")
       out.write(_summary_table(summ))
@@ -166,7 +166,7 @@ def _fmt_speed(r):
   return "-" if s is None else f"{s:.2f}x ±{r['speedup_vs_monde_ci95']:.2f}"
 
 
-def _row_table(rows, keys) -> str:
+def _row_table(rows) -> str:
   lines = ["| model | policy | N | e2e latency s (±95%) | TTFT s | TPOT ms | speedup |",
            "|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -174,7 +174,6 @@ def _row_table(rows, keys) -> str:
                  f"{r['e2e_latency_s_mean']:.4g} ±{r['e2e_latency_s_ci95']:.2g} | "
                  f"{r['ttft_s_mean']:.4g} | {1e3 * r['tpot_s_mean']:.4g} | "
                  f"{_fmt_speed(r)} |")
-  del keys
   return "\n".join(lines) + "\n"
 
 

@@ -89,7 +89,7 @@ class StudyConfig:
   prefetch_policies: tuple[str, ...] = ("tp_lb_prefetch", "tp_lb_adaptive")
   sweep_ndp_units: tuple[int, ...] = (2, 3, 4, 5, 6)
   sweep_models: tuple[str, ...] = ()
-  sweep_policies: tuple[str, ...] = ("monde", "ndp_tp", "tp_lb", "tp_lb_prefetch")
+  sweep_policies: tuple[str, ...] = ("monde", "ndp_tp", "tp_lb_prefetch")
   prompt_len: int | None = None
   output_len: int | None = None
   batch_size: int = 1
@@ -385,6 +385,8 @@ def device_mesh() -> Mesh:
 def shard_sequences(x: np.ndarray, mesh: Mesh, multiple: int) -> jax.Array:
   """``x`` [S, ...] padded (repeating its first rows) to a multiple of
   ``multiple`` x devices and sharded on axis 0 over ``mesh``."""
+  if mesh.devices.size == 1:  # nothing to shard: the plain (uncommitted) array
+    return jnp.asarray(x)
   n = multiple * mesh.devices.size
   pad = (-x.shape[0]) % n
   if pad:

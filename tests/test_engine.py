@@ -176,3 +176,23 @@ def test_user_errors_are_caught_before_tracing():
   small = base.replace(sp, gpu=base.replace(sp.gpu, memory_capacity_bytes=1e9))
   with pytest.raises(ConfigError, match="GPU memory"):
     U.run(MODEL, "ndp_tp", system=(ss, small))
+
+
+def test_prefetch_budget_has_an_interior_optimum():
+  """More prefetch is not always better (the paper's observation).
+
+  In the model the loads chosen from prefill counts join the background queue
+  layer by layer as the prefill reaches each layer, so a larger budget puts
+  more (less valuable) experts of early layers ahead of the most valuable
+  experts of later layers, and a demand load that arrives behind a queued
+  copy waits for it.  On OLMoE (every expert fits in GPU memory) half the
+  budget beats the full budget and no prefetch at all.
+  """
+  model = M.get_model(MODEL)
+  r = U.routing(MODEL, num_seqs=1, prompt_len=512, output_len=32)
+  ss, sp = U.load()
+  fr = jnp.array([0.0, 0.5, 1.0])
+  f = lambda x: engine.simulate((ss, sp), model, r, "tp_lb_prefetch",
+                                PolicyParams(resident_fraction=x), check=False).e2e_s
+  e = np.asarray(jax.vmap(f)(fr)).mean(axis=1)
+  assert e[1] < e[0] and e[1] < e[2], e

@@ -70,10 +70,13 @@ def direct():
     for l in range(L):
       prof[l] += np.bincount(np.asarray(ids)[:, :, l].reshape(-1), minlength=E)
   out = {}
-  for pol in POLS:
+  for pol, budget in ((p, 1.0) for p in POLS):
     r = engine.simulate((sysp.spec, sysp.params), model, ev, pol,
-                        policies.PolicyParams(resident_fraction=1.0), profile_counts=prof)
+                        policies.PolicyParams(resident_fraction=budget), profile_counts=prof)
     out[pol] = np.asarray(r.e2e_s, np.float64)
+  r = engine.simulate((sysp.spec, sysp.params), model, ev, "tp_lb_prefetch",
+                      policies.PolicyParams(resident_fraction=0.5), profile_counts=prof)
+  out["tp_lb_prefetch@0.5"] = np.asarray(r.e2e_s, np.float64)
   return out
 
 
@@ -257,7 +260,7 @@ def test_fingerprint_changes_with_hardware_override():
 _SHARD_SCRIPT = r"""
 import json, sys, jax
 from ndpsim import studies
-cfg = studies.StudyConfig(models=(sys.argv[1],), policies=("monde", "tp_lb_prefetch"),
+cfg = studies.StudyConfig(models=(sys.argv[1],), policies=("tp_lb_prefetch",),
                           prompt_len=8, output_len=4, num_seqs=4, num_ndp_units=(2,),
                           studies=("headline",))
 res = studies.resolve(cfg)
@@ -266,15 +269,17 @@ mesh = studies.device_mesh()
 x = studies.shard_sequences(wl.prefill_ids, mesh, 1)
 out = {"devices": jax.device_count(), "mesh": int(mesh.devices.size),
        "shard_devices": len(x.sharding.device_set), "padded": int(x.shape[0])}
-for pol in ("monde", "tp_lb_prefetch"):
-  r, = studies.simulate_sharded(res.systems[2], res.models["exp-tiny-moe"], wl, pol, [1.0],
-                                1, mesh)
-  out[pol] = [float(v) for v in r.e2e_s]
+r05, r1 = studies.simulate_sharded(res.systems[2], res.models["exp-tiny-moe"], wl,
+                                   "tp_lb_prefetch", [0.5, 1.0], 1, mesh)
+out["b0.5"] = [float(v) for v in r05.e2e_s]
+out["b1"] = [float(v) for v in r1.e2e_s]
 print("RESULT" + json.dumps(out))
 """
 
 
 def test_eight_host_devices_match_one_device(direct):
+  """Sequences sharded over 8 forced host devices (padded 4 -> 8), budgets under
+  vmap: the same numbers as unsharded direct calls on 1 device."""
   r = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, TINY], capture_output=True,
                      text=True, timeout=120,
                      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
@@ -283,6 +288,5 @@ def test_eight_host_devices_match_one_device(direct):
   out = json.loads(line[len("RESULT"):])
   assert out["devices"] == 8 and out["mesh"] == 8 and out["shard_devices"] == 8
   assert out["padded"] == 8  # 4 sequences padded to one per device
-  for pol in POLS:
-    assert len(out[pol]) == S
-    np.testing.assert_allclose(out[pol], direct[pol], rtol=1e-6)
+  np.testing.assert_allclose(out["b1"], direct["tp_lb_prefetch"], rtol=1e-6)
+  np.testing.assert_allclose(out["b0.5"], direct["tp_lb_prefetch@0.5"], rtol=1e-6)

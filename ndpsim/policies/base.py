@@ -62,8 +62,8 @@ class PolicyParams:
   resident_fraction: Any = 1.0
   gpu_bias: Any = 1.0
   ndp_bias: Any = 1.0
-  adapt_decay: Any = 0.9
-  adapt_margin: Any = 0.5
+  adapt_decay: Any = 0.99
+  adapt_margin: Any = 2.0
 
 
 @base.params_dataclass

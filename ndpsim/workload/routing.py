@@ -205,15 +205,15 @@ _PRESETS: dict[str, dict[str, float]] = {
                             successor_strength=1.5, prefill_decode_coupling=0.8),
     "skewed": dict(zipf_exponent=1.2, prompt_concentration=0.5, reuse_prob=0.15,
                    successor_strength=1.5, prefill_decode_coupling=0.8),
-    "flame_moe_290m": dict(zipf_exponent=0.175, prompt_concentration=0.095,
-                           reuse_prob=0.0, successor_strength=2.05,
-                           prefill_decode_coupling=1.0),
-    "mixtral_8x7b": dict(zipf_exponent=0.26, prompt_concentration=0.12,
-                         reuse_prob=0.13, successor_strength=0.9,
-                         prefill_decode_coupling=0.5),
-    "llama4_maverick": dict(zipf_exponent=1.3, prompt_concentration=6.0,
-                            reuse_prob=0.1, successor_strength=1.2,
-                            prefill_decode_coupling=0.6, always_on_share=0.999),
+    "flame_moe_290m": dict(zipf_exponent=0.218, prompt_concentration=0.061,
+                           reuse_prob=0.004, successor_strength=2.21,
+                           prefill_decode_coupling=0.80),
+    "mixtral_8x7b": dict(zipf_exponent=0.277, prompt_concentration=0.22,
+                         reuse_prob=0.126, successor_strength=0.95,
+                         prefill_decode_coupling=0.0),
+    "llama4_maverick": dict(zipf_exponent=1.05, prompt_concentration=5.5,
+                            reuse_prob=0.2, successor_strength=0.0,
+                            prefill_decode_coupling=0.32, always_on_share=0.999),
 }
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
 
@@ -254,17 +254,38 @@ def _uniform(h: jax.Array, seed: jax.Array) -> jax.Array:
   return ((b >> 9).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-23)
 
 
+def _uniform_array(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniforms in (0, 1) of ``shape`` from a uint32 seed [2] (counter-based)."""
+  n = int(np.prod(shape)) if shape else 1
+  ctr = lax.iota(jnp.uint32, n)
+  return _uniform(_mix(ctr ^ seed[0]), seed[1]).reshape(shape)
+
+
+def _normal_array(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Standard normals (Box-Muller) of ``shape`` from a uint32 seed [2]."""
+  u = _uniform_array(seed, (2,) + tuple(shape))
+  return jnp.sqrt(-2.0 * jnp.log(u[0])) * jnp.cos(2.0 * np.pi * u[1])
+
+
+def _seed(root: jax.Array, *tags: int) -> jax.Array:
+  """A uint32 seed pair derived from the root seed and integer tags."""
+  h = root[0]
+  for t in tags:
+    h = _mix(h ^ jnp.uint32(t * 0x9E3779B9 % 2**32))
+  return jnp.stack([h, _mix(h ^ root[1])])
+
+
 # ----------------------------------------------------------------------------
 # Popularity.
 
-def _global_popularity(key, spec: RoutingSpec, params: RoutingParams):
+def _global_popularity(root, spec: RoutingSpec, params: RoutingParams):
   """Global popularity [L, E] (float32, rows sum to 1) and top expert [L].
 
   In always-on layers the top expert is removed from the popularity (it is
   selected through ``always_on_share`` instead).
   """
   L, E = spec.num_layers, spec.num_experts
-  ranks = jax.vmap(lambda k: jax.random.permutation(k, E))(jax.random.split(key, L))
+  ranks = jnp.argsort(_uniform_array(_seed(root, 1), (L, E)), axis=1)
   logp = -jnp.asarray(params.zipf_exponent, jnp.float32) * jnp.log1p(
       ranks.astype(jnp.float32))
   top = jnp.argmin(ranks, axis=1).astype(jnp.int32)
@@ -275,12 +296,34 @@ def _global_popularity(key, spec: RoutingSpec, params: RoutingParams):
   return jax.nn.softmax(logp, axis=1), top
 
 
-def _sequence_popularity(key, glob, conc, S: int):
+def _log_gamma_sample(root, alpha: jax.Array, tries: int = 4) -> jax.Array:
+  """log of Gamma(alpha, 1) samples, alpha > 0 (any shape).
+
+  Marsaglia-Tsang for shape alpha + 1 with a fixed number of vectorized tries
+  (acceptance >= 95% each; a token left after all tries keeps its last
+  proposal, probability < 1e-5), then Gamma(a) = Gamma(a + 1) U^(1/a) in logs.
+  Compiles without loops, unlike jax.random.loggamma.
+  """
+  d = alpha + 1.0 - 1.0 / 3.0
+  c = 1.0 / jnp.sqrt(9.0 * d)
+  z = _normal_array(_seed(root, 1), (tries,) + alpha.shape)
+  u = _uniform_array(_seed(root, 2), (tries,) + alpha.shape)
+  v = (1.0 + c * z) ** 3
+  ok = (v > 0) & (jnp.log(u) < 0.5 * z * z + d - d * v + d * jnp.log(jnp.maximum(v, 1e-30)))
+  first = jnp.argmax(jnp.concatenate([ok, jnp.ones((1,) + alpha.shape, bool)]), axis=0)
+  first = jnp.minimum(first, tries - 1)
+  v = jnp.take_along_axis(v, first[None], axis=0)[0]
+  log_g1 = jnp.log(d) + jnp.log(jnp.maximum(v, 1e-30))
+  ub = _uniform_array(_seed(root, 3), alpha.shape)
+  return log_g1 + jnp.log(ub) / alpha
+
+
+def _sequence_popularity(root, glob, conc, S: int):
   """Dirichlet(E glob / conc) per sequence: [S, L, E]; conc == 0 gives glob."""
   E = glob.shape[-1]
   safe = jnp.where(conc > 0, conc, 1.0)
   alpha = jnp.where(glob > 0, E * glob / safe, 1.0)
-  lg = jax.random.loggamma(key, jnp.broadcast_to(alpha, (S,) + glob.shape))
+  lg = _log_gamma_sample(root, jnp.broadcast_to(alpha, (S,) + glob.shape))
   lg = jnp.where(glob > 0, lg, -jnp.inf)
   q = jax.nn.softmax(lg, axis=-1)
   return jnp.where(conc > 0, q, glob[None])
@@ -372,64 +415,98 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
   packed = take("packed", base[None] + slot.astype(jnp.int32))
   c = jnp.where((w1 & 0xFFFF) < (packed >> 16), slot, packed & 0xFFFF)
   cands = jnp.where(ub < beta16[None], succ[None].astype(u32), c).astype(jnp.int32)
-  count = jnp.zeros((S, N), jnp.int32)
-  chosen = [jnp.zeros((S, N), jnp.int32) for _ in range(k)]
-  for r in range(R):
-    new = jnp.ones((S, N), bool)
-    for rp in range(r):
-      new = new & (cands[r] != cands[rp])
-    for j in range(min(k, r + 1)):
-      chosen[j] = jnp.where(new & (count == j), cands[r], chosen[j])
-    count = count + new
-  count = jnp.minimum(count, k)
-
-  def fill(args):
-    chosen, count = args
-    chosen = list(chosen)
-    fbase = table * F
-    for f in range(F):
-      o = take("fill", fbase + f)
-      new = count < k
-      for j in range(k):
-        new = new & ((o != chosen[j]) | (j >= count))
-      for j in range(k):
-        chosen[j] = jnp.where(new & (count == j), o, chosen[j])
-      count = count + new
-    return tuple(chosen), count
-
-  if R < E and k > 1:
-    chosen, count = lax.cond(jnp.any(count < k), fill, lambda a: a,
-                             (tuple(chosen), count))
-    chosen = list(chosen)
+  if R > 1:
+    earlier = jnp.tril(jnp.ones((R, R), bool), -1)[:, :, None, None]
+    new = ~jnp.any((cands[:, None] == cands[None]) & earlier, axis=1)   # [R, S, N]
+  else:
+    new = jnp.ones(cands.shape, bool)
+  rank = jnp.cumsum(new.astype(jnp.int32), axis=0)
+  slots = jnp.arange(1, k + 1, dtype=jnp.int32)[:, None, None, None]
+  pick = new[None] & (rank[None] == slots)                          # [k, R, S, N]
+  chosen = list(jnp.sum(jnp.where(pick, cands[None], 0), axis=1))
+  count = jnp.minimum(rank[-1], k)
 
   # Always-on expert in slot 0 for a share of the tokens.
   n0 = 1 + R + (R + 1) // 2
   share = jnp.asarray(params.always_on_share, f32)
   forced = tab["on"] & (u(n0) < share)
   top = jnp.broadcast_to(tab["top"], (S, N))
+
+  def complete(args):
+    """Exact Plackett-Luce completion of up to B tokens short of k experts:
+    Gumbel-top-k over their unchosen experts (the law of the missing draws)."""
+    chosen, count = args
+    ch = jnp.stack(chosen).reshape(k, S * N)
+    cnt = count.reshape(-1)
+    fail = cnt < k
+    idx = jnp.nonzero(fail, size=B, fill_value=0)[0]
+    valid = jnp.arange(B) < jnp.sum(fail)
+    row = table.reshape(-1)[idx]
+    qrow = tab["q"].reshape(2 * S, E)[row]                          # [B, E]
+    cb, nb = ch[:, idx].T, cnt[idx]                                 # [B, k], [B]
+    sb, hb, fb = succ.reshape(-1)[idx], has_succ.reshape(-1)[idx], forced.reshape(-1)[idx]
+    eio = jnp.arange(E, dtype=jnp.int32)
+    logw = jnp.where(qrow > 0, jnp.log(jnp.maximum(qrow, 1e-38)), -1e30)
+    logw = logw + jnp.where(hb[:, None] & (eio == sb[:, None]), jnp.log1p(boost), 0.0)
+    slot = jnp.arange(k, dtype=jnp.int32)
+    taken = jnp.any((cb[:, :, None] == eio) & (slot[None, :, None] < nb[:, None, None]), 1)
+    taken = taken | (fb[:, None] & (eio == tab["top"]))
+    hb_ = _mix(ht.reshape(-1)[idx] ^ seeds[n0 + 2])[:, None] ^ (
+        eio.astype(u32) * u32(0x9E3779B9))
+    gum = -jnp.log(-jnp.log(_uniform(hb_, seeds[n0 + 3])))
+    order = lax.top_k(jnp.where(taken, -3e38, logw + gum), k)[1]
+    src = jnp.clip(slot[None] - nb[:, None], 0, k - 1)
+    filled = jnp.where(slot[None] >= nb[:, None], jnp.take_along_axis(order, src, 1), cb)
+    tgt = jnp.where(valid, idx, S * N)
+    ch = ch.at[:, tgt].set(filled.T, mode="drop")
+    cnt = cnt.at[tgt].set(k, mode="drop")
+    return tuple(ch.reshape(k, S, N)), cnt.reshape(S, N)
+
+  def fill(args):
+    """Beyond B short tokens: the most popular unchosen experts (approximate)."""
+    chosen, count = args
+    ch = jnp.stack(chosen)                                          # [k, S, N]
+    slot = jnp.arange(k, dtype=jnp.int32)[:, None, None]
+
+    def one(f, st):
+      ch, count = st
+      o = take("fill", table * F + f)
+      new = (count < k) & ~(forced & (o == top))
+      new = new & ~jnp.any((o[None] == ch) & (slot < count[None]), axis=0)
+      ch = jnp.where(new[None] & (slot == count[None]), o[None], ch)
+      return ch, count + new
+
+    ch, count = lax.fori_loop(0, F, one, (ch, count))
+    return tuple(ch), count
+
+  if k > 1:
+    B = min(S * N, max(1024, (S * N) // 64))
+    state = (tuple(chosen), count)
+    state = lax.cond(jnp.any(count < k), complete, lambda a: a, state)
+    state = lax.cond(jnp.any(state[1] < k), fill, lambda a: a, state)
+    chosen = list(state[0])
+
   ids = [jnp.where(forced, top, chosen[0])]
   ids += [jnp.where(forced, chosen[j - 1], chosen[j]) for j in range(1, k)]
 
   # Gates: exponential-race arrival times in selection order.
   norm = 1.0 + boost * q_succ
-  t0 = -jnp.log(u(n0 + 1)) * jnp.maximum(1.0 - share, 1e-6)
-  t = jnp.where(forced, t0, 0.0)
-  left = jnp.ones((S, N), f32)
-  times = []
-  for j in range(k):
-    w = take("q", base + chosen[j]) * jnp.where(has_succ & (chosen[j] == succ),
-                                                1.0 + boost, 1.0) / norm
-    t = t + (-jnp.log(u(n0 + 2 + j))) / jnp.maximum(left, 1e-30)
-    left = left - w
-    times.append(t)
-  times = [jnp.where(forced, t0, times[0])] + [
-      jnp.where(forced, times[j - 1], times[j]) for j in range(1, k)]
+  t0 = -jnp.log(u(n0 + 3)) * jnp.maximum(1.0 - share, 1e-6)
+  ch = jnp.stack(chosen)                                              # [k, S, N]
+  w = take("q", base[None] + ch) * jnp.where(has_succ[None] & (ch == succ[None]),
+                                             1.0 + boost, 1.0) / norm
+  left = 1.0 - jnp.cumsum(w, axis=0) + w                  # mass before each draw
+  ue = _uniform(ht[None], seeds[n0 + 6:n0 + 6 + k, None, None])
+  t = jnp.where(forced, t0, 0.0)[None] + jnp.cumsum(
+      -jnp.log(ue) / jnp.maximum(left, 1e-30), axis=0)
+  times = [jnp.where(forced, t0, t[0])] + [
+      jnp.where(forced, t[j - 1], t[j]) for j in range(1, k)]
   logits = -jnp.log(jnp.stack(times, -1)) / jnp.asarray(params.gate_temperature, f32)
   gates = jax.nn.softmax(logits, axis=-1)
   ids = jnp.stack(ids, -1)
 
   # Temporal reuse: a token repeats its predecessor with probability reuse_prob.
-  fresh = (t_idx == 0) | (u(n0 + 2 + k) >= jnp.asarray(params.reuse_prob, f32))
+  fresh = (t_idx == 0) | (u(n0 + 4) >= jnp.asarray(params.reuse_prob, f32))
   src = lax.cummax(jnp.where(fresh, t_idx, 0), axis=1)
   flat_src = (s_idx * N + src).reshape(-1)
   ids = ids.reshape(S * N, k).at[flat_src].get(mode="promise_in_bounds")
@@ -440,29 +517,30 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
 
 
 def _num_seeds(spec: RoutingSpec) -> int:
-  return 1 + spec.draws + (spec.draws + 1) // 2 + spec.top_k + 3
+  return 7 + spec.draws + (spec.draws + 1) // 2 + spec.top_k
 
 
 def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
   S, L, E, k, P = (spec.num_seqs, spec.num_layers, spec.num_experts, spec.top_k,
                    spec.prompt_len)
   f32 = jnp.float32
-  k_glob, k_pre, k_new, k_succ, k_seed = jax.random.split(key, 5)
-  glob, top = _global_popularity(k_glob, spec, params)                 # [L, E]
+  root = jax.random.bits(key, (2,), jnp.uint32)
+  glob, top = _global_popularity(_seed(root, 1), spec, params)        # [L, E]
   conc = jnp.asarray(params.prompt_concentration, f32)
-  q_pre = _sequence_popularity(k_pre, glob, conc, S)                  # [S, L, E]
-  q_new = _sequence_popularity(k_new, glob, conc, S)
+  q_pre = _sequence_popularity(_seed(root, 2), glob, conc, S)                  # [S, L, E]
+  q_new = _sequence_popularity(_seed(root, 3), glob, conc, S)
   rho = jnp.asarray(params.prefill_decode_coupling, f32)
   q_dec = rho * q_pre + (1.0 - rho) * q_new
   q = jnp.stack([q_pre, q_dec]).transpose(2, 0, 1, 3)                  # [L, 2, S, E]
   acc, ali = jax.vmap(_alias_table)(q.reshape(-1, E))
   acc16 = jnp.minimum(jnp.round(acc * 65536.0), 65535.0).astype(jnp.uint32)
   packed = (acc16 << 16) | ali.astype(jnp.uint32)
-  F = min(E, 2 * k)
+  F = min(E, 2 * k + 1)
   fill = lax.top_k(q, F)[1].astype(jnp.int32)                          # [L, 2, S, F]
-  succ = jax.vmap(lambda kk: jax.random.permutation(kk, E))(
-      jax.random.split(k_succ, L)).astype(jnp.int32)
-  seeds = jax.random.bits(k_seed, (L, _num_seeds(spec)), jnp.uint32)
+  succ = jnp.argsort(_uniform_array(_seed(root, 4), (L, E)), axis=1).astype(jnp.int32)
+  ns = _num_seeds(spec)
+  seeds = _mix(_mix(lax.iota(jnp.uint32, L * ns) ^ _seed(root, 5)[0])
+               ^ _seed(root, 5)[1]).reshape(L, ns)
   on = np.zeros(L, bool)
   on[list(spec.always_on_layers)] = True
   xs = dict(packed=packed.reshape(L, -1), q=q.reshape(L, -1),
@@ -496,3 +574,49 @@ def generate(key: jax.Array, spec: RoutingSpec, params: RoutingParams) -> Routin
     raise ConfigError(f"spec must be a RoutingSpec, got {type(spec).__name__}")
   validate_params(params)
   return _generate_jit(key, spec, params)
+
+
+# ----------------------------------------------------------------------------
+# Probe: python -m ndpsim.probe routing --model=... --routing=... ...
+
+def _probe_args():
+  from ndpsim.probe import REQUIRED
+  return {
+      "model": (str, REQUIRED, "model zoo name, e.g. qwen3-30b-a3b (see the 'model' probe)"),
+      "routing": (str, "balanced_corpus", f"routing preset, one of {list(PRESETS)}"),
+      "num_seqs": (int, 8, "sequences to generate (>= 2 for successor statistics)"),
+      "prompt_len": (int, 512, "prefill tokens per sequence"),
+      "output_len": (int, 512, "decode tokens per sequence"),
+      "seed": (int, 0, "PRNG seed"),
+      "resident_fraction": (float, 0.25,
+                            "resident-set size as a fraction of E (prefill top-M)"),
+  }
+
+
+PROBE_ARGS = _probe_args()
+
+
+def probe(args: dict) -> dict:
+  """Generates routing for a zoo model and preset; returns its statistics."""
+  from ndpsim.workload import models
+  from ndpsim.workload import routing_stats
+
+  m = models.get_model(args["model"])
+  E, k, L = int(m.num_experts), int(m.top_k), int(models.num_moe_layers(m))
+  params = preset(args["routing"], E, k)
+  for flag in ("num_seqs", "prompt_len", "output_len"):
+    lo = 0 if flag == "output_len" else 1
+    if args[flag] < lo:
+      raise ConfigError(f"--{flag}={args[flag]}: write an integer >= {lo}")
+  if not 0.0 < args["resident_fraction"] <= 1.0:
+    raise ConfigError(f"--resident_fraction={args['resident_fraction']}: write a "
+                      "number in (0, 1]")
+  spec = RoutingSpec(num_seqs=args["num_seqs"], prompt_len=args["prompt_len"],
+                     output_len=args["output_len"], num_layers=L, num_experts=E,
+                     top_k=k)
+  r = generate(jax.random.key(args["seed"]), spec, params)
+  stats = routing_stats.summary(r, E, resident_fraction=args["resident_fraction"])
+  return {"model": m.name, "routing": args["routing"],
+          "num_shared_experts": int(getattr(m, "num_shared_experts", 0)),
+          "params": {f: float(getattr(params, f)) for f in _RANGES},
+          "stats": stats}

@@ -1,0 +1,461 @@
+"""A plain NumPy/Python reference of the ndpsim engine and its eight policies.
+
+It is the correctness oracle for a few sequences (``tests/test_reference.py``:
+latencies equal to ``ndpsim.engine.simulate`` within 1e-6 relative for every
+policy) and the speed baseline of ``benchmarks/throughput.py``.
+
+What it shares with the engine: the cost primitives only (the [tokens] and
+[partials] tables of :func:`ndpsim.engine.build_tables`, T_w and the GPU
+expert budget from :mod:`ndpsim.costs`), which are tested against hand
+calculations elsewhere.  What it writes again, independently and as one
+Python loop over sequence groups, steps, layers and experts:
+
+* the per-layer timeline: attention + router, residents-then-fetched GPU lane
+  with serialized demand loads, NDP lane (TP or EP), broadcast, partial-sum
+  return and reduction, the shared link direction;
+* the background load queue as an explicit FIFO of (layer, expert, start,
+  end) entries drained by idle link time, the non-pre-emptive in-flight load
+  that blocks demand loads, arrivals at the start of each layer;
+* every policy's decisions: the greedy GPU/NDP balancer (each prefix of the
+  resident-first, most-tokens-first order simulated with a running max-plus
+  GPU cursor), the LRU cache, prefill-count prefetch, the adaptive swap,
+  MoNDE's profiled hot set, EP round-robin, and the oracle bound.
+
+Arithmetic is float32 (NumPy scalars), like the engine's, so that the
+absolute layer clock rounds the same way; sums are taken in loop order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+F = np.float64 if __import__("os").environ.get("REF64") else np.float32
+INF = F(np.inf)
+
+
+@dataclasses.dataclass
+class RefResult:
+  """Reference outputs, one entry per sequence group."""
+  ttft_s: np.ndarray       # [G]
+  step_s: np.ndarray       # [G, T]
+  e2e_s: np.ndarray        # [G]
+  gpu_hits: np.ndarray     # [G] decode only
+  gpu_misses: np.ndarray   # [G]
+  prefetched_bytes: np.ndarray  # [G]
+
+
+@dataclasses.dataclass
+class _Costs:
+  """Per-phase cost tables as float32 NumPy arrays."""
+  gpu: np.ndarray
+  tp: np.ndarray
+  ep: np.ndarray
+  bcast: Any
+  ret: np.ndarray
+  red: np.ndarray
+
+
+def _np_costs(pc) -> _Costs:
+  a = lambda x: np.asarray(x, np.float32)  # noqa: E731
+  return _Costs(a(pc.gpu_s), a(pc.tp_s), a(pc.ep_s), F(pc.bcast_s), a(pc.ret_s), a(pc.red_s))
+
+
+def _top_m(scores, m, eligible=None) -> set:
+  """Indices of the m largest scores (ties: lower index), among eligible."""
+  m = int(math.floor(float(m) + 1e-6))
+  idx = [e for e in range(len(scores)) if eligible is None or eligible[e]]
+  idx.sort(key=lambda e: (-float(scores[e]), e))
+  return set(idx[:max(m, 0)])
+
+
+# ---------------------------------------------------------------------------
+# Per-sequence-group state.
+
+class _State:
+  """Residency, the background FIFO and policy bookkeeping for one group."""
+
+  def __init__(self, L: int, E: int, capacity):
+    self.resident = [[False] * E for _ in range(L)]
+    self.prefetched = [[False] * E for _ in range(L)]
+    self.used = [[False] * E for _ in range(L)]
+    self.score = [[F(0.0)] * E for _ in range(L)]
+    self.capacity = F(capacity)
+    self.fifo: list[list] = []  # [layer, expert, start, end, live], in queue order
+    self.by_layer: dict[int, list] = {}
+    self.head = 0                # first entry that may not have finished
+    self.queued = F(0.0)         # link seconds ever queued
+    self.drained = F(0.0)        # link seconds done
+
+  # Background queue ------------------------------------------------------
+  def enqueue(self, layer: int, experts_in_order: list, fetch_s) -> None:
+    for e in experts_in_order:
+      start = self.queued
+      self.queued = F(self.queued + fetch_s)
+      item = [layer, e, start, self.queued, True]
+      self.fifo.append(item)
+      self.by_layer.setdefault(layer, []).append(item)
+      self.prefetched[layer][e] = True
+
+  def live_ends(self, layer: int) -> dict:
+    """{expert: end position} of the live queued loads of ``layer``."""
+    return {it[1]: it[3] for it in self.by_layer.get(layer, ()) if it[4]}
+
+  def drain(self, idle) -> None:
+    room = max(F(self.queued - self.drained), F(0.0))
+    self.drained = F(self.drained + min(max(idle, F(0.0)), room))
+
+  def in_flight_left(self, fetch_s):
+    """Link seconds left of the load being copied now (0 if none started)."""
+    tol = F(1e-6 * fetch_s)
+    if not F(self.queued - self.drained) > tol:
+      return F(0.0)
+    while self.head < len(self.fifo) and not self.fifo[self.head][3] > F(self.drained + tol):
+      self.head += 1
+    if self.head == len(self.fifo):
+      return F(0.0)
+    start, end = self.fifo[self.head][2], self.fifo[self.head][3]
+    return F(end - self.drained) if F(self.drained - start) > tol else F(0.0)
+
+  def arrive(self, layer: int) -> None:
+    lim = F(self.drained * F(1 + 1e-7))
+    for it in self.by_layer.get(layer, ()):
+      if it[4] and it[3] <= lim:
+        self.resident[layer][it[1]] = True
+
+
+# ---------------------------------------------------------------------------
+# Policies: (init, place).  ``place`` returns per-slot (gpu, fetch, unit).
+
+def _greedy(sl: dict, gpu_bias, ndp_bias) -> list:
+  """The load balancer: GPU-first order, best prefix by simulated makespan."""
+  n = len(sl["ids"])
+  key = [(F(1e6) if sl["res"][i] else F(0.0)) + sl["tok"][i] if sl["valid"][i] else F(-1.0)
+         for i in range(n)]
+  order = sorted(range(n), key=lambda i: (-float(key[i]), i))
+  valid_order = [i for i in order if sl["valid"][i]]
+  g = {i: F(sl["gpu"][i] * gpu_bias) for i in range(n)}
+  h = {i: F(sl["tp"][i] * ndp_bias) for i in range(n)}
+  best_j, best = 0, INF
+  for j in range(len(valid_order) + 1):
+    on_gpu = valid_order[:j]
+    res_work, fetched_work, link, chain = F(0.0), F(0.0), F(0.0), -INF
+    for i in on_gpu:
+      if sl["res"][i]:
+        res_work = F(res_work + g[i])
+      else:
+        link = F(link + sl["fetch"])
+        chain = F(max(chain, F(sl["link_delay"] + link)) + g[i])
+        fetched_work = F(fetched_work + g[i])
+    gpu_end = max(F(F(sl["gpu_pre"] + res_work) + fetched_work), chain)
+    span = gpu_end
+    if j < len(valid_order):
+      ndp_work = F(0.0)
+      for i in valid_order[j:]:
+        ndp_work = F(ndp_work + h[i])
+      ndp_end = F(max(F(sl["bcast"] + ndp_work), F(sl["link_delay"] + link)) + sl["post"])
+      span = max(span, ndp_end)
+    if span < best:
+      best_j, best = j, span
+  chosen = set(valid_order[:best_j])
+  return [i in chosen for i in range(n)]
+
+
+def _placement(sl, gpu, units=None):
+  n = len(sl["ids"])
+  gpu = [gpu[i] and sl["valid"][i] for i in range(n)]
+  fetch = [gpu[i] and not sl["res"][i] for i in range(n)]
+  unit = units or [0] * n
+  return gpu, fetch, unit
+
+
+def _prefill_prefetch(ctx, s: _State, layer, sl, gpu) -> list:
+  """Prefill choice of tp_lb_prefetch / tp_lb_adaptive; returns counts [E].
+
+  The top-M experts of this layer's prompt counts become resident: those the
+  balancer just loaded for the prefill GEMMs stay at once, the others are
+  queued for background loading, most-counted first.
+  """
+  E = ctx["E"]
+  counts = [F(0.0)] * E
+  loaded = [False] * E
+  for i, e in enumerate(sl["ids"]):
+    if sl["valid"][i]:
+      counts[e] = F(counts[e] + sl["tok"][i])
+    if gpu[i] and not sl["res"][i]:
+      loaded[e] = True
+  want = _top_m(counts, s.capacity, [c > 0 for c in counts])
+  queued = s.live_ends(layer)
+  rest = []
+  for e in want:
+    if loaded[e]:
+      s.resident[layer][e] = True
+      s.prefetched[layer][e] = True
+    elif not s.resident[layer][e] and e not in queued:
+      rest.append(e)
+  rest.sort(key=lambda e: (-float(counts[e]), e))
+  s.enqueue(layer, rest, ctx["fetch_s"])
+  return counts
+
+
+def _adaptive_swap(ctx, s: _State, layer, params) -> None:
+  """One swap per layer when the background queue is idle."""
+  E = ctx["E"]
+  res, score = s.resident[layer], s.score[layer]
+  ends = s.live_ends(layer)
+  pending = [e in ends and ends[e] > s.drained for e in range(E)]
+  cands = [e for e in range(E) if not res[e] and not pending[e]]
+  idle = not F(s.queued - s.drained) > F(1e-12)
+  if not cands or not idle or not s.capacity >= 1:
+    return
+  cand = cands[0]
+  for e in cands:
+    if score[e] > score[cand]:
+      cand = e
+  held = sum(1 for e in range(E) if res[e] or pending[e])
+  full = held >= s.capacity
+  victim = 0  # lowest score among residents (first such); expert 0 if none
+  vscore = INF
+  for e in range(E):
+    if res[e] and score[e] < vscore:
+      victim, vscore = e, score[e]
+  bar = score[victim] if full else -INF
+  if not score[cand] > F(bar + F(params.adapt_margin)):
+    return
+  if full:  # the victim's memory is freed at once; a queued copy is cancelled
+    res[victim] = False
+    for it in s.by_layer.get(layer, ()):
+      if it[1] == victim:
+        it[4] = False
+  s.enqueue(layer, [cand], ctx["fetch_s"])
+
+
+def _place(name, ctx, s: _State, layer, sl, params, phase):
+  n, N = len(sl["ids"]), ctx["N"]
+  if name in ("ndp_tp", "oracle"):
+    return _placement(sl, [False] * n)
+  if name == "ndp_ep":
+    return _placement(sl, [False] * n, [e % N for e in sl["ids"]])
+  if name == "monde":
+    return _placement(sl, list(sl["res"]), [e % N for e in sl["ids"]])
+  if name == "gpu_offload":
+    stamps = s.score[layer]
+    now = F(max(stamps) + 1.0)
+    for i, e in enumerate(sl["ids"]):
+      if sl["valid"][i]:
+        stamps[e] = max(stamps[e], now)
+    keep = _top_m(stamps, s.capacity, [x >= 0 for x in stamps])
+    s.resident[layer] = [e in keep for e in range(ctx["E"])]
+    return _placement(sl, list(sl["valid"]))
+  gpu = _greedy(sl, F(params.gpu_bias), F(params.ndp_bias))
+  if name == "tp_lb":
+    return _placement(sl, gpu)
+  if name not in ("tp_lb_prefetch", "tp_lb_adaptive"):
+    raise ValueError(f"reference has no policy {name!r}")
+  decay = F(params.adapt_decay)
+  if phase == "prefill":
+    counts = _prefill_prefetch(ctx, s, layer, sl, gpu)
+    if name == "tp_lb_adaptive":
+      total = F(0.0)
+      for c in counts:
+        total = F(total + c)
+      norm = max(F(total / ctx["k"]), F(1.0))
+      s.score[layer] = [F(F(c / norm) / F(1.0 - decay)) for c in counts]
+  elif name == "tp_lb_adaptive":
+    act = [F(0.0)] * ctx["E"]
+    for i, e in enumerate(sl["ids"]):
+      if sl["valid"][i]:
+        act[e] = F(act[e] + sl["tok"][i])
+    s.score[layer] = [F(F(decay * x) + a) for x, a in zip(s.score[layer], act)]
+    _adaptive_swap(ctx, s, layer, params)
+  return _placement(sl, gpu)
+
+
+def _init(name, ctx, params) -> _State:
+  L, E = ctx["L"], ctx["E"]
+  if name in ("ndp_tp", "ndp_ep", "oracle", "tp_lb"):
+    return _State(L, E, 0.0)
+  cap = F(math.floor(F(F(F(params.resident_fraction) * ctx["capacity"]) + F(1e-6))))
+  s = _State(L, E, cap)
+  if name == "gpu_offload":
+    s.score = [[F(-1.0)] * E for _ in range(L)]
+  if name == "monde":
+    for l in range(L):
+      hot = _top_m(ctx["profile"][l], cap)
+      s.resident[l] = [e in hot for e in range(E)]
+  return s
+
+
+# ---------------------------------------------------------------------------
+# One layer.
+
+def _oracle_span(sl, N, post):
+  """Lower bound: j cheapest experts on the GPU (all resident), the rest at
+  their cheapest NDP time, one return + reduction; minimised over j."""
+  n_slots = len(sl["ids"])
+  gs = sorted(sl["gpu"][i] for i in range(n_slots) if sl["valid"][i])
+  hs = sorted(min(sl["tp"][i], F(sl["ep"][i] / N)) for i in range(n_slots) if sl["valid"][i])
+  n = len(gs)
+  best = INF
+  for j in range(n + 1):
+    g_sum = F(0.0)
+    for x in gs[:j]:
+      g_sum = F(g_sum + x)
+    span = F(sl["gpu_pre"] + g_sum)
+    if j < n:
+      h_sum = F(0.0)
+      for x in hs[:n - j]:
+        h_sum = F(h_sum + x)
+      span = max(span, F(F(sl["bcast_abs"] + h_sum) + post))
+    best = min(best, span)
+  return best
+
+
+def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, valid,
+           attn, shared, params, phase, stats):
+  N, fetch_s = ctx["N"], ctx["fetch_s"]
+  tr = F(clk["t"] + attn)
+  s.drain(F(tr - max(clk["bg"], clk["link_gpu"])))
+  s.arrive(layer)
+  res = [valid[i] and s.resident[layer][e] for i, e in enumerate(ids)]
+  if phase == "decode":
+    stats["hits"] += sum(res)
+    stats["misses"] += sum(1 for i in range(len(ids)) if valid[i] and not res[i])
+  in_flight = s.in_flight_left(fetch_s)
+  bcast_start = max(tr, clk["link_ndp"])
+  sl = dict(ids=ids, tok=[F(t) for t in tok], valid=valid, res=res,
+            gpu=[c.gpu[t] for t in tok], tp=[c.tp[t] for t in tok],
+            ep=[c.ep[t] for t in tok], fetch=fetch_s, gpu_pre=shared,
+            link_delay=F(max(F(clk["link_gpu"] - tr), F(0.0)) + in_flight),
+            bcast=F(F(bcast_start - tr) + c.bcast), bcast_abs=c.bcast,
+            post=F(c.ret[N] + c.red[N]))
+  gpu, fetch, unit = _place(name, ctx, s, layer, sl, params, phase)
+
+  # Demand loads wait for the background copy in flight, then run in slot order.
+  n_fetch = sum(fetch)
+  if n_fetch:
+    s.drained = F(s.drained + in_flight)
+  link = F(max(tr, clk["link_gpu"]) + (in_flight if n_fetch else F(0.0)))
+  cursor = F(tr + shared)
+  for i in range(len(ids)):
+    if gpu[i] and not fetch[i]:
+      cursor = F(cursor + sl["gpu"][i])
+  for i in range(len(ids)):
+    if fetch[i]:
+      link = F(link + fetch_s)
+      cursor = F(max(cursor, link) + sl["gpu"][i])
+  gpu_end, fetch_end = cursor, link
+
+  # NDP lane.
+  loads = [F(0.0)] * N
+  for i in range(len(ids)):
+    if valid[i] and not gpu[i]:
+      if mode == "tp":
+        for u in range(N):
+          loads[u] = F(loads[u] + sl["tp"][i])
+      else:
+        loads[unit[i]] = F(loads[unit[i]] + sl["ep"][i])
+  has_ndp = any(valid[i] and not gpu[i] for i in range(len(ids)))
+  if has_ndp:
+    parts = N if mode == "tp" else sum(1 for x in loads if x > 0)
+    ndp_end = F(F(bcast_start + c.bcast) + max(loads))
+    s.drain(F(ndp_end - max(fetch_end, clk["link_gpu"])))
+    ret_end = F(max(ndp_end, fetch_end) + c.ret[parts])
+    end = F(max(gpu_end, ret_end) + c.red[parts])
+    clk["link_gpu"], clk["bg"] = ret_end, ret_end
+    clk["link_ndp"] = F(bcast_start + c.bcast)
+  else:
+    end = F(max(gpu_end, tr) + c.red[0])
+    clk["link_gpu"], clk["bg"] = max(fetch_end, clk["link_gpu"]), fetch_end
+  if name == "oracle":
+    end = F(tr + _oracle_span(sl, N, F(c.ret[1] + c.red[1])))
+  for i, e in enumerate(ids):
+    if gpu[i] and res[i] and s.prefetched[layer][e]:
+      s.used[layer][e] = True
+  clk["t"] = end
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+
+def _tables(system, model, P, T, B):
+  import jax  # pylint: disable=import-outside-toplevel
+  from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  tab = jax.device_get(engine.build_tables(system[0], system[1], model, P, T, B))
+  return tab
+
+
+def simulate(system, model, routing, policy: str, params=None, *, batch_size: int = 1,
+             profile_counts=None, num_groups: int | None = None) -> RefResult:
+  """Reference simulation of ``routing`` (first ``num_groups`` groups if given).
+
+  Same arguments as :func:`ndpsim.engine.simulate`; ``policy`` is a name.
+  """
+  from ndpsim import costs  # pylint: disable=import-outside-toplevel
+  from ndpsim.policies.base import PolicyParams  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
+  params = params if params is not None else PolicyParams()
+  ss, sp = system[0], system[1]
+  pre = np.asarray(routing.prefill_ids)
+  dec = np.asarray(routing.decode_ids)
+  S, P, L, k = pre.shape
+  T = dec.shape[1]
+  B = batch_size
+  G = S // B if num_groups is None else min(num_groups, S // B)
+  E, N = model.num_experts, ss.num_ndp_units
+  tab = _tables(system, model, P, T, B)
+  cp, cd = _np_costs(tab.prefill), _np_costs(tab.decode)
+  attn_p = np.asarray(tab.attn_prefill_s, np.float32)
+  sh_p = np.asarray(tab.shared_prefill_s, np.float32)
+  attn_d = np.asarray(tab.attn_decode_s, np.float32)
+  sh_d = np.asarray(tab.shared_decode_s, np.float32)
+  over_d = np.asarray(tab.over_decode_s, np.float32)
+  prof = (np.ones((L, E), np.float32) if profile_counts is None
+          else np.asarray(profile_counts, np.float32))
+  ctx = dict(L=L, E=E, N=N, k=k, fetch_s=F(costs.fetch_s(ss, sp, model)),
+             capacity=F(costs.resident_capacity(ss, sp, model, P + T, B)), profile=prof)
+  mode = "ep" if policy in ("ndp_ep", "monde") else "tp"
+  eb = float(M.expert_bytes(model))
+  out = RefResult(np.zeros(G, np.float32), np.zeros((G, T), np.float32),
+                  np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G))
+  for g in range(G):
+    s = _init(policy, ctx, params)
+    clk = dict(t=F(tab.over_prefill_s), link_gpu=F(0.0), link_ndp=F(0.0), bg=F(0.0))
+    stats = dict(hits=0, misses=0)
+    seqs = range(g * B, (g + 1) * B)
+    for l in range(L):
+      counts = [0] * E
+      for q in seqs:
+        for p in range(P):
+          for e in pre[q, p, l]:
+            counts[int(e)] += 1
+      _layer(policy, mode, ctx, cp, clk, s, l, list(range(E)), counts,
+             [x > 0 for x in counts], attn_p[l], sh_p[l], params, "prefill", stats)
+    out.ttft_s[g] = clk["t"]
+    for t in range(T):
+      start = clk["t"]
+      clk["t"] = F(clk["t"] + over_d[t])
+      for l in range(L):
+        if B == 1:
+          ids = [int(e) for e in dec[g, t, l]]
+          tok, valid = [1] * k, [True] * k
+        else:
+          counts = [0] * E
+          for q in seqs:
+            for e in dec[q, t, l]:
+              counts[int(e)] += 1
+          order = sorted(range(E), key=lambda e: (-counts[e], e))[:min(E, B * k)]
+          ids, tok = order, [counts[e] for e in order]
+          valid = [x > 0 for x in tok]
+        _layer(policy, mode, ctx, cd, clk, s, l, ids, tok, valid, attn_d[t, l], sh_d[l],
+               params, "decode", stats)
+      out.step_s[g, t] = F(clk["t"] - start)
+    e2e = F(out.ttft_s[g])
+    for t in range(T):
+      e2e = F(e2e + out.step_s[g, t])
+    out.e2e_s[g] = e2e
+    out.gpu_hits[g], out.gpu_misses[g] = stats["hits"], stats["misses"]
+    out.prefetched_bytes[g] = sum(map(sum, s.prefetched)) * eb
+  return out
