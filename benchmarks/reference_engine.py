@@ -337,16 +337,29 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
   n_fetch = sum(fetch)
   if n_fetch:
     s.drained = F(s.drained + in_flight)
-  link = F(max(tr, clk["link_gpu"]) + (in_flight if n_fetch else F(0.0)))
-  cursor = F(tr + shared)
+  fetch_start = F(max(tr, clk["link_gpu"]) + (in_flight if n_fetch else F(0.0)))
+  # GPU lane: shared experts, residents back to back, then each fetched expert
+  # once its load has arrived and the GPU is free.  The lane ends at the later
+  # of "no waiting" (start + all work) and, for each fetched expert i, its
+  # arrival plus the fetched work from i on (the max-plus form of that cursor;
+  # absolute times are formed once per term, as in float32 the association
+  # decides the rounding of the clock).
+  res_work, fetched = F(0.0), []
   for i in range(len(ids)):
     if gpu[i] and not fetch[i]:
-      cursor = F(cursor + sl["gpu"][i])
-  for i in range(len(ids)):
-    if fetch[i]:
-      link = F(link + fetch_s)
-      cursor = F(max(cursor, link) + sl["gpu"][i])
-  gpu_end, fetch_end = cursor, link
+      res_work = F(res_work + sl["gpu"][i])
+    elif fetch[i]:
+      fetched.append(sl["gpu"][i])
+  fetched_work = F(0.0)
+  for w in fetched:
+    fetched_work = F(fetched_work + w)
+  gpu_end = F(F(F(tr + shared) + res_work) + fetched_work)
+  link_rel, left = F(0.0), fetched_work
+  for w in fetched:
+    link_rel = F(link_rel + fetch_s)
+    gpu_end = max(gpu_end, F(F(fetch_start + link_rel) + left))
+    left = F(left - w)
+  fetch_end = F(fetch_start + link_rel)
 
   # NDP lane.
   loads = [F(0.0)] * N

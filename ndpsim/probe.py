@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ndp": "ndpsim.hw.ndp",
     "gpu": "ndpsim.hw.gpu",
     "link": "ndpsim.hw.link",
-    "model": "ndpsim.workload.models",
+    "model": "ndpsim.workload.model_io",
     "routing": "ndpsim.workload.routing",
 }
 
