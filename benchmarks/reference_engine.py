@@ -45,6 +45,7 @@ class RefResult:
   gpu_hits: np.ndarray     # [G] decode only
   gpu_misses: np.ndarray   # [G]
   prefetched_bytes: np.ndarray  # [G]
+  events: dict                  # totals over groups: blocked, swaps, evictions, ...
 
 
 @dataclasses.dataclass
@@ -88,6 +89,8 @@ class _State:
     self.head = 0                # first entry that may not have finished
     self.queued = F(0.0)         # link seconds ever queued
     self.drained = F(0.0)        # link seconds done
+    # Event counts (to check that a test exercises each mechanism).
+    self.events = dict(blocked=0, swaps=0, evictions=0, arrivals=0, fetched=0)
 
   # Background queue ------------------------------------------------------
   def enqueue(self, layer: int, experts_in_order: list, fetch_s) -> None:
@@ -122,8 +125,9 @@ class _State:
   def arrive(self, layer: int) -> None:
     lim = F(self.drained * F(1 + 1e-7))
     for it in self.by_layer.get(layer, ()):
-      if it[4] and it[3] <= lim:
+      if it[4] and it[3] <= lim and not self.resident[layer][it[1]]:
         self.resident[layer][it[1]] = True
+        self.events["arrivals"] += 1
 
 
 # ---------------------------------------------------------------------------
@@ -224,7 +228,9 @@ def _adaptive_swap(ctx, s: _State, layer, params) -> None:
   bar = score[victim] if full else -INF
   if not score[cand] > F(bar + F(params.adapt_margin)):
     return
+  s.events["swaps"] += 1
   if full:  # the victim's memory is freed at once; a queued copy is cancelled
+    s.events["evictions"] += 1
     res[victim] = False
     for it in s.by_layer.get(layer, ()):
       if it[1] == victim:
@@ -337,6 +343,8 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
   n_fetch = sum(fetch)
   if n_fetch:
     s.drained = F(s.drained + in_flight)
+    s.events["fetched"] += n_fetch
+    s.events["blocked"] += in_flight > 0
   fetch_start = F(max(tr, clk["link_gpu"]) + (in_flight if n_fetch else F(0.0)))
   # GPU lane: shared experts, residents back to back, then each fetched expert
   # once its load has arrived and the GPU is free.  The lane ends at the later
@@ -393,11 +401,17 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
 # ---------------------------------------------------------------------------
 # Driver.
 
+_TABLES_JIT = None
+
+
 def _tables(system, model, P, T, B):
+  """The engine's cost tables (jitted once per shape), as NumPy."""
+  global _TABLES_JIT  # pylint: disable=global-statement
   import jax  # pylint: disable=import-outside-toplevel
   from ndpsim import engine  # pylint: disable=import-outside-toplevel
-  tab = jax.device_get(engine.build_tables(system[0], system[1], model, P, T, B))
-  return tab
+  if _TABLES_JIT is None:
+    _TABLES_JIT = jax.jit(engine.build_tables, static_argnums=(0, 2, 3, 4, 5))
+  return jax.device_get(_TABLES_JIT(system[0], system[1], model, P, T, B))
 
 
 def simulate(system, model, routing, policy: str, params=None, *, batch_size: int = 1,
@@ -432,7 +446,7 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
   mode = "ep" if policy in ("ndp_ep", "monde") else "tp"
   eb = float(M.expert_bytes(model))
   out = RefResult(np.zeros(G, np.float32), np.zeros((G, T), np.float32),
-                  np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G))
+                  np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G), {})
   for g in range(G):
     s = _init(policy, ctx, params)
     clk = dict(t=F(tab.over_prefill_s), link_gpu=F(0.0), link_ndp=F(0.0), bg=F(0.0))
@@ -471,4 +485,6 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
     out.e2e_s[g] = e2e
     out.gpu_hits[g], out.gpu_misses[g] = stats["hits"], stats["misses"]
     out.prefetched_bytes[g] = sum(map(sum, s.prefetched)) * eb
+    for key, v in s.events.items():
+      out.events[key] = out.events.get(key, 0) + int(v)
   return out

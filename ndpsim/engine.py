@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndpsim import base, costs
+from ndpsim import base, costs, relaxed
 from ndpsim.base import ConfigError
 from ndpsim.policies import base as pb
 from ndpsim.policies.oracle import bound_makespan as oracle_bound
@@ -95,6 +95,7 @@ class _Static:
   batch: int
   act_bytes_per_token: float
   phase_tokens: tuple
+  relaxed: bool = False
 
   def tokens(self, phase: str) -> int:
     return dict(self.phase_tokens)[phase]
@@ -217,6 +218,9 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
 
   resident = state.resident[layer, ids] & valid
   inflight = _bg_inflight_remainder(state, fetch_s)
+  soft = st.relaxed and state.soft is not None
+  if soft:
+    inflight = relaxed.inflight_remainder(state.soft, state.drained_s, fetch_s)
   bcast_start = jnp.maximum(tr, carry.link_ndp_free)
   slots = pb.Slots(ids=ids, tokens=tokens.astype(jnp.float32), valid=valid,
                    resident=resident, gpu_s=pc.gpu_s[tokens],
@@ -226,7 +230,13 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
                    link_delay_s=jnp.maximum(carry.link_gpu_free - tr, 0.0) + inflight,
                    bcast_s=bcast_start - tr + pc.bcast_s,
                    post_s=pc.ret_s[n_units] + pc.red_s[n_units])
+  if soft:
+    slots = slots._replace(res_w=jnp.where(valid, relaxed.slot_residency(
+        state.soft, layer, ids, state.drained_s, pparams.temperature_s), 0.0))
   place, state = pol.place(ctx, state, layer, slots, pparams, phase)
+  if st.relaxed:
+    return _layer_relaxed(st, ctx, pparams, phase, pc, carry, state, layer, slots, place,
+                          tr, bcast_start, inflight, attn_s, shared_s)
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
 
@@ -291,6 +301,87 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
       imbalance_n=acc.imbalance_n + has_ndp,
       peak_resident=acc.peak_resident,
       peak_staging=jnp.maximum(acc.peak_staging, jnp.sum(fetch & ~resident)),
+  )
+  return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
+                bg_clock=bg_clock, state=state, acc=acc)
+
+
+def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts, carry: _Carry, state,
+                   layer, slots: pb.Slots, place: pb.Placement, tr, bcast_start, inflight,
+                   attn_s, shared_s) -> _Carry:
+  """The lanes of :func:`_layer` in relaxed mode (see ``ndpsim/relaxed.py``).
+
+  Same timeline with: soft maxima at ``pparams.temperature_s``; continuous
+  GPU shares; fetched fraction ``1 - slots.res_w`` under soft residency
+  (else ``place.fetch``); "some demand load" and "some NDP work" as the
+  largest fetched share and the largest NDP share (weights in [0, 1] that
+  scale the in-flight wait, the broadcast, the return and the reduction).
+  """
+  pol, n_units, temp = st.policy, st.num_units, pparams.temperature_s
+  valid = slots.valid
+  fetch_s = slots.fetch_s[0]
+  gfrac = jnp.where(valid, place.gpu_frac, 0.0)
+  phi = jnp.where(valid, 1.0 - slots.res_w if slots.res_w is not None
+                  else place.fetch.astype(jnp.float32), 0.0)
+  share = gfrac * phi
+  w_fetch = jnp.max(share, initial=0.0)
+  block = w_fetch * inflight
+  state = dataclasses.replace(state, drained_s=state.drained_s + block)
+  fetch_start = jnp.maximum(tr, carry.link_gpu_free) + block
+  gpu_end, fetch_busy = relaxed.gpu_lane_end(tr + shared_s, fetch_start, slots.gpu_s,
+                                             gfrac, phi, fetch_s, temp)
+  fetch_end = fetch_start + fetch_busy
+
+  loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place)
+  w = jnp.max(jnp.where(valid, 1.0 - gfrac, 0.0), initial=0.0)
+  n_part = n_units if pol.ndp_mode == "tp" else jnp.sum(loads > 0)
+  # TP: every unit carries the same load, the max is exact.
+  slowest = jnp.max(loads) if pol.ndp_mode == "tp" else relaxed.smax(loads, temp)
+  bcast = w * pc.bcast_s
+  ndp_end = bcast_start + bcast + slowest
+  idle2 = w * (ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free))
+  state = _bg_drain(state, idle2)
+  ret = w * pc.ret_s[n_part]
+  ret_end = relaxed.smax2(ndp_end, fetch_end, temp) + ret
+  red = w * pc.red_s[n_part]
+  end = relaxed.smax2(gpu_end, relaxed.mix(w, ret_end, tr), temp) + red
+  if pol.lower_bound:
+    span, _ = oracle_bound(slots._replace(bcast_s=pc.bcast_s), n_units,
+                           pc.ret_s[1] + pc.red_s[1])
+    end = tr + span
+  link_gpu_free = relaxed.mix(w, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
+  bg_clock = relaxed.mix(w, ret_end, fetch_end)
+  link_ndp_free = relaxed.mix(w, bcast_start + bcast, carry.link_ndp_free)
+
+  act_b = st.act_bytes_per_token * st.tokens(phase)
+  eb = ctx.expert_bytes
+  ids = slots.ids
+  used_now = valid & (gfrac > 0) & slots.resident & state.prefetched[layer, ids]
+  state = dataclasses.replace(
+      state, used=state.used.at[layer, ids].set(state.used[layer, ids] | used_now))
+  acc = carry.acc
+  mean_load = jnp.mean(loads)
+  imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0),
+                  0.0)
+  acc = _Acc(
+      gpu_busy_s=acc.gpu_busy_s + attn_s + shared_s + jnp.sum(slots.gpu_s * gfrac) + red,
+      unit_busy_s=acc.unit_busy_s + loads,
+      ndp_lane_s=acc.ndp_lane_s + slowest,
+      link_to_gpu_busy_s=acc.link_to_gpu_busy_s + fetch_busy + ret,
+      link_to_ndp_busy_s=acc.link_to_ndp_busy_s + bcast,
+      bytes_to_gpu=acc.bytes_to_gpu + jnp.sum(share) * eb
+      + w * n_part * act_b,
+      bytes_to_ndp=acc.bytes_to_ndp + w * act_b,
+      hits=acc.hits + jnp.sum(valid & slots.resident),
+      misses=acc.misses + jnp.sum(valid & ~slots.resident),
+      expert_bytes_gpu=acc.expert_bytes_gpu + jnp.sum(gfrac) * eb,
+      expert_bytes_ndp=acc.expert_bytes_ndp
+      + jnp.sum(jnp.where(valid, 1.0 - gfrac, 0.0)) * eb,
+      activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
+      imbalance_sum=acc.imbalance_sum + w * imb,
+      imbalance_n=acc.imbalance_n + w,
+      peak_resident=acc.peak_resident,
+      peak_staging=jnp.maximum(acc.peak_staging, jnp.sum(share)),
   )
   return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
                 bg_clock=bg_clock, state=state, acc=acc)
@@ -384,7 +475,8 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
               prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
 
 
-def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, batch):
+def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, batch,
+                   relaxed_mode=False):
   L, E = M.num_moe_layers(model), model.num_experts
   if profile_counts is None:
     profile_counts = jnp.ones((L, E), jnp.float32)
@@ -392,18 +484,20 @@ def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, 
                     top_k=model.top_k, expert_bytes=float(M.expert_bytes(model)),
                     fetch_s=costs.fetch_s(ss, sp, model),
                     capacity=costs.resident_capacity(ss, sp, model, context_len, batch),
-                    profile_counts=jnp.asarray(profile_counts, jnp.float32))
+                    profile_counts=jnp.asarray(profile_counts, jnp.float32),
+                    relaxed=relaxed_mode)
 
 
 def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
-                  profile_counts, batch):
+                  profile_counts, batch, relaxed=False):
   S, P = prefill_ids.shape[:2]
   T = decode_ids.shape[1]
   G = S // batch
   st = _Static(policy=policy, num_units=ss.num_ndp_units, batch=batch,
                act_bytes_per_token=model.hidden_size * M.dtype_bytes(model.activation_dtype),
-               phase_tokens=(("prefill", P * batch), ("decode", batch)))
-  ctx = _build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch)
+               phase_tokens=(("prefill", P * batch), ("decode", batch)), relaxed=relaxed)
+  ctx = _build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch,
+                       relaxed)
   tab = build_tables(ss, sp, model, P, T, batch)
   pre = prefill_ids.reshape((G, batch) + prefill_ids.shape[1:])
   dec = decode_ids.reshape((G, batch) + decode_ids.shape[1:])
@@ -413,12 +507,12 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
                             gpu_fixed_bytes=fixed, batch=batch)
 
 
-STATIC_ARGNAMES = ("ss", "model", "policy", "batch")
+STATIC_ARGNAMES = ("ss", "model", "policy", "batch", "relaxed")
 _simulate_jit = jax.jit(simulate_core, static_argnames=STATIC_ARGNAMES)
 
 
 def simulate(system, model, routing, policy, policy_params=None, *, batch_size: int = 1,
-             profile_counts=None, check: bool = True) -> SimResult:
+             profile_counts=None, check: bool = True, relaxed: bool = False) -> SimResult:
   """Simulates prefill + decode of every sequence group.
 
   Args:
@@ -433,6 +527,10 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
       (``monde``); None = uniform.
     check: validate sizes and capacities in Python first (turn off under an
       outer trace, where values are not concrete).
+    relaxed: static; the differentiable relaxation (``ndpsim/relaxed.py``):
+      soft maxima at ``policy_params.temperature_s``, continuous placements
+      for policies that support them (``tuned``).  False (default) compiles
+      and computes exactly the hard engine.
   Returns:
     SimResult with a leading axis of S / batch_size sequence groups.
   """
@@ -444,7 +542,8 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
   if check:
     validate(ss, sp, model, pre, dec, batch_size)
   return _simulate_jit(ss, sp, model, pol, pparams, jnp.asarray(pre, jnp.int32),
-                       jnp.asarray(dec, jnp.int32), profile_counts, batch_size)
+                       jnp.asarray(dec, jnp.int32), profile_counts, batch_size,
+                       relaxed=relaxed)
 
 
 def validate(ss, sp, model, prefill_ids, decode_ids, batch_size: int) -> None:

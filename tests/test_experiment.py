@@ -126,7 +126,8 @@ def test_binary_files_schema_and_numbers(interrupted_run, direct):
   assert cfgd["ndpsim_version"]
   assert cfgd["systems"][str(N)]["name"] == "paper_rtx5080_ndp_dimm"
   assert cfgd["systems"][str(N)]["parts"]["gpu"] == "rtx5080"
-  assert cfgd["routing"]["mixtral_8x7b"]["params"]["zipf_exponent"] == pytest.approx(0.26)
+  assert cfgd["routing"]["mixtral_8x7b"]["params"]["zipf_exponent"] == pytest.approx(
+      float(R.preset("mixtral_8x7b", 8, 2).zipf_exponent))
   assert cfgd["flags"]["seed"] == 0 and cfgd["flags"]["num_seqs"] == S
   rows = doc["rows"]
   assert [r["policy"] for r in rows] == list(POLS)

@@ -216,7 +216,7 @@ def test_stats_on_hand_made_ids():
   mask = np.zeros((2, 8), bool)
   mask[0, [0, 1]] = True
   mask[1, [2, 3]] = True
-  assert float(RS.resident_hit_rate(ids, mask)) == pytest.approx(10 / 16)
+  assert float(RS.resident_hit_rate(ids, mask)) == pytest.approx(11 / 16)
   assert float(RS.any_miss_rate(ids, mask)) == pytest.approx(4 / 8)
   # own top-(E/8) with E=16: top-2 per layer: layer 0 counts 0:2,1:3 -> 5 of 8.
   assert float(RS.own_top_share(ids, 16)) == pytest.approx((5 / 8 + 6 / 8) / 2)

@@ -5,13 +5,13 @@ import difflib
 
 from ndpsim.base import ConfigError
 from ndpsim.policies import (gpu_offload, monde, ndp_ep, ndp_tp, oracle, tp_lb,
-                             tp_lb_adaptive, tp_lb_prefetch)
+                             tp_lb_adaptive, tp_lb_prefetch, tuned)
 from ndpsim.policies.base import Placement, Policy, PolicyParams, PolicyState, Slots
 
 REGISTRY: dict[str, Policy] = {
     m.POLICY.name: m.POLICY
     for m in (gpu_offload, ndp_ep, monde, ndp_tp, tp_lb, tp_lb_prefetch,
-              tp_lb_adaptive, oracle)
+              tp_lb_adaptive, tuned, oracle)
 }
 
 

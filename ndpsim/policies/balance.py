@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ndpsim.policies import base as pb
 from ndpsim.policies.base import Slots
 
 
@@ -24,7 +25,7 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0):
   slots of that order on the GPU.  Prefixes longer than the number of valid
   slots get +inf.
   """
-  order = jnp.argsort(-order_key, stable=True)
+  order = pb.order_desc(order_key)
   g = slots.gpu_s[order] * gpu_bias
   h = slots.ndp_tp_s[order] * ndp_bias
   valid = slots.valid[order]
@@ -53,5 +54,85 @@ def greedy_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0) -> jax.Array:
   key = jnp.where(slots.valid, key, -1.0)
   span, order = prefix_makespans(slots, key, gpu_bias, ndp_bias)
   j = jnp.argmin(span)
-  rank = jnp.argsort(order)
+  rank = pb.rank_desc(key)  # = argsort(order)
   return (rank < j) & slots.valid
+
+
+# ---------------------------------------------------------------------------
+# Relaxed mode: continuous residency and a softmin over prefix splits.
+
+_BIG = 1e30
+# Exact ties of prefix makespans are common (a flat region where the NDP side
+# waits for the link): the hard balancer takes the shortest prefix.  The
+# softmin adds this many seconds per GPU slot, invisible at tuning
+# temperatures (>> 1 ps) and decisive as the temperature falls below it.
+TIE_BREAK_S = 1e-12
+
+
+def soft_prefix_makespans(slots: Slots, order_key, res_w, gpu_bias, ndp_bias,
+                          temperature):
+  """:func:`prefix_makespans` with a residency *weight* per slot, [n + 1].
+
+  ``res_w`` [n] in [0, 1]: fraction of each expert's columns resident on the
+  GPU (the resident part computes first, the rest after its share
+  ``(1 - res_w) x T_w`` of the serialized loads).  The running max of the
+  fetched slots' chain terms becomes a weighted cumulative log-sum-exp at
+  ``temperature`` (seconds), weighted by each slot's fetched share, so the
+  estimate is continuous in ``res_w`` and equals the hard one for 0/1 weights
+  as the temperature falls.
+  """
+  order = jnp.argsort(-order_key, stable=True)
+  t = jnp.asarray(temperature)
+  g = slots.gpu_s[order] * gpu_bias
+  h = slots.ndp_tp_s[order] * ndp_bias
+  valid = slots.valid[order]
+  rho = jnp.where(valid, res_w[order], 0.0)
+  phi = jnp.where(valid, 1.0 - rho, 0.0)
+  z = jnp.zeros((1,))
+  cat = lambda x: jnp.concatenate([z, jnp.cumsum(x)])
+  r = cat(rho * g)
+  q = cat(phi * slots.fetch_s[order])
+  c = cat(phi * g)
+  term = q[1:] - c[:-1]
+  pos = phi > 0
+  logit = jnp.where(pos, term / t + jnp.log(jnp.where(pos, phi, 1.0)), -_BIG)
+  m = jnp.concatenate([jnp.full((1,), -_BIG), t * jax.lax.cumlogsumexp(logit)])
+  gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
+  nvalid = jnp.sum(valid)
+  count = jnp.arange(g.shape[0] + 1)
+  ndp_left = jnp.sum(jnp.where(valid, h, 0.0)) - cat(jnp.where(valid, h, 0.0))
+  has_ndp = count < nvalid
+  ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
+  span = jnp.maximum(gpu_end, jnp.where(has_ndp, ndp_end, 0.0))
+  return jnp.where(count <= nvalid, span, jnp.inf), order
+
+
+def soft_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0, temperature=1e-5,
+               res_w=None) -> jax.Array:
+  """[n] float GPU share of each slot: the softmin relaxation of
+  :func:`greedy_split`.
+
+  Weights over prefix lengths j: ``w_j = softmax(-span_j / temperature)``;
+  the slot at order position i is on the GPU with share ``sum_{j > i} w_j``
+  (the probability that it lies in the chosen prefix).  ``res_w`` defaults to
+  ``slots.res_w``, else the boolean ``slots.resident``.  Converges to
+  :func:`greedy_split` as the temperature falls (except at exact ties of two
+  prefix makespans: the softmin adds :data:`TIE_BREAK_S` per GPU slot, so it
+  takes the shorter prefix, like the hard balancer, once the temperature is
+  well below that).
+  """
+  if res_w is None:
+    res_w = slots.res_w if slots.res_w is not None else slots.resident.astype(jnp.float32)
+  res_w = jnp.where(slots.valid, res_w, 0.0)
+  key = jnp.where(slots.valid, res_w * 1e6 + slots.tokens, -1.0)
+  span, order = soft_prefix_makespans(slots, key, res_w, gpu_bias, ndp_bias, temperature)
+  t = jnp.asarray(temperature)
+  fin = jnp.isfinite(span)
+  span = jnp.where(fin, span, 0.0)
+  lo = jax.lax.stop_gradient(jnp.min(jnp.where(fin, span, jnp.inf)))
+  tie = TIE_BREAK_S * jnp.arange(span.shape[0])
+  w = jax.nn.softmax(jnp.where(fin, -((span - lo) + tie) / t, -_BIG))
+  tail = jnp.cumsum(w[::-1])[::-1]          # tail[i] = sum_{j >= i} w_j
+  share_sorted = tail[1:]                   # position i: sum_{j > i} w_j
+  rank = jnp.argsort(order)
+  return jnp.where(slots.valid, share_sorted[rank], 0.0)

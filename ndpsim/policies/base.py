@@ -58,12 +58,20 @@ class PolicyParams:
     used by ``tp_lb_adaptive`` (0 < decay < 1; closer to 1 = longer memory).
   adapt_margin: a candidate replaces the weakest resident expert only when its
     score exceeds the resident's by this margin (activations).
+  temperature_s: relaxed mode only (``simulate(..., relaxed=True)``): the
+    log-sum-exp temperature of every max over lanes and units and of the
+    balancer's softmin over prefix splits, seconds.  Ignored in hard mode.
+  rank_temperature: relaxed mode only: temperature of the soft top-M
+    residency weight ``sigmoid((M - rank - 1 + 1e-3) / rank_temperature)``,
+    in expert ranks (``tuned``).  Ignored in hard mode.
   """
   resident_fraction: Any = 1.0
   gpu_bias: Any = 1.0
   ndp_bias: Any = 1.0
   adapt_decay: Any = 0.99
   adapt_margin: Any = 2.0
+  temperature_s: Any = 2e-5
+  rank_temperature: Any = 1.0
 
 
 @base.params_dataclass
@@ -79,6 +87,10 @@ class PolicyState:
   prefetched: expert was loaded by a background transfer (bool).
   used: a prefetched expert served at least one activation on the GPU.
   capacity: resident experts allowed per layer (float, traced).
+  soft: None (hard residency), or a :class:`SoftResidency` -- relaxed mode
+    only, for policies with continuous residency (``tuned``); the engine then
+    reads residency weights from it instead of ``resident`` (which it still
+    keeps for statistics).
   """
   resident: jax.Array
   queue_end_s: jax.Array
@@ -88,6 +100,23 @@ class PolicyState:
   prefetched: jax.Array
   used: jax.Array
   capacity: jax.Array
+  soft: Any = None
+
+
+@base.params_dataclass
+class SoftResidency:
+  """Continuous residency (relaxed mode), [L, E] arrays in [0, 1].
+
+  An expert's weight is the fraction of its columns in GPU memory: ``keep``
+  is resident from the start (loaded during prefill and kept), ``queued`` is
+  loaded through the background queue and arrives progressively as the
+  queue drains up to ``end_s`` (its load occupies link seconds
+  ``[end_s - queued x fetch_s, end_s]``).  Resident weight =
+  ``keep + queued x arrived fraction``.
+  """
+  keep: jax.Array
+  queued: jax.Array
+  end_s: jax.Array
 
 
 def empty_state(num_layers: int, num_experts: int, capacity) -> PolicyState:
@@ -112,6 +141,8 @@ class Slots(NamedTuple):
   link_delay_s: wait before demand loads can start (link busy), s.
   bcast_s: activation broadcast before NDP work can start, s.
   post_s: partial-sum return + reduction after the NDP work (TP), s.
+  res_w: relaxed mode with soft residency only: fraction of the expert's
+    columns resident in GPU memory (float in [0, 1]); None otherwise.
   Scalars are relative to the router's decision.
   """
   ids: jax.Array
@@ -126,6 +157,7 @@ class Slots(NamedTuple):
   link_delay_s: jax.Array
   bcast_s: jax.Array
   post_s: jax.Array
+  res_w: Any = None
 
 
 class Placement(NamedTuple):
@@ -152,6 +184,8 @@ class Context:
   capacity: resident experts allowed per layer at resident_fraction = 1
     (traced scalar, from GPU memory left after non-expert weights and KV).
   profile_counts: [L, E] offline activation counts (profiled policies only).
+  relaxed: static; True under ``simulate(..., relaxed=True)``: policies that
+    support it return continuous placements (``tuned``); others stay hard.
   """
   num_layers: int
   num_experts: int
@@ -161,6 +195,7 @@ class Context:
   fetch_s: Any
   capacity: Any
   profile_counts: Any
+  relaxed: bool = False
 
 
 class Policy(NamedTuple):
@@ -175,10 +210,49 @@ class Policy(NamedTuple):
 # ---------------------------------------------------------------------------
 # Helpers shared by policies.
 
+# Rows up to this long are ranked by pairwise comparison, longer ones by one
+# stable sort plus an inverse-permutation scatter.  XLA:CPU sorts call a
+# comparator per element pair (about 0.25 ms for 1,000 rows of 8 against
+# 0.01 ms for the comparisons); at 128 the O(n^2) comparisons lose.
+SMALL_RANK = 32
+
+
+def inverse_permutation(order: jax.Array) -> jax.Array:
+  """``argsort(order)`` along the last axis for permutations, by a scatter."""
+  n = order.shape[-1]
+  flat = order.reshape(-1, n)
+  iota = jnp.arange(n, dtype=order.dtype)
+  inv = jax.vmap(lambda o: jnp.zeros_like(o).at[o].set(iota, unique_indices=True))(flat)
+  return inv.reshape(order.shape)
+
+
 def rank_desc(x: jax.Array, axis: int = -1) -> jax.Array:
-  """Rank of each element when sorted descending (0 = largest); ties by index."""
-  order = jnp.argsort(-x, axis=axis, stable=True)
-  return jnp.argsort(order, axis=axis, stable=True)
+  """Rank of each element when sorted descending (0 = largest); ties by index.
+
+  Equal to ``argsort(argsort(-x, stable), stable)`` for every input without
+  NaN (-0.0 and +0.0 tie, as in ``jnp.argsort``).
+  """
+  x = jnp.moveaxis(jnp.asarray(x), axis, -1)
+  n = x.shape[-1]
+  if n <= SMALL_RANK:
+    idx = jnp.arange(n)
+    xi, xj = x[..., :, None], x[..., None, :]
+    beats = (xj > xi) | ((xj == xi) & (idx[None, :] < idx[:, None]))
+    rank = jnp.sum(beats, axis=-1, dtype=jnp.int32)
+  else:
+    rank = inverse_permutation(jnp.argsort(-x, axis=-1, stable=True).astype(jnp.int32))
+  return jnp.moveaxis(rank, -1, axis)
+
+
+def order_desc(x: jax.Array) -> jax.Array:
+  """``argsort(-x, stable=True)`` along the last axis (no NaN)."""
+  n = x.shape[-1]
+  if n > SMALL_RANK:
+    return jnp.argsort(-x, axis=-1, stable=True).astype(jnp.int32)
+  rank = rank_desc(x)
+  idx = jnp.arange(n, dtype=jnp.int32)
+  return jnp.sum(jnp.where(rank[..., None, :] == idx[:, None], idx[None, :], 0), axis=-1,
+                 dtype=jnp.int32)
 
 
 def top_m_mask(score: jax.Array, m, eligible: jax.Array | None = None) -> jax.Array:
