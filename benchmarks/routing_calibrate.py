@@ -1,6 +1,7 @@
 """Fits the calibrated routing presets to shared/reference/routing_stats.md.
 
     python benchmarks/routing_calibrate.py [--preset=NAME] [--reps=R] [--rounds=3]
+    python benchmarks/routing_calibrate.py --report     # table for docs/routing.md
 
 For each trace set: generate at the trace's E, k, layers and token counts (R
 replicate groups of the trace's sequence count, common random numbers), then
@@ -100,12 +101,31 @@ def calibrate(name: str, reps: int, rounds: int) -> dict:
   return knobs
 
 
+def report(seed: int = 7) -> None:
+  """Markdown table of each preset's statistics vs targets, at another key."""
+  print("| preset (trace shape) | statistic | target +- tol | generated |")
+  print("|---|---|---|---|")
+  for name, all_layers in [("flame_moe_290m", False), ("mixtral_8x7b", False),
+                           ("llama4_maverick", False), ("llama4_maverick", True)]:
+    ev, targets = make_eval(name, REPS[name], seed=seed, always_on=all_layers)
+    s = ev(routing.preset(name, rs.TRACE_SHAPES[name]["num_experts"],
+                          rs.TRACE_SHAPES[name]["top_k"]))
+    label = name + (" + always-on layer 22 (all 24 layers)" if all_layers else "")
+    for k, (v, tol) in targets.items():
+      print(f"| {label} | {k} | {v:.3f} +- {tol:.2f} | {s[k]:.3f} |")
+
+
 def main():
   ap = argparse.ArgumentParser()
+  ap.add_argument("--report", action="store_true",
+                  help="print the table of preset statistics vs targets (key 7)")
   ap.add_argument("--preset", default="all")
   ap.add_argument("--reps", type=int, default=0)
   ap.add_argument("--rounds", type=int, default=3)
   a = ap.parse_args()
+  if a.report:
+    report()
+    return
   names = list(rs.TARGETS) if a.preset == "all" else [a.preset]
   for n in names:
     t = time.time()

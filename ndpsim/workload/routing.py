@@ -29,11 +29,13 @@ What is modelled (per layer ``l``, sequence ``s``, token ``t``):
 Selection: ``top_k`` distinct experts per token, without replacement, from the
 token's weights (Plackett-Luce, i.e. the law of Gumbel-top-k): candidates are
 drawn i.i.d. from per-(sequence, layer) alias tables and the first ``top_k``
-distinct ones are kept in order.  With ``draws_per_token`` candidates a token
-can run out (only under extreme concentration); its missing slots are then
-filled with the most popular unchosen experts of its sequence: an
-approximation whose frequency ``routing_stats.summary`` does not see, and that
-the tests bound for the presets.  Gates are the softmax over the selected
+distinct ones are kept in order (O(k) work per token instead of O(E)).  A
+token short of k distinct experts after ``draws_per_token`` candidates is
+completed exactly by Gumbel-top-k over its unchosen experts, for up to
+max(1024, S N / 64) tokens per layer; beyond that (extreme concentration only)
+the rest take the most popular unchosen experts (approximate).  Alias
+acceptance and slot draws use 16-bit resolution (per-expert probability error
+below 2^-16 / E).  Gates are the softmax over the selected
 experts of the router logits ``log w + Gumbel`` implied by that order (exact
 exponential-race arrival times), tempered by ``gate_temperature``; ids are
 sorted by gate, so slot 0 is the top-1 expert.
@@ -419,16 +421,16 @@ def _layer(spec: RoutingSpec, params: RoutingParams, tab: dict, succ_in: jax.Arr
   packed = take("packed", base[None] + slot.astype(jnp.int32))
   c = jnp.where((w1 & 0xFFFF) < (packed >> 16), slot, packed & 0xFFFF)
   cands = jnp.where(ub < beta16[None], succ[None].astype(u32), c).astype(jnp.int32)
-  if R > 1:
-    earlier = jnp.tril(jnp.ones((R, R), bool), -1)[:, :, None, None]
-    new = ~jnp.any((cands[:, None] == cands[None]) & earlier, axis=1)   # [R, S, N]
-  else:
-    new = jnp.ones(cands.shape, bool)
-  rank = jnp.cumsum(new.astype(jnp.int32), axis=0)
-  slots = jnp.arange(1, k + 1, dtype=jnp.int32)[:, None, None, None]
-  pick = new[None] & (rank[None] == slots)                          # [k, R, S, N]
-  chosen = list(jnp.sum(jnp.where(pick, cands[None], 0), axis=1))
-  count = jnp.minimum(rank[-1], k)
+  count = jnp.zeros((S, N), jnp.int32)
+  chosen = [jnp.zeros((S, N), jnp.int32) for _ in range(k)]
+  for r in range(R):
+    new = jnp.ones((S, N), bool)
+    for rp in range(r):
+      new = new & (cands[r] != cands[rp])
+    for j in range(min(k, r + 1)):
+      chosen[j] = jnp.where(new & (count == j), cands[r], chosen[j])
+    count = count + new
+  count = jnp.minimum(count, k)
 
   # Always-on expert in slot 0 for a share of the tokens.
   n0 = 1 + R + (R + 1) // 2
