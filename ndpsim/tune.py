@@ -1,0 +1,270 @@
+"""Gradient-based tuning of the ``tuned`` policy's continuous knobs.
+
+:func:`fit` minimises the *relaxed* mean end-to-end latency over a vmapped
+batch of training sequences with optax Adam, in a bounded parameterisation
+(``resident_fraction = sigmoid(u0)``, ``gpu_bias = exp(u1)``,
+``ndp_bias = exp(u2)``), annealing the temperatures from smooth to sharp; it
+then scores the visited iterates (and the heuristic's own point, so the
+result is never worse on the training set than ``tp_lb_prefetch``) with the
+*hard* engine and keeps the best.  :func:`grid` is the brute-force baseline
+over the same knobs.
+
+Evaluation counts: one relaxed forward+gradient call on the training batch
+counts as one evaluation, one hard forward call at one parameter point counts
+as one (a vmapped call at K points counts K).  ``FitResult.evaluations`` and
+``GridResult.evaluations`` report them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ndpsim import engine, policies
+from ndpsim.policies.base import PolicyParams
+
+KNOBS = ("resident_fraction", "gpu_bias", "ndp_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+  """steps: Adam steps (one relaxed forward+grad each).  lr: Adam step size
+  per unconstrained coordinate (logit of resident_fraction, log gpu_bias,
+  log ndp_bias): the balancer is calibrated at bias 1 and its makespan is
+  sharply curved there, so the biases move in smaller steps.  temperature_s: (start, end) of the geometric
+  annealing of the time temperature, s.  rank_temperature: (start, end) of
+  the soft top-M temperature, ranks.  hard_every: score the iterate with the
+  hard engine every this many steps (and the last one).  start: initial
+  knobs (None: resident_fraction 0.5, biases 1)."""
+  steps: int = 16
+  lr: tuple = (0.25, 0.02, 0.02)
+  temperature_s: tuple = (4e-5, 5e-6)
+  rank_temperature: tuple = (3.0, 0.5)
+  hard_every: int = 2
+  start: tuple | None = None
+
+
+class FitResult(NamedTuple):
+  params: PolicyParams     # best knobs by hard training latency
+  train_e2e_s: float       # hard mean e2e on the training set at ``params``
+  evaluations: int         # relaxed forward+grad calls + hard point evaluations
+  history: dict            # per step: knobs, relaxed loss, temperatures; hard scores
+
+
+class GridResult(NamedTuple):
+  params: PolicyParams     # grid point with the lowest hard training latency
+  train_e2e_s: float
+  evaluations: int
+  points: np.ndarray       # [K, 3] knob values
+  e2e_s: np.ndarray        # [K] hard mean e2e on the training set
+
+
+def knobs_of(u) -> tuple:
+  """Unconstrained u [3] -> (resident_fraction, gpu_bias, ndp_bias)."""
+  return jax.nn.sigmoid(u[0]), jnp.exp(u[1]), jnp.exp(u[2])
+
+
+def unconstrain(resident_fraction, gpu_bias, ndp_bias) -> np.ndarray:
+  rf = float(np.clip(resident_fraction, 1e-3, 1 - 1e-3))
+  return np.array([math.log(rf / (1 - rf)), math.log(gpu_bias), math.log(ndp_bias)],
+                  np.float32)
+
+
+def with_knobs(base_params: PolicyParams, k) -> PolicyParams:
+  return dataclasses.replace(base_params, resident_fraction=k[0], gpu_bias=k[1],
+                             ndp_bias=k[2])
+
+
+def _mean_e2e(ss, sp, model, pre, dec, params, batch_size, relaxed):
+  r = engine.simulate_core(ss, sp, model, policies.get("tuned"), params, pre, dec, None,
+                           batch_size, relaxed=relaxed)
+  return jnp.mean(r.e2e_s)
+
+
+@functools.partial(jax.jit, static_argnames=("ss", "model", "batch_size"))
+def _hard_points(ss, sp, model, pre, dec, pts, batch_size):
+  f = lambda k: _mean_e2e(ss, sp, model, pre, dec, with_knobs(PolicyParams(), k),
+                          batch_size, False)
+  return jax.vmap(f)(pts)
+
+
+@functools.partial(jax.jit, static_argnames=("ss", "model", "batch_size"))
+def _relaxed_value_grad(ss, sp, model, pre, dec, u, temp, rank_temp, batch_size):
+  def loss(u):
+    pp = with_knobs(PolicyParams(temperature_s=temp, rank_temperature=rank_temp),
+                    knobs_of(u))
+    return _mean_e2e(ss, sp, model, pre, dec, pp, batch_size, True)
+  return jax.value_and_grad(loss)(u)
+
+
+def _ids(routing):
+  return (jnp.asarray(routing.prefill_ids, jnp.int32),
+          jnp.asarray(routing.decode_ids, jnp.int32))
+
+
+def hard_batch(system, model, routing, points, batch_size=1):
+  """Hard mean e2e of ``tuned`` at each of K knob points [K, 3] (one vmapped,
+  cached compile per shape)."""
+  pre, dec = _ids(routing)
+  out = _hard_points(system[0], system[1], model, pre, dec,
+                     jnp.asarray(points, jnp.float32), batch_size)
+  return np.asarray(out, np.float64)
+
+
+def fit(system, model, routing, config: TuneConfig = TuneConfig(), *,
+        batch_size: int = 1, reference: tuple = (1.0, 1.0, 1.0)) -> FitResult:
+  """Fits the ``tuned`` knobs on ``routing`` (training sequences).
+
+  ``reference``: the heuristic's own knobs (``tp_lb_prefetch`` defaults),
+  scored in hard mode alongside the iterates.
+  """
+  c = config
+  engine.validate(system[0], system[1], model, routing.prefill_ids, routing.decode_ids,
+                  batch_size)
+  start = c.start or (0.5, 1.0, 1.0)
+  u = jnp.asarray(unconstrain(*start))
+  n = max(c.steps - 1, 1)
+  temps = [c.temperature_s[0] * (c.temperature_s[1] / c.temperature_s[0]) ** (i / n)
+           for i in range(c.steps)]
+  ranks = [c.rank_temperature[0] * (c.rank_temperature[1] / c.rank_temperature[0])
+           ** (i / n) for i in range(c.steps)]
+
+  pre, dec = _ids(routing)
+  vg = lambda u, t, r: _relaxed_value_grad(system[0], system[1], model, pre, dec, u, t, r,
+                                           batch_size)
+  opt = optax.adam(1.0)  # unit step; per-coordinate step sizes below
+  lr = jnp.asarray(c.lr, jnp.float32)
+  st = opt.init(u)
+  scale = None
+  hist = {"knobs": [], "relaxed_e2e_s": [], "temperature_s": temps, "rank_temperature": ranks}
+  candidates = [np.asarray(reference, np.float32)]
+  evals = 0
+  for i in range(c.steps):
+    val, g = vg(u, jnp.float32(temps[i]), jnp.float32(ranks[i]))
+    evals += 1
+    hist["knobs"].append([float(x) for x in knobs_of(u)])
+    hist["relaxed_e2e_s"].append(float(val))
+    scale = scale or float(val)
+    if (i + 1) % c.hard_every == 0 or i == c.steps - 1:
+      candidates.append(np.asarray([float(x) for x in knobs_of(u)], np.float32))
+    upd, st = opt.update(g / scale, st, u)
+    u = optax.apply_updates(u, lr * (1.0 - 0.75 * i / n) * upd)  # linear decay
+  candidates.append(np.asarray([float(x) for x in knobs_of(u)], np.float32))
+  pts = np.stack(candidates)
+  scores = hard_batch(system, model, routing, pts, batch_size=batch_size)
+  evals += len(pts)
+  best = int(np.argmin(scores))
+  hist["hard_points"] = pts.tolist()
+  hist["hard_e2e_s"] = scores.tolist()
+  k = pts[best]
+  return FitResult(params=PolicyParams(resident_fraction=float(k[0]), gpu_bias=float(k[1]),
+                                       ndp_bias=float(k[2])),
+                   train_e2e_s=float(scores[best]), evaluations=evals, history=hist)
+
+
+def hard_many(system, model, routing, points, *, batch_size: int = 1, chunk: int = 64):
+  """:func:`hard_batch` over any number of points, in padded chunks of
+  ``chunk`` (one compile)."""
+  pts = np.asarray(points, np.float32)
+  out = []
+  for i in range(0, len(pts), chunk):
+    blk = pts[i:i + chunk]
+    pad = np.concatenate([blk, np.repeat(blk[-1:], chunk - len(blk), 0)])
+    out.append(hard_batch(system, model, routing, pad, batch_size=batch_size)[:len(blk)])
+  return np.concatenate(out)
+
+
+DEFAULT_GRID = (tuple(np.round(np.linspace(0.0, 1.0, 11), 2)),
+                (0.5, 0.75, 1.0, 1.5, 2.0), (0.5, 0.75, 1.0, 1.5, 2.0))
+
+
+def grid(system, model, routing, axes=DEFAULT_GRID, *, batch_size: int = 1,
+         chunk: int = 64) -> GridResult:
+  """Brute force over the product of ``axes`` (resident_fraction, gpu_bias,
+  ndp_bias) with the hard engine; one evaluation per point."""
+  pts = np.array(np.meshgrid(*axes, indexing="ij"), np.float32).reshape(3, -1).T
+  e = hard_many(system, model, routing, pts, batch_size=batch_size, chunk=chunk)
+  b = int(np.argmin(e))
+  k = pts[b]
+  return GridResult(params=PolicyParams(resident_fraction=float(k[0]), gpu_bias=float(k[1]),
+                                        ndp_bias=float(k[2])),
+                    train_e2e_s=float(e[b]), evaluations=len(pts), points=pts, e2e_s=e)
+
+
+def evaluate(system, model, routing, params: PolicyParams, policy: str = "tuned",
+             batch_size: int = 1) -> float:
+  """Hard mean e2e of ``policy`` at ``params`` on (held-out) ``routing``."""
+  r = engine.simulate(system, model, routing, policy, params, batch_size=batch_size)
+  return float(np.mean(np.asarray(r.e2e_s, np.float64)))
+
+
+def compare(system, model, train, test, config: TuneConfig = TuneConfig(), *,
+            batch_size: int = 1) -> dict:
+  """Tuner vs heuristic vs grid: fitted on ``train``, scored (hard) on ``test``.
+
+  Returns held-out mean e2e of ``tp_lb_prefetch`` (its default knobs),
+  ``tuned``, the grid point best on ``train`` and the grid point best on
+  ``test`` (an upper bound on what the grid can reach), evaluation counts and
+  the fitted knobs.
+  """
+  f = fit(system, model, train, config, batch_size=batch_size)
+  g = grid(system, model, train, batch_size=batch_size)
+  kn = lambda p: [p.resident_fraction, p.gpu_bias, p.ndp_bias]  # noqa: E731
+  heur, tuned, grid_train = hard_batch(system, model, test,
+                                       [[1.0, 1.0, 1.0], kn(f.params), kn(g.params)],
+                                       batch_size=batch_size)
+  held = hard_many(system, model, test, g.points, batch_size=batch_size)
+  b = int(np.argmin(held))
+  return {"model": model.name, "heldout_e2e_s": {
+              "tp_lb_prefetch": heur, "tuned": tuned, "grid_best_on_train": grid_train,
+              "grid_best_on_heldout": float(held[b])},
+          "tuned_vs_heuristic": tuned / heur - 1.0,
+          "tuned_vs_grid_best": tuned / float(held[b]) - 1.0,
+          "evaluations": {"tuner": f.evaluations, "grid": g.evaluations},
+          "knobs": {"tuned": kn(f.params), "grid_best_on_train": kn(g.params),
+                    "grid_best_on_heldout": g.points[b].tolist()},
+          "history": f.history}
+
+
+def _main() -> None:  # python -m ndpsim.tune [model ...]
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from ndpsim.hw import system as system_mod  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import routing as R  # pylint: disable=import-outside-toplevel
+  names = sys.argv[1:] or ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
+                           "olmoe-1b-7b"]
+  s = system_mod.load_system("paper_rtx5080_ndp_dimm")
+  system = (s.spec, s.params)
+  print("| model | tp_lb_prefetch s | tuned s | grid best s | tuned vs heuristic | "
+        "tuned vs grid | evals tuner / grid | tuned knobs | wall s |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name in names:
+    t0 = time.time()
+    model = M.get_model(name)
+    L = M.num_moe_layers(model)
+    rs = []
+    for seed in (0, 1):
+      spec = R.RoutingSpec(num_seqs=2, prompt_len=128, output_len=16, num_layers=L,
+                           num_experts=model.num_experts, top_k=model.top_k)
+      rs.append(jax.tree_util.tree_map(np.asarray, R.generate(
+          jax.random.PRNGKey(seed), spec,
+          R.preset("mixtral_8x7b", model.num_experts, model.top_k))))
+    c = compare(system, model, rs[0], rs[1])
+    h = c["heldout_e2e_s"]
+    print(f"| {name} | {h['tp_lb_prefetch']:.4f} | {h['tuned']:.4f} | "
+          f"{h['grid_best_on_heldout']:.4f} | {c['tuned_vs_heuristic']:+.2%} | "
+          f"{c['tuned_vs_grid_best']:+.2%} | {c['evaluations']['tuner']} / "
+          f"{c['evaluations']['grid']} | "
+          f"{', '.join(f'{x:.3g}' for x in c['knobs']['tuned'])} | {time.time() - t0:.0f} |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  _main()

@@ -1,0 +1,72 @@
+"""Hardware sensitivity (issue 6): d(latency)/d(log p) for every traced
+hardware parameter, ranked, checked against finite differences."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ndpsim import base, engine, sensitivity
+from ndpsim.workload import models as M
+from tests import engine_util as U
+
+MODEL = "olmoe-1b-7b"
+
+
+@pytest.fixture(scope="module")
+def ranked():
+  r = U.routing(MODEL, num_seqs=2, prompt_len=16, output_len=8)
+  return r, sensitivity.rank(U.load(), M.get_model(MODEL), r, "tp_lb_prefetch")
+
+
+def test_every_leaf_ranked_by_magnitude(ranked):
+  _, rows = ranked
+  n_leaves = sum(np.size(x) for x in jax.tree_util.tree_leaves(U.load()[1]))
+  assert len(rows) == n_leaves
+  mags = [abs(r.d_latency_d_log_param) for r in rows]
+  assert mags == sorted(mags, reverse=True)
+  by = {r.param: r for r in rows}
+  # Faster parts lower latency; a slower launch raises it.
+  assert by["link.bandwidth_gbps"].d_latency_d_log_param < 0
+  assert by["gpu.memory_bandwidth_gbps"].d_latency_d_log_param < 0
+  assert by["gpu.kernel_launch_us"].d_latency_d_log_param > 0
+  assert mags[0] > 0
+  md = sensitivity.table(rows, e2e_s=0.06, top=5)
+  assert md.count("\n") == 6 and rows[0].param in md
+
+
+@pytest.fixture(scope="module")
+def ranked_tp():
+  with jax.enable_x64(True):
+    r = U.routing(MODEL, num_seqs=2, prompt_len=16, output_len=8)
+    ss, sp = U.load()
+    sp = base.as_arrays(sp, jnp.float64)
+    yield r, (ss, sp), sensitivity.rank((ss, sp), M.get_model(MODEL), r, "ndp_tp")
+
+
+@pytest.mark.parametrize("param", ["link.bandwidth_gbps", "gpu.memory_bandwidth_gbps",
+                                   "ndp.host_bus_bandwidth_gbps"])
+def test_elasticity_matches_finite_differences(ranked_tp, param):
+  """On ``ndp_tp`` (no placement decisions, so latency is smooth in these
+  parameters) the hard-mode elasticity equals a central difference in log p.
+  (Policies with discrete decisions get the derivative with decisions held:
+  a finite difference there also sees the jumps where a decision flips.)"""
+  r, (ss, sp), rows = ranked_tp
+  by = {x.param: x for x in rows}
+  model = M.get_model(MODEL)
+  path = param.split(".")
+
+  def at(scale):
+    part = getattr(sp, path[0])
+    p = base.replace(sp, **{path[0]: base.replace(part, **{path[1]: getattr(part, path[1])
+                                                          * scale})})
+    return float(np.mean(np.asarray(engine.simulate((ss, p), model, r, "ndp_tp")
+                                    .e2e_s, np.float64)))
+
+  h = 1e-3
+  with jax.enable_x64(True):
+    fd = (at(np.exp(h)) - at(np.exp(-h))) / (2 * h)
+  g = by[param].d_latency_d_log_param
+  assert g != 0.0
+  assert abs(g - fd) <= 1e-4 * abs(fd), (g, fd)
