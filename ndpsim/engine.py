@@ -541,6 +541,7 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
   pre, dec = routing.prefill_ids, routing.decode_ids
   if check:
     validate(ss, sp, model, pre, dec, batch_size)
+    pb.check_params(pparams)
   return _simulate_jit(ss, sp, model, pol, pparams, jnp.asarray(pre, jnp.int32),
                        jnp.asarray(dec, jnp.int32), profile_counts, batch_size,
                        relaxed=relaxed)

@@ -196,3 +196,26 @@ def test_prefetch_budget_has_an_interior_optimum():
                                 PolicyParams(resident_fraction=x), check=False).e2e_s
   e = np.asarray(jax.vmap(f)(fr)).mean(axis=1)
   assert e[1] < e[0] and e[1] < e[2], e
+
+
+def test_bad_policy_params_are_rejected_with_the_field_named():
+  with pytest.raises(ConfigError, match="unknown policy parameter 'budget'"):
+    policies.make_params(budget=0.5)
+  with pytest.raises(ConfigError, match="resident_fraction"):
+    policies.make_params(resident_fraction=1.5)
+  with pytest.raises(ConfigError, match="adapt_decay"):
+    U.run(MODEL, "tp_lb_adaptive", params=PolicyParams(adapt_decay=1.0))
+  with pytest.raises(ConfigError, match="gpu_bias"):
+    U.run(MODEL, "tp_lb", params=PolicyParams(gpu_bias=-1.0))
+
+
+def test_batched_decode_conserves_bytes_and_is_no_faster_per_group():
+  """Batch 2: two sequences share each decode step's experts."""
+  r = U.routing(MODEL)
+  one = U.run(MODEL, "ndp_tp", routing=r)
+  two = U.run(MODEL, "ndp_tp", routing=r, batch_size=2)
+  assert two.e2e_s.shape == (1,)
+  total = np.asarray(two.expert_bytes_gpu) + np.asarray(two.expert_bytes_ndp)
+  np.testing.assert_allclose(total, np.asarray(two.activated_expert_bytes), rtol=1e-5)
+  # A step of the batch does at least the work of its slower member.
+  assert float(two.e2e_s[0]) >= float(np.max(U.e2e(one))) * (1 - 1e-6)

@@ -6,7 +6,8 @@ import difflib
 from ndpsim.base import ConfigError
 from ndpsim.policies import (gpu_offload, monde, ndp_ep, ndp_tp, oracle, tp_lb,
                              tp_lb_adaptive, tp_lb_prefetch, tuned)
-from ndpsim.policies.base import Placement, Policy, PolicyParams, PolicyState, Slots
+from ndpsim.policies.base import (Placement, Policy, PolicyParams, PolicyState, Slots,
+                                  check_params, make_params)
 
 REGISTRY: dict[str, Policy] = {
     m.POLICY.name: m.POLICY

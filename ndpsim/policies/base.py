@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from ndpsim import base
+from ndpsim.base import ConfigError
 
 INF = jnp.inf
 
@@ -72,6 +73,48 @@ class PolicyParams:
   adapt_margin: Any = 2.0
   temperature_s: Any = 2e-5
   rank_temperature: Any = 1.0
+
+
+# (field, low, high, low inclusive, high inclusive) for concrete values.
+_PARAM_RANGES = (("resident_fraction", 0.0, 1.0, True, True),
+                 ("gpu_bias", 0.0, None, False, None),
+                 ("ndp_bias", 0.0, None, False, None),
+                 ("adapt_decay", 0.0, 1.0, False, False),
+                 ("adapt_margin", 0.0, None, True, None),
+                 ("temperature_s", 0.0, None, False, None),
+                 ("rank_temperature", 0.0, None, False, None))
+
+
+def make_params(**kwargs) -> PolicyParams:
+  """PolicyParams from keyword arguments, rejecting unknown names (ConfigError)."""
+  names = [f.name for f in dataclasses.fields(PolicyParams)]
+  for k in kwargs:
+    if k not in names:
+      raise ConfigError(f"unknown policy parameter {k!r}; write one of {names}")
+  params = PolicyParams(**kwargs)
+  check_params(params)
+  return params
+
+
+def check_params(params: PolicyParams) -> None:
+  """Range checks of concrete (non-traced) policy params; one ConfigError each.
+
+  Traced values (under an outer jit/vmap/grad) are skipped: check them before.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  for name, lo, hi, lo_in, hi_in in _PARAM_RANGES:
+    v = getattr(params, name)
+    if isinstance(v, jax.core.Tracer):
+      continue
+    a = np.asarray(v, np.float64)
+    bad = ~np.isfinite(a) | ((a < lo) if lo_in else (a <= lo))
+    if hi is not None:
+      bad |= (a > hi) if hi_in else (a >= hi)
+    if np.any(bad):
+      lo_s = ("[" if lo_in else "(") + f"{lo:g}"
+      hi_s = (f"{hi:g}" + ("]" if hi_in else ")")) if hi is not None else "inf)"
+      raise ConfigError(f"policy parameter {name} = {a.tolist()} is outside {lo_s}, "
+                        f"{hi_s}; write a value in that range")
 
 
 @base.params_dataclass
