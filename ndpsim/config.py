@@ -111,6 +111,20 @@ def _resolve_path(kind: str, name_or_path: str) -> pathlib.Path:
                     f"write one of {names} or a path to a .json file")
 
 
+def read_json_object(path, what: str = "a JSON object") -> dict:
+  """Parses a JSON file whose top level must be an object; ConfigError naming
+  the file (and line) otherwise."""
+  where = str(path)
+  try:
+    obj = json.loads(pathlib.Path(path).read_text())
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); "
+                      "fix the syntax") from None
+  if not isinstance(obj, dict):
+    raise ConfigError(f"{where}: top level must be {what}")
+  return obj
+
+
 def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> Preset:
   """Loads and validates a preset of ``kind`` by name, path or inline dict.
 
@@ -126,14 +140,7 @@ def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> 
   else:
     p = _resolve_path(kind, name_or_path)
     where, path = str(p), str(p)
-    try:
-      obj = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); "
-                        "fix the syntax") from None
-  if not isinstance(obj, dict):
-    raise ConfigError(f"{where}: top level must be a JSON object with keys "
-                      f"{sorted(_TOP_KEYS)}")
+    obj = read_json_object(p, f"a JSON object with keys {sorted(_TOP_KEYS)}")
   unknown = set(obj) - _TOP_KEYS
   if unknown:
     raise ConfigError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}; "

@@ -39,7 +39,7 @@ import dataclasses
 import numpy as np
 
 from ndpsim.base import ConfigError
-from ndpsim.hw.dram_spec import DramParams, DramSpec
+from ndpsim.hw.dram_spec import DramParams, DramSpec, row_span_transactions
 
 PATTERNS = ("stream", "banks", "onebank", "strided", "random")
 
@@ -62,21 +62,6 @@ def decode(spec: DramSpec, txn_addr: np.ndarray) -> dict[str, np.ndarray]:
     out[f] = a & ((1 << bits) - 1)
     a = a >> bits
   return out
-
-
-def row_span_transactions(spec: DramSpec) -> int:
-  """Transactions from the LSB up to and including the ``co`` field.
-
-  A stride of this many transactions ("one row span") keeps the column and
-  moves to another row or bank: the ``strided`` pattern's step.
-  """
-  sizes = spec.field_sizes()
-  span = 1
-  for f in reversed(spec.mapping_fields()):
-    span *= sizes[f]
-    if f == "co":
-      break
-  return span
 
 
 def check_sizes(spec: DramSpec, region_bytes: int, request_bytes: int,
@@ -207,7 +192,6 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
   rows = row.astype(np.int64).tolist()
   n = len(bank_of)
   b_rank = [b // (nbg * nba) for b in range(nbank)]
-  b_grp = [(b // nba) % nbg for b in range(nbank)]  # bank group within rank
   b_rg = [b // nba for b in range(nbank)]  # (rank, bg) index
 
   open_row = [-1] * nbank

@@ -202,3 +202,18 @@ def build(obj: dict, where: str) -> tuple[DramSpec, DramParams]:
   params = DramParams(**pk)
   check_params(params, where)
   return spec, params
+
+
+def row_span_transactions(spec: DramSpec) -> int:
+  """Transactions from the LSB up to and including the ``co`` field.
+
+  A stride of this many transactions ("one row span") keeps the column and
+  moves to another row or bank: the ``strided`` pattern's step.
+  """
+  sizes = spec.field_sizes()
+  span = 1
+  for f in reversed(spec.mapping_fields()):
+    span *= sizes[f]
+    if f == "co":
+      break
+  return span

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ndpsim.hw.dram_spec import DramSpec
+from ndpsim.hw.dram_spec import DramSpec, row_span_transactions  # noqa: F401  (re-exported)
 
 BANK_FIELDS = ("ra", "bg", "ba")
 
@@ -102,17 +102,6 @@ def pattern_rotation(spec: DramSpec, pattern: str, request_txns: int) -> Rotatio
   if pattern == "random":
     return rotation_of(spec, ["bg", "ba", "ra"], m, m, True)
   raise ValueError(pattern)
-
-
-def row_span_transactions(spec: DramSpec) -> int:
-  """Transactions from the LSB up to and including the ``co`` field."""
-  sizes = spec.field_sizes()
-  span = 1
-  for f in reversed(spec.mapping_fields()):
-    span *= sizes[f]
-    if f == "co":
-      break
-  return span
 
 
 def channel_above_column(spec: DramSpec) -> bool:

@@ -11,7 +11,7 @@ import json
 import pathlib
 from typing import Any
 
-from ndpsim import probe as probe_mod
+from ndpsim import config, probe as probe_mod
 from ndpsim.base import ConfigError
 from ndpsim.workload import models as M
 from ndpsim.workload.models import (_DTYPE_FIELDS, DTYPE_BITS, MODELS, MoeModelSpec,
@@ -29,14 +29,7 @@ def _read_json(path: str | pathlib.Path) -> tuple[dict, str]:
   if not p.is_file():
     raise ConfigError(f"model file {where!r} does not exist; give an existing .json "
                       f"path or one of {sorted(MODELS)}")
-  try:
-    obj = json.loads(p.read_text())
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); "
-                      "fix the syntax") from None
-  if not isinstance(obj, dict):
-    raise ConfigError(f"{where}: top level must be a JSON object of model fields")
-  return obj, where
+  return config.read_json_object(p, "a JSON object of model fields"), where
 
 
 def load_model_json(path: str | pathlib.Path) -> MoeModelSpec:
