@@ -36,7 +36,11 @@ flags.DEFINE_list("models", ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite"
                   "models: registry names, model .json files or HF config.json paths")
 flags.DEFINE_list("policies", ["monde", "ndp_ep", "ndp_tp", "tp_lb", "tp_lb_prefetch",
                                "tp_lb_adaptive", "oracle", "gpu_offload"],
-                  "policies of the headline (monde, the speedup baseline, always runs)")
+                  "policies of the headline (monde, the speedup baseline, always runs); "
+                  "tuned fits its knobs per model first (ndpsim.tune.fit on "
+                  "--tune_num_seqs training sequences at fold_in(seed, 2))")
+flags.DEFINE_integer("tune_num_seqs", 2, "training sequences of each tuned fit (a "
+                     "multiple of --batch_size); never the evaluation sequences")
 flags.DEFINE_list("num_ndp_units", ["4"],
                   "NDP units of the headline; a list sweeps the headline over each")
 flags.DEFINE_float("headline_budget", 1.0,
@@ -108,7 +112,7 @@ def config_from_flags(fl=FLAGS):
                "studies"):
     kw[name] = _typed_list(name, list(fl[name].value))
   for name in ("system", "headline_budget", "prompt_len", "output_len", "batch_size",
-               "num_seqs", "routing", "seed", "dtype"):
+               "num_seqs", "routing", "seed", "dtype", "tune_num_seqs"):
     kw[name] = fl[name].value
   kw["overrides"] = tuple(fl["set"].value)
   return studies.StudyConfig(**kw)
@@ -144,6 +148,17 @@ def format_tables(doc: dict) -> str:
   for preset, summ in doc.get("summary_by_routing", {}).items():
     out.write(f"\n## Study routing: preset {preset} (speedup over monde, over models)\n\n")
     out.write(_summary_table(summ))
+  fits = [f for fs in doc.get("tuned", {}).values() for f in fs]
+  if fits:
+    out.write("\n## tuned: knobs fitted on training sequences (tune.fit)\n\n"
+              "| model | N | routing | resident_fraction | gpu_bias | ndp_bias | "
+              "training e2e s (heuristic) | evaluations |\n|---|---|---|---|---|---|---|---|\n")
+    for f in fits:
+      k = f["knobs"]
+      out.write(f"| {f['model']} | {f['num_ndp_units']} | {f['routing']} | "
+                f"{k['resident_fraction']:.3g} | {k['gpu_bias']:.3g} | {k['ndp_bias']:.3g} | "
+                f"{f['train_e2e_s']:.4g} ({f['heuristic_train_e2e_s']:.4g}) | "
+                f"{f['evaluations']} |\n")
   sens = doc.get("sensitivity")
   if sens:
     out.write(f"\n## Sensitivity ({sens['model']}, {sens['policy']}, mean e2e "
@@ -212,8 +227,10 @@ def rows_csv(rows: list[dict]) -> str:
   return buf.getvalue()
 
 
-def build_document(res, rows: list[dict], sens: dict | None, wall_s: float) -> dict:
-  """results.json: configuration, rows and summaries."""
+def build_document(res, rows: list[dict], sens: dict | None, wall_s: float,
+                   tuned_fits: dict | None = None) -> dict:
+  """results.json: configuration, rows and summaries; ``tuned``: per model the
+  fitted knobs of the ``tuned`` policy and the tuner's evaluation counts."""
   from ndpsim import studies  # pylint: disable=import-outside-toplevel
   cfg = res.config
   cells = res.cells.get("headline", [])
@@ -230,6 +247,7 @@ def build_document(res, rows: list[dict], sens: dict | None, wall_s: float) -> d
   return {"config": studies.resolved_config(res), "rows": rows,
           "summary": by_n.get(first, {}), "summary_by_num_ndp_units": by_n,
           "summary_by_routing": by_routing, "sensitivity": sens,
+          "tuned": studies.tuned_summary(tuned_fits or {}),
           "paper": {"tp_lb_prefetch_mean_speedup": 2.41, "tp_lb_prefetch_max_speedup": 2.56},
           "speedup_definition": "mean e2e latency of monde (same model, NDP units and "
           "routing, headline budget) / mean e2e latency of the row; ci95: 1.96 sd / "
@@ -268,6 +286,15 @@ def _progress(ev: dict) -> None:
     print(f"ndpsim-experiment: {ev['total']} cells, {ev['skipped']} already finished",
           file=sys.stderr, flush=True)
     return
+  if ev["event"] == "tuned":
+    f = ev["fit"]
+    k = f["knobs"]
+    print(f"tuned fit {f['model']} N={f['num_ndp_units']} {f['routing']}: "
+          f"resident_fraction {k['resident_fraction']:.3g}, gpu_bias {k['gpu_bias']:.3g}, "
+          f"ndp_bias {k['ndp_bias']:.3g}; training e2e {f['train_e2e_s']:.4g} s "
+          f"(heuristic {f['heuristic_train_e2e_s']:.4g} s), {f['evaluations']} "
+          f"evaluations ({ev['wall_s']:.1f} s)", file=sys.stderr, flush=True)
+    return
   c, r = ev["cell"], ev["row"]
   t = ev["elapsed_s"]
   print(f"[{ev['done']:3d}/{ev['total']} {int(t) // 60:d}:{int(t) % 60:02d}] {c.model} "
@@ -285,15 +312,17 @@ def run_experiment(fl=FLAGS) -> dict:
   res = studies.resolve(cfg)
   out_dir = pathlib.Path(fl.out_dir)
   lead = jax.process_index() == 0
+  tuned_fits: dict = {}
   rows = studies.run_cells(res, out_dir, resume=fl.resume,
-                           progress=_progress if lead else None, write=lead)
+                           progress=_progress if lead else None, write=lead,
+                           tuned_fits=tuned_fits)
   sens = None
   if "sensitivity" in cfg.studies:
     if lead:
       print("ndpsim-experiment: sensitivity (forward-mode derivatives)...",
             file=sys.stderr, flush=True)
     sens = studies.sensitivity(res)
-  doc = build_document(res, rows, sens, time.perf_counter() - t0)
+  doc = build_document(res, rows, sens, time.perf_counter() - t0, tuned_fits)
   if lead:
     if fl.plots:
       doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]

@@ -25,6 +25,19 @@ activation count over every token of a separate profiling set,
 gives its first half of sequences to the profile and the second to the
 evaluation.
 
+The ``tuned`` policy: per (model, NDP-unit count, routing) its knobs
+(``resident_fraction``, ``gpu_bias``, ``ndp_bias``) are fitted with
+:func:`ndpsim.tune.fit` on a training set that never overlaps the evaluation
+set -- the first ``tune_num_seqs`` sequences of
+``generate(fold_in(PRNGKey(seed), 2), spec, preset)`` (a trace file: of its
+profile half) -- and the cell is then simulated at those knobs like any other
+policy.  The fitted ``resident_fraction`` replaces the cell's budget (it is a
+fraction of the same GPU expert budget); the heuristic's point (headline
+budget, biases 1) is always among the candidates, so on the training set
+``tuned`` is never slower than ``tp_lb_prefetch``.  Each fit is written to
+``<out_dir>/tuned/<key>.json`` (reused by ``--resume``); results.json lists
+them per model under ``tuned``.
+
 Scale-out: sequences are sharded over every device (``jax.devices()``: all
 local devices, or all hosts' after ``jax.distributed.initialize``) with a
 ``Mesh`` + ``NamedSharding`` on the sequence axis; the sequence count is
@@ -67,6 +80,7 @@ DEFAULT_POLICIES = ("monde", "ndp_ep", "ndp_tp", "tp_lb", "tp_lb_prefetch",
 STUDIES = ("headline", "ndp_units", "prefetch", "routing", "sensitivity")
 REAL_TRACE_PRESETS = ("flame_moe_290m", "mixtral_8x7b", "llama4_maverick")
 BASELINE = "monde"
+TUNED = "tuned"
 SEQ_AXIS = "seq"
 
 
@@ -79,6 +93,8 @@ class StudyConfig:
   sweep_models: empty = the first of ``models``.
   overrides: ``--set`` strings, ``component.field=value``.
   dtype: storage dtype of every weight group ("" keeps each model's own).
+  tune_num_seqs: training sequences of each ``tuned`` fit (a multiple of
+    batch_size).
   """
   system: str = DEFAULT_SYSTEM
   models: tuple[str, ...] = DEFAULT_MODELS
@@ -99,6 +115,7 @@ class StudyConfig:
   studies: tuple[str, ...] = ("headline", "ndp_units", "prefetch")
   overrides: tuple[str, ...] = ()
   dtype: str = ""
+  tune_num_seqs: int = 2
 
 
 class Cell(NamedTuple):
@@ -184,10 +201,14 @@ def resolve(cfg: StudyConfig) -> Resolved:
         policies.get(p)
       except ConfigError as e:
         raise _flag_error(flag, e) from None
+  if TUNED in cfg.prefetch_policies and "prefetch" in cfg.studies:
+    raise ConfigError(f"--prefetch_policies: {TUNED!r} fits its own budget; list it in "
+                      "--policies or --sweep_policies, not in the budget sweep")
   if not cfg.policies:
     raise ConfigError(f"--policies: empty; write a list of {policies.names()}")
   for name, v in (("batch_size", cfg.batch_size), ("prompt_len", cfg.prompt_len),
-                  ("output_len", cfg.output_len), ("num_seqs", cfg.num_seqs)):
+                  ("output_len", cfg.output_len), ("num_seqs", cfg.num_seqs),
+                  ("tune_num_seqs", cfg.tune_num_seqs)):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
       raise ConfigError(f"--{name}: {v!r} is not allowed; write an integer >= 1")
   for flag, vals in (("prefetch_budgets", cfg.prefetch_budgets),
@@ -261,6 +282,10 @@ def resolve(cfg: StudyConfig) -> Resolved:
   if S % cfg.batch_size:
     raise ConfigError(f"--num_seqs: {S} is not a multiple of --batch_size "
                       f"{cfg.batch_size}; write a multiple of {cfg.batch_size}")
+  if cfg.tune_num_seqs % cfg.batch_size:
+    raise ConfigError(f"--tune_num_seqs: {cfg.tune_num_seqs} is not a multiple of "
+                      f"--batch_size {cfg.batch_size}; write a multiple of "
+                      f"{cfg.batch_size}")
   base_routing = routing_label(cfg.routing)
   if "routing" in cfg.studies:
     for p in REAL_TRACE_PRESETS:
@@ -377,6 +402,101 @@ def make_workload(res: Resolved, model: str, routing: str) -> Workload:
                   prof)
 
 
+def make_training(res: Resolved, model: str, routing: str) -> R.Routing:
+  """The ``tuned`` fit's training set for one (model, routing source): the first
+  ``tune_num_seqs`` sequences of ``generate(fold_in(PRNGKey(seed), 2), ...)``
+  (same shape as the evaluation set), or of a trace's profile half (rounded
+  down to a multiple of the batch size)."""
+  spec = res.models[model]
+  L, E, k = M.num_moe_layers(spec), spec.num_experts, spec.top_k
+  n, B = res.config.tune_num_seqs, res.config.batch_size
+  src = res.routing_sources[routing]
+  if src is not None:
+    tr = _load_trace(src, res.prompt_len, res.output_len)
+    h = tr.prefill_ids.shape[0] // 2
+    n = min(n, h) // B * B
+    if n < 1:
+      raise ConfigError(f"--routing: trace {src!r} has {h} profile sequence(s), fewer "
+                        f"than --batch_size {B}; the tuned fit needs one batch")
+    return R.Routing(np.asarray(tr.prefill_ids[:n], np.int32), None,
+                     np.asarray(tr.decode_ids[:n], np.int32), None)
+  rspec = R.RoutingSpec(num_seqs=max(n, res.num_seqs), prompt_len=res.prompt_len,
+                        output_len=res.output_len, num_layers=L, num_experts=E, top_k=k)
+  tr = R.generate(jax.random.fold_in(jax.random.PRNGKey(res.config.seed), 2), rspec,
+                  R.preset(routing, E, k))
+  return R.Routing(np.asarray(tr.prefill_ids[:n], np.int32), None,
+                   np.asarray(tr.decode_ids[:n], np.int32), None)
+
+
+def _tune_config_fields() -> dict[str, Any]:
+  from ndpsim import tune  # pylint: disable=import-outside-toplevel
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in dataclasses.asdict(tune.TuneConfig()).items()}
+
+
+def tuned_fit_path(out_dir, model: str, routing: str, n: int) -> pathlib.Path:
+  name = re.sub(r"[^A-Za-z0-9_.=-]", "_", f"{model}__n{n}__{routing}")
+  return pathlib.Path(out_dir) / "tuned" / (name + ".json")
+
+
+def _tuned_fingerprint(res: Resolved, model: str, routing: str, n: int) -> str:
+  blob = json.dumps([fingerprint_fields(res), repr(res.models[model]),
+                     repr(res.systems[n].params), model, routing, n,
+                     res.config.tune_num_seqs, float(res.config.headline_budget),
+                     _tune_config_fields()], sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def tuned_fit(res: Resolved, model: str, routing: str, n: int, out_dir=None, *,
+              resume: bool = False, write: bool = True) -> dict[str, Any]:
+  """Fits the ``tuned`` knobs for (model, routing, n) on :func:`make_training`.
+
+  Returns a JSON-ready dict: model, num_ndp_units, routing, knobs
+  (resident_fraction, gpu_bias, ndp_bias), train_e2e_s (hard mean e2e on the
+  training set at the knobs), heuristic_train_e2e_s (at the headline budget,
+  biases 1), evaluations (relaxed forward+grad calls + hard points), the
+  training set's description and wall_s.  With ``resume`` a matching file in
+  ``<out_dir>/tuned/`` is reused; with ``write`` the fit is written there.
+  """
+  from ndpsim import tune  # pylint: disable=import-outside-toplevel
+  fp = _tuned_fingerprint(res, model, routing, n)
+  path = tuned_fit_path(out_dir, model, routing, n) if out_dir is not None else None
+  if resume and path is not None:
+    try:
+      obj = json.loads(path.read_text())
+      if obj.get("fingerprint") == fp:
+        return obj["fit"]
+    except (OSError, json.JSONDecodeError, KeyError):
+      pass
+  t0 = time.perf_counter()
+  train = make_training(res, model, routing)
+  sysp = res.systems[n]
+  hb = float(res.config.headline_budget)
+  f = tune.fit((sysp.spec, sysp.params), res.models[model], train,
+               batch_size=res.config.batch_size, reference=(hb, 1.0, 1.0))
+  p = f.params
+  seed = res.config.seed
+  src = ("trace profile half" if res.routing_sources[routing] is not None
+         else f"fold_in(PRNGKey({seed}), 2)")
+  out = {"model": model, "num_ndp_units": n, "routing": routing,
+         "knobs": {"resident_fraction": float(p.resident_fraction),
+                   "gpu_bias": float(p.gpu_bias), "ndp_bias": float(p.ndp_bias)},
+         "train_e2e_s": f.train_e2e_s,
+         "heuristic_train_e2e_s": float(f.history["hard_e2e_s"][0]),
+         "evaluations": int(f.evaluations),
+         "training": {"routing": src, "num_seqs": int(train.prefill_ids.shape[0])},
+         "tune_config": _tune_config_fields(),
+         "wall_s": time.perf_counter() - t0}
+  if write and path is not None:
+    write_atomic(path, json.dumps({"fingerprint": fp, "fit": out}, indent=1))
+  return out
+
+
+def tuned_params(fit: dict[str, Any]) -> dict[str, float]:
+  """The PolicyParams fields of a :func:`tuned_fit` result."""
+  return dict(fit["knobs"])
+
+
 def device_mesh() -> Mesh:
   """A 1-D mesh over every device (all hosts' after jax.distributed.initialize)."""
   return Mesh(np.asarray(jax.devices()), (SEQ_AXIS,))
@@ -405,12 +525,16 @@ def _to_host(tree):
 
 def simulate_sharded(sysp: system_mod.SystemPreset, model: M.MoeModelSpec, wl: Workload,
                      policy: str, budgets: list[float], batch_size: int,
-                     mesh: Mesh | None = None) -> list[results.SimResult]:
+                     mesh: Mesh | None = None,
+                     extra_params: dict[str, float] | None = None
+                     ) -> list[results.SimResult]:
   """One SimResult (numpy, G = S / batch groups) per budget, sequences sharded.
 
   One budget: a plain call; several: one compiled call under ``jax.vmap``
-  over ``PolicyParams``.
+  over ``PolicyParams``.  ``extra_params``: other ``PolicyParams`` fields
+  (e.g. the ``tuned`` biases), the same for every budget.
   """
+  extra = dict(extra_params or {})
   mesh = mesh or device_mesh()
   S = wl.prefill_ids.shape[0]
   G = S // batch_size
@@ -425,9 +549,11 @@ def simulate_sharded(sysp: system_mod.SystemPreset, model: M.MoeModelSpec, wl: W
                            profile_counts=prof, check=False)
 
   if len(budgets) == 1:
-    out = [_to_host(run(policies.PolicyParams(resident_fraction=float(budgets[0]))))]
+    out = [_to_host(run(policies.PolicyParams(resident_fraction=float(budgets[0]),
+                                              **extra)))]
   else:
-    stacked = base.stack([base.as_arrays(policies.PolicyParams(resident_fraction=float(b)))
+    stacked = base.stack([base.as_arrays(policies.PolicyParams(resident_fraction=float(b),
+                                                               **extra))
                           for b in budgets])
     host = _to_host(jax.vmap(run)(stacked))
     out = [jax.tree_util.tree_map(lambda x, i=i: x[i], host) for i in range(len(budgets))]
@@ -520,9 +646,11 @@ def fingerprint_fields(res: Resolved) -> dict[str, Any]:
 
 
 def cell_fingerprint(res: Resolved, cell: Cell) -> str:
-  blob = json.dumps([fingerprint_fields(res), repr(res.models[cell.model]),
-                     repr(res.systems[cell.num_ndp_units].params), list(cell)],
-                    sort_keys=True, default=str)
+  parts = [fingerprint_fields(res), repr(res.models[cell.model]),
+           repr(res.systems[cell.num_ndp_units].params), list(cell)]
+  if cell.policy == TUNED:  # its knobs come from a fit
+    parts.append(_tuned_fingerprint(res, cell.model, cell.routing, cell.num_ndp_units))
+  blob = json.dumps(parts, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -578,13 +706,18 @@ Progress = Callable[[dict[str, Any]], None]
 
 def run_cells(res: Resolved, out_dir, *, resume: bool = False,
               progress: Progress | None = None, mesh: Mesh | None = None,
-              write: bool = True) -> list[dict]:
+              write: bool = True, tuned_fits: dict | None = None) -> list[dict]:
   """Simulates every cell not finished yet; returns all rows (with speedups).
 
   Cells of one (model, routing, units, policy) share a compile: their budgets
   run in one vmapped call.  Each finished cell is written atomically as soon
-  as its call returns; ``progress`` gets one dict per cell.
+  as its call returns; ``progress`` gets one dict per cell (and one with
+  event "tuned" per ``tuned`` fit).  ``tuned_fits``: a dict the fits of the
+  ``tuned`` cells are added to, keyed ``(model, routing, units)`` (a fit is
+  made, or reused with ``resume``, even when its cells are already finished,
+  so that results.json always lists the knobs).
   """
+  tuned_fits = {} if tuned_fits is None else tuned_fits
   out_dir = pathlib.Path(out_dir)
   if resume:
     check_resume(out_dir, res)
@@ -604,6 +737,14 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
   t_start = time.perf_counter()
   if progress:
     progress({"event": "start", "total": total, "skipped": done})
+  for c in cells:
+    key = (c.model, c.routing, c.num_ndp_units)
+    if c.policy == TUNED and key not in tuned_fits:
+      t0 = time.perf_counter()
+      tuned_fits[key] = tuned_fit(res, *key, out_dir, resume=resume, write=write)
+      if progress:
+        progress({"event": "tuned", "fit": tuned_fits[key],
+                  "wall_s": time.perf_counter() - t0})
   workloads: dict[tuple[str, str], Workload] = {}
   for (model, routing, n, policy), group in todo.items():
     if (model, routing) not in workloads:
@@ -611,8 +752,12 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
       workloads[(model, routing)] = make_workload(res, model, routing)
     t0 = time.perf_counter()
     budgets = [c.prefetch_budget for c in group]
+    extra = None
+    if policy == TUNED:  # the fitted knobs replace the cell's budget
+      extra = tuned_params(tuned_fits[(model, routing, n)])
+      budgets = [extra.pop("resident_fraction")] * len(group)
     outs = simulate_sharded(res.systems[n], res.models[model], workloads[(model, routing)],
-                            policy, budgets, res.config.batch_size, mesh)
+                            policy, budgets, res.config.batch_size, mesh, extra)
     wall = (time.perf_counter() - t0) / len(group)
     for c, r in zip(group, outs):
       row = make_row(c, r, wall)
@@ -625,6 +770,14 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
         progress({"event": "cell", "cell": c, "row": row, "done": done, "total": total,
                   "elapsed_s": time.perf_counter() - t_start})
   return add_speedups([rows[c] for c in cells])
+
+
+def tuned_summary(tuned_fits: dict) -> dict[str, list[dict]]:
+  """results.json's ``tuned``: per model, its fits (one per units x routing)."""
+  out: dict[str, list[dict]] = {}
+  for (model, _, _), fit in tuned_fits.items():
+    out.setdefault(model, []).append(fit)
+  return out
 
 
 def resolved_config(res: Resolved) -> dict[str, Any]:
@@ -653,7 +806,8 @@ def resolved_config(res: Resolved) -> dict[str, Any]:
       "flags": {**dataclasses.asdict(c), "prompt_len": res.prompt_len,
                 "output_len": res.output_len, "num_seqs": res.num_seqs},
       "seeds": {"evaluation": f"PRNGKey({c.seed})",
-                "monde_profile": f"fold_in(PRNGKey({c.seed}), 1)"},
+                "monde_profile": f"fold_in(PRNGKey({c.seed}), 1)",
+                "tuned_training": f"fold_in(PRNGKey({c.seed}), 2)"},
       "systems": systems, "models": models, "routing": routing,
       "studies": {k: [list(x) for x in v] for k, v in res.cells.items()},
   }

@@ -291,3 +291,58 @@ def test_eight_host_devices_match_one_device(direct):
   assert out["padded"] == 8  # 4 sequences padded to one per device
   np.testing.assert_allclose(out["b1"], direct["tp_lb_prefetch"], rtol=1e-6)
   np.testing.assert_allclose(out["b0.5"], direct["tp_lb_prefetch@0.5"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The tuned policy: knobs fitted per model on a training set, then evaluated.
+
+def test_tuned_policy_fits_on_training_set_and_evaluates_at_its_knobs(tmp_path):
+  from ndpsim import experiment  # pylint: disable=import-outside-toplevel
+  res = studies.resolve(_tiny_config(policies=("tp_lb_prefetch", "tuned")))
+  fits, events = {}, []
+  rows = studies.run_cells(res, tmp_path, tuned_fits=fits, progress=events.append)
+  key = ("exp-tiny-moe", "mixtral_8x7b", N)
+  assert list(fits) == [key]
+  fit = fits[key]
+  assert fit["evaluations"] == 26 and fit["training"]["num_seqs"] == 2
+  assert fit["training"]["routing"] == "fold_in(PRNGKey(0), 2)"
+  assert fit["train_e2e_s"] <= fit["heuristic_train_e2e_s"] + 1e-12
+  k = fit["knobs"]
+  assert 0.0 <= k["resident_fraction"] <= 1.0 and k["gpu_bias"] > 0 and k["ndp_bias"] > 0
+  assert [e["event"] for e in events][:2] == ["start", "tuned"]
+
+  # The training set never overlaps the evaluation set.
+  wl = studies.make_workload(res, "exp-tiny-moe", "mixtral_8x7b")
+  train = studies.make_training(res, "exp-tiny-moe", "mixtral_8x7b")
+  assert train.prefill_ids.shape == (2,) + wl.prefill_ids.shape[1:]
+  assert not np.array_equal(train.prefill_ids, wl.prefill_ids[:2])
+
+  # The tuned row is the engine at the fitted knobs on the evaluation set.
+  row = {r["policy"]: r for r in rows}["tuned"]
+  sysp = res.systems[N]
+  r = engine.simulate((sysp.spec, sysp.params), res.models["exp-tiny-moe"],
+                      R.Routing(wl.prefill_ids, None, wl.decode_ids, None), "tuned",
+                      policies.PolicyParams(**k), profile_counts=wl.profile_counts)
+  np.testing.assert_allclose(row["e2e_latency_s_per_group"], np.asarray(r.e2e_s),
+                             rtol=1e-6)
+
+  # results.json lists the fit per model; the report prints it.
+  doc = experiment.build_document(res, rows, None, 0.0, fits)
+  assert doc["tuned"]["exp-tiny-moe"][0]["knobs"] == k
+  assert "## tuned: knobs fitted" in experiment.format_tables(doc)
+  json.dumps(doc)
+
+  # --resume reuses the fit file (no refit) and the finished cells.
+  path = studies.tuned_fit_path(tmp_path, *key)
+  mtime = path.stat().st_mtime_ns
+  fits2 = {}
+  rows2 = studies.run_cells(res, tmp_path, resume=True, tuned_fits=fits2)
+  assert path.stat().st_mtime_ns == mtime and fits2[key] == fit
+  assert [r["e2e_latency_s_mean"] for r in rows2] == [r["e2e_latency_s_mean"] for r in rows]
+
+
+def test_tuned_is_not_a_budget_sweep_policy():
+  with pytest.raises(ConfigError, match="--prefetch_policies"):
+    studies.resolve(_tiny_config(studies=("prefetch",), prefetch_policies=("tuned",)))
+  with pytest.raises(ConfigError, match="--tune_num_seqs"):
+    studies.resolve(_tiny_config(tune_num_seqs=3, batch_size=2))

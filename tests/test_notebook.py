@@ -1,0 +1,121 @@
+"""notebooks/design_space.ipynb: its text twin runs headless; the two agree.
+
+The twin ``notebooks/design_space.py`` runs in a subprocess with
+``DESIGN_SPACE_OUT`` set, so it writes its three figures and ``values.json``
+(about 55 s on 2 CPU cores, most of it compilation).  The notebook's
+cells must equal the twin's (split at ``# %%`` markers), and its saved
+outputs must hold the figures.
+
+Regenerate the notebook from the twin and execute it (saving outputs)::
+
+    python tests/test_notebook.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+NB_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+TWIN = NB_DIR / "design_space.py"
+NOTEBOOK = NB_DIR / "design_space.ipynb"
+FIGURES = ("sweep.png", "pareto.png", "tuner_vs_grid.png")
+
+
+def twin_cells(text: str) -> list[tuple[str, str]]:
+  """(cell_type, source) per ``# %%`` cell of the text twin; markdown cells
+  are ``# %% [markdown]`` with every line commented."""
+  cells: list[tuple[str, list[str]]] = []
+  for line in text.splitlines():
+    if line.startswith("# %%"):
+      cells.append(("markdown" if "[markdown]" in line else "code", []))
+    elif cells:
+      cells[-1][1].append(line)
+  out = []
+  for kind, lines in cells:
+    while lines and not lines[-1].strip():
+      lines.pop()
+    if kind == "markdown":
+      lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in lines]
+    out.append((kind, "\n".join(lines)))
+  return out
+
+
+def build_notebook(text: str):
+  import nbformat  # pylint: disable=import-outside-toplevel
+  nb = nbformat.v4.new_notebook()
+  nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                               "language": "python"}
+  nb.metadata["jupytext_twin"] = "design_space.py"
+  for kind, src in twin_cells(text):
+    nb.cells.append(nbformat.v4.new_markdown_cell(src) if kind == "markdown"
+                    else nbformat.v4.new_code_cell(src))
+  return nb
+
+
+def test_notebook_cells_match_the_twin():
+  nbformat = pytest.importorskip("nbformat")
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  want = twin_cells(TWIN.read_text())
+  have = [(c.cell_type, c.source) for c in nb.cells]
+  assert have == want, "notebook and twin differ; run python tests/test_notebook.py"
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+  assert len(images) == len(FIGURES), "notebook outputs not saved; run the main block"
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+  assert not errors
+  assert NOTEBOOK.stat().st_size < 600_000
+
+
+def test_twin_runs_headless_and_produces_its_figures(tmp_path):
+  env = dict(os.environ, DESIGN_SPACE_OUT=str(tmp_path), JAX_PLATFORMS="cpu",
+             MPLBACKEND="Agg")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, str(TWIN)], env=env, cwd=str(tmp_path),
+                        capture_output=True, text=True, timeout=240, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for f in FIGURES:
+    assert (tmp_path / f).stat().st_size > 10_000, f
+  v = json.loads((tmp_path / "values.json").read_text())
+  sw = v["sweep"]
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  lat = np.asarray(sw["e2e_s"]["tp_lb_prefetch"])  # [units, link, dimm]
+  assert lat.shape == (5, 3, 3) and np.all(np.isfinite(lat)) and np.all(lat > 0)
+  # More units, a faster link or a faster DIMM never slows the framework down.
+  assert np.all(np.diff(lat, axis=0) < 0)
+  assert np.all(np.diff(lat, axis=1) <= 1e-9)
+  assert np.all(np.diff(lat, axis=2) <= 1e-9)
+  assert np.all(np.asarray(sw["speedup_vs_monde"]) > 1.0)
+  front = v["pareto"]["front"]
+  assert len(front) >= 3 and len(v["pareto"]["rows"]) == 5 * 9
+  g = [r[2] for r in front]
+  e = [r[3] for r in front]
+  assert g == sorted(g) and e == sorted(e, reverse=True)
+  t = v["tuner"]
+  assert t["tuner_evaluations"] == 26 and t["grid_evaluations"] == 275
+  assert t["tuned_e2e_s"] <= t["heuristic_e2e_s"] + 1e-9
+  assert t["grid_e2e_s"] <= t["heuristic_e2e_s"] + 1e-9
+  assert t["tuner_curve"][0][-1] == 26
+
+
+def _regenerate() -> None:
+  """Rebuilds the notebook from the twin and executes it in place."""
+  import nbformat  # pylint: disable=import-outside-toplevel
+  from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+  nb = build_notebook(TWIN.read_text())
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(NB_DIR)}}).execute()
+  for c in nb.cells:
+    if c.cell_type == "code":
+      c.metadata = {}
+  nbformat.write(nb, NOTEBOOK)
+  print(f"wrote {NOTEBOOK} ({NOTEBOOK.stat().st_size / 1e3:.0f} kB)")
+
+
+if __name__ == "__main__":
+  _regenerate()
