@@ -204,7 +204,7 @@ def _pivot(rows, key, label) -> str:
   xs = sorted({r[key] for r in rows})
   series = list(dict.fromkeys((r["model"], r["policy"]) for r in rows))
   val = {(r["model"], r["policy"], r[key]): r for r in rows}
-  lines = [f"| model | policy | " + " | ".join(f"{label}={x:g}" for x in xs) + " |",
+  lines = ["| model | policy | " + " | ".join(f"{label}={x:g}" for x in xs) + " |",
            "|---|---|" + "---|" * len(xs)]
   for m, p in series:
     cells = [_fmt_speed(val[(m, p, x)]).split(" ")[0] if (m, p, x) in val else ""

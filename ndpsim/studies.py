@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import pathlib
 import re
@@ -63,15 +62,19 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 import ndpsim
-from ndpsim import base, config, engine, policies, results
+from ndpsim import config, engine, policies
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
 from ndpsim.workload import routing as R
 from ndpsim.workload import traces
+from ndpsim.sharding import (SEQ_AXIS, device_mesh, shard_sequences,  # noqa: F401
+                             simulate_sharded, to_host)
+from ndpsim.study_io import (Cell, add_speedups, cell_path, make_row,  # noqa: F401
+                             select, speedup_summary, write_atomic)
 
 DEFAULT_SYSTEM = "paper_rtx5080_ndp_dimm"
 DEFAULT_MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite", "olmoe-1b-7b")
@@ -81,7 +84,6 @@ STUDIES = ("headline", "ndp_units", "prefetch", "routing", "sensitivity")
 REAL_TRACE_PRESETS = ("flame_moe_290m", "mixtral_8x7b", "llama4_maverick")
 BASELINE = "monde"
 TUNED = "tuned"
-SEQ_AXIS = "seq"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,15 +118,6 @@ class StudyConfig:
   overrides: tuple[str, ...] = ()
   dtype: str = ""
   tune_num_seqs: int = 2
-
-
-class Cell(NamedTuple):
-  """One simulated configuration (a row of results)."""
-  model: str
-  policy: str
-  num_ndp_units: int
-  prefetch_budget: float
-  routing: str
 
 
 class Workload(NamedTuple):
@@ -497,142 +490,6 @@ def tuned_params(fit: dict[str, Any]) -> dict[str, float]:
   return dict(fit["knobs"])
 
 
-def device_mesh() -> Mesh:
-  """A 1-D mesh over every device (all hosts' after jax.distributed.initialize)."""
-  return Mesh(np.asarray(jax.devices()), (SEQ_AXIS,))
-
-
-def shard_sequences(x: np.ndarray, mesh: Mesh, multiple: int) -> jax.Array:
-  """``x`` [S, ...] padded (repeating its first rows) to a multiple of
-  ``multiple`` x devices and sharded on axis 0 over ``mesh``."""
-  if mesh.devices.size == 1:  # nothing to shard: the plain (uncommitted) array
-    return jnp.asarray(x)
-  n = multiple * mesh.devices.size
-  pad = (-x.shape[0]) % n
-  if pad:
-    reps = np.concatenate([x] + [x[: min(pad, x.shape[0])]] * math.ceil(pad / x.shape[0]))
-    x = reps[: x.shape[0] + pad]
-  sharding = NamedSharding(mesh, PartitionSpec(SEQ_AXIS))
-  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def _to_host(tree):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    tree = multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def simulate_sharded(sysp: system_mod.SystemPreset, model: M.MoeModelSpec, wl: Workload,
-                     policy: str, budgets: list[float], batch_size: int,
-                     mesh: Mesh | None = None,
-                     extra_params: dict[str, float] | None = None
-                     ) -> list[results.SimResult]:
-  """One SimResult (numpy, G = S / batch groups) per budget, sequences sharded.
-
-  One budget: a plain call; several: one compiled call under ``jax.vmap``
-  over ``PolicyParams``.  ``extra_params``: other ``PolicyParams`` fields
-  (e.g. the ``tuned`` biases), the same for every budget.
-  """
-  extra = dict(extra_params or {})
-  mesh = mesh or device_mesh()
-  S = wl.prefill_ids.shape[0]
-  G = S // batch_size
-  engine.validate(sysp.spec, sysp.params, model, wl.prefill_ids, wl.decode_ids, batch_size)
-  routing = R.Routing(shard_sequences(wl.prefill_ids, mesh, batch_size), None,
-                      shard_sequences(wl.decode_ids, mesh, batch_size), None)
-  system = (sysp.spec, sysp.params)
-  prof = jnp.asarray(wl.profile_counts)
-
-  def run(pp):
-    return engine.simulate(system, model, routing, policy, pp, batch_size=batch_size,
-                           profile_counts=prof, check=False)
-
-  if len(budgets) == 1:
-    out = [_to_host(run(policies.PolicyParams(resident_fraction=float(budgets[0]),
-                                              **extra)))]
-  else:
-    stacked = base.stack([base.as_arrays(policies.PolicyParams(resident_fraction=float(b),
-                                                               **extra))
-                          for b in budgets])
-    host = _to_host(jax.vmap(run)(stacked))
-    out = [jax.tree_util.tree_map(lambda x, i=i: x[i], host) for i in range(len(budgets))]
-  return [jax.tree_util.tree_map(lambda x: x[:G], r) for r in out]
-
-
-# ---------------------------------------------------------------------------
-# Rows.
-
-def make_row(cell: Cell, r: results.SimResult, wall_s: float) -> dict[str, Any]:
-  """The result row of one cell (JSON-ready)."""
-  s = results.summarize(r)
-  lanes = results.lane_breakdown(r)
-  e2e = np.asarray(r.e2e_s, np.float64).reshape(-1)
-  return {
-      **cell._asdict(),
-      "e2e_latency_s_mean": s["e2e_s"]["mean"], "e2e_latency_s_ci95": s["e2e_s"]["ci95"],
-      "ttft_s_mean": s["ttft_s"]["mean"], "ttft_s_ci95": s["ttft_s"]["ci95"],
-      "tpot_s_mean": s["tpot_s"]["mean"], "tpot_s_ci95": s["tpot_s"]["ci95"],
-      "gpu_hit_rate": s["gpu_hit_rate"]["mean"],
-      "ndp_imbalance_mean": s["ndp_imbalance"]["mean"],
-      **{f"lane_{k}": v for k, v in lanes.items() if k.endswith("_s") and k != "e2e_s"},
-      "bytes_to_gpu_mean": s["bytes_to_gpu"]["mean"],
-      "prefetched_bytes_mean": s["prefetched_bytes"]["mean"],
-      "peak_gpu_bytes_mean": s["peak_gpu_bytes"]["mean"],
-      "num_seq_groups": int(e2e.size), "wall_s": wall_s,
-      "e2e_latency_s_per_group": e2e.tolist(),
-  }
-
-
-def add_speedups(rows: list[dict]) -> list[dict]:
-  """Adds speedup_vs_monde (ratio of mean e2e latencies, same model, units and
-  routing, monde at the headline budget) and the 95% half-width of the paired
-  per-group ratio."""
-  base_rows = {(r["model"], r["num_ndp_units"], r["routing"]): r for r in rows
-               if r["policy"] == BASELINE}
-  out = []
-  for r in rows:
-    b = base_rows.get((r["model"], r["num_ndp_units"], r["routing"]))
-    r = dict(r)
-    if b is None:
-      r["speedup_vs_monde"], r["speedup_vs_monde_ci95"] = None, None
-    else:
-      r["speedup_vs_monde"] = b["e2e_latency_s_mean"] / r["e2e_latency_s_mean"]
-      ratio = (np.asarray(b["e2e_latency_s_per_group"])
-               / np.asarray(r["e2e_latency_s_per_group"]))
-      r["speedup_vs_monde_ci95"] = (float(1.96 * ratio.std(ddof=1) / np.sqrt(ratio.size))
-                                    if ratio.size > 1 else 0.0)
-    out.append(r)
-  return out
-
-
-def speedup_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
-  """Per policy over models: arithmetic and geometric mean and max speedup."""
-  by: dict[str, list[dict]] = {}
-  for r in rows:
-    if r.get("speedup_vs_monde") is not None:
-      by.setdefault(r["policy"], []).append(r)
-  out = {}
-  for p, rs in by.items():
-    sp = np.asarray([r["speedup_vs_monde"] for r in rs])
-    i = int(np.argmax(sp))
-    out[p] = {"mean_speedup": float(sp.mean()), "geomean_speedup":
-              float(np.exp(np.log(sp).mean())), "max_speedup": float(sp[i]),
-              "max_model": rs[i]["model"], "num_models": int(sp.size)}
-  return out
-
-
-def select(rows: list[dict], cells: list[Cell]) -> list[dict]:
-  """The rows of ``cells``, in their order."""
-  idx = {_cell_of(r): r for r in rows}
-  return [idx[c] for c in cells if c in idx]
-
-
-def _cell_of(row: dict) -> Cell:
-  return Cell(row["model"], row["policy"], int(row["num_ndp_units"]),
-              float(row["prefetch_budget"]), row["routing"])
-
-
 # ---------------------------------------------------------------------------
 # Fingerprints and atomic cell files.
 
@@ -654,23 +511,8 @@ def cell_fingerprint(res: Resolved, cell: Cell) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def cell_path(out_dir: str | os.PathLike, cell: Cell) -> pathlib.Path:
-  name = f"{cell.model}__{cell.policy}__n{cell.num_ndp_units}__b{cell.prefetch_budget:g}" \
-         f"__{cell.routing}"
-  return pathlib.Path(out_dir) / "cells" / (re.sub(r"[^A-Za-z0-9_.=-]", "_", name) + ".json")
 
 
-def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
-  """Writes ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  mode = "wb" if isinstance(text, bytes) else "w"
-  with open(tmp, mode) as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def load_cell(out_dir, res: Resolved, cell: Cell) -> dict | None:
@@ -855,7 +697,7 @@ def sensitivity(res: Resolved, model: str | None = None, policy: str | None = No
 
   u0 = jnp.zeros((len(values),), jnp.float32)
   e2e, jac = jax.jit(lambda u: (mean_e2e(u), jax.jacfwd(mean_e2e)(u)))(u0)
-  e2e, jac = _to_host((e2e, jac))
+  e2e, jac = to_host((e2e, jac))
   return {"model": model, "policy": policy, "num_ndp_units": n,
           "prefetch_budget": float(c.headline_budget), "routing": routing_label(c.routing),
           "e2e_latency_s_mean": float(e2e),

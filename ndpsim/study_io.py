@@ -1,0 +1,117 @@
+"""Rows, speedups, fingerprints and atomic cell files of the experiment studies."""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ndpsim import results
+
+BASELINE = "monde"
+
+
+class Cell(NamedTuple):
+  """One simulated configuration (a row of results)."""
+  model: str
+  policy: str
+  num_ndp_units: int
+  prefetch_budget: float
+  routing: str
+
+
+# ---------------------------------------------------------------------------
+# Rows.
+
+def make_row(cell: Cell, r: results.SimResult, wall_s: float) -> dict[str, Any]:
+  """The result row of one cell (JSON-ready)."""
+  s = results.summarize(r)
+  lanes = results.lane_breakdown(r)
+  e2e = np.asarray(r.e2e_s, np.float64).reshape(-1)
+  return {
+      **cell._asdict(),
+      "e2e_latency_s_mean": s["e2e_s"]["mean"], "e2e_latency_s_ci95": s["e2e_s"]["ci95"],
+      "ttft_s_mean": s["ttft_s"]["mean"], "ttft_s_ci95": s["ttft_s"]["ci95"],
+      "tpot_s_mean": s["tpot_s"]["mean"], "tpot_s_ci95": s["tpot_s"]["ci95"],
+      "gpu_hit_rate": s["gpu_hit_rate"]["mean"],
+      "ndp_imbalance_mean": s["ndp_imbalance"]["mean"],
+      **{f"lane_{k}": v for k, v in lanes.items() if k.endswith("_s") and k != "e2e_s"},
+      "bytes_to_gpu_mean": s["bytes_to_gpu"]["mean"],
+      "prefetched_bytes_mean": s["prefetched_bytes"]["mean"],
+      "peak_gpu_bytes_mean": s["peak_gpu_bytes"]["mean"],
+      "num_seq_groups": int(e2e.size), "wall_s": wall_s,
+      "e2e_latency_s_per_group": e2e.tolist(),
+  }
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+  """Adds speedup_vs_monde (ratio of mean e2e latencies, same model, units and
+  routing, monde at the headline budget) and the 95% half-width of the paired
+  per-group ratio."""
+  base_rows = {(r["model"], r["num_ndp_units"], r["routing"]): r for r in rows
+               if r["policy"] == BASELINE}
+  out = []
+  for r in rows:
+    b = base_rows.get((r["model"], r["num_ndp_units"], r["routing"]))
+    r = dict(r)
+    if b is None:
+      r["speedup_vs_monde"], r["speedup_vs_monde_ci95"] = None, None
+    else:
+      r["speedup_vs_monde"] = b["e2e_latency_s_mean"] / r["e2e_latency_s_mean"]
+      ratio = (np.asarray(b["e2e_latency_s_per_group"])
+               / np.asarray(r["e2e_latency_s_per_group"]))
+      r["speedup_vs_monde_ci95"] = (float(1.96 * ratio.std(ddof=1) / np.sqrt(ratio.size))
+                                    if ratio.size > 1 else 0.0)
+    out.append(r)
+  return out
+
+
+def speedup_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
+  """Per policy over models: arithmetic and geometric mean and max speedup."""
+  by: dict[str, list[dict]] = {}
+  for r in rows:
+    if r.get("speedup_vs_monde") is not None:
+      by.setdefault(r["policy"], []).append(r)
+  out = {}
+  for p, rs in by.items():
+    sp = np.asarray([r["speedup_vs_monde"] for r in rs])
+    i = int(np.argmax(sp))
+    out[p] = {"mean_speedup": float(sp.mean()), "geomean_speedup":
+              float(np.exp(np.log(sp).mean())), "max_speedup": float(sp[i]),
+              "max_model": rs[i]["model"], "num_models": int(sp.size)}
+  return out
+
+
+def select(rows: list[dict], cells: list[Cell]) -> list[dict]:
+  """The rows of ``cells``, in their order."""
+  idx = {_cell_of(r): r for r in rows}
+  return [idx[c] for c in cells if c in idx]
+
+
+def _cell_of(row: dict) -> Cell:
+  return Cell(row["model"], row["policy"], int(row["num_ndp_units"]),
+              float(row["prefetch_budget"]), row["routing"])
+
+
+# ---------------------------------------------------------------------------
+# Atomic cell files.
+
+def cell_path(out_dir: str | os.PathLike, cell: Cell) -> pathlib.Path:
+  name = f"{cell.model}__{cell.policy}__n{cell.num_ndp_units}__b{cell.prefetch_budget:g}" \
+         f"__{cell.routing}"
+  return pathlib.Path(out_dir) / "cells" / (re.sub(r"[^A-Za-z0-9_.=-]", "_", name) + ".json")
+
+
+def write_atomic(path: str | os.PathLike, text: str | bytes) -> None:
+  """Writes ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  mode = "wb" if isinstance(text, bytes) else "w"
+  with open(tmp, mode) as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
