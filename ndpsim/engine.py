@@ -216,7 +216,8 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
   state = _arrivals(_bg_drain(state, idle), layer)
 
-  resident = state.resident[layer, ids] & valid
+  # Prefill slots are the experts in id order (_slots_prefill): row reads.
+  resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
   inflight = _bg_inflight_remainder(state, fetch_s)
   soft = st.relaxed and state.soft is not None
   if soft:
@@ -278,9 +279,12 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   ab = st.act_bytes_per_token
   batch_tokens = st.tokens(phase)
   on_gpu = valid & (gfrac > 0)
-  used_now = on_gpu & resident & state.prefetched[layer, ids]
-  state = dataclasses.replace(
-      state, used=state.used.at[layer, ids].set(state.used[layer, ids] | used_now))
+  if phase == "prefill":
+    used = state.used.at[layer].set(state.used[layer] | (on_gpu & resident
+                                                         & state.prefetched[layer]))
+  else:  # scatter-or: no gather of the old flags
+    used = state.used.at[layer, ids].max(on_gpu & resident & state.prefetched[layer, ids])
+  state = dataclasses.replace(state, used=used)
   mean_load = jnp.mean(loads)
   imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0), 0.0)
   acc = _Acc(

@@ -329,8 +329,10 @@ def run_experiment(fl=FLAGS) -> dict:
     doc["wall_s"] = time.perf_counter() - t0
     studies.write_atomic(out_dir / "results.json", json.dumps(doc, indent=1, default=str))
     studies.write_atomic(out_dir / "results.csv", rows_csv(rows))
-    print(format_tables(doc))
-    print(f"wrote {out_dir}/results.json, results.csv"
+    tables = format_tables(doc)
+    studies.write_atomic(out_dir / "report.md", tables + "\n")
+    print(tables)
+    print(f"wrote {out_dir}/results.json, results.csv, report.md"
           + "".join(f", {p}" for p in doc.get("plots", []))
           + f" in {doc['wall_s']:.0f} s", file=sys.stderr)
   return doc

@@ -18,14 +18,15 @@ from ndpsim.policies import base as pb
 from ndpsim.policies.base import Slots
 
 
-def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0):
+def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=None):
   """Makespan (relative to the router) of each prefix split, [n + 1].
 
   ``order_key`` [n]: larger goes to the GPU first.  Entry j puts the first j
   slots of that order on the GPU.  Prefixes longer than the number of valid
-  slots get +inf.
+  slots get +inf.  ``order``: ``argsort(-order_key, stable=True)`` if known.
   """
-  order = pb.order_desc(order_key)
+  if order is None:
+    order = pb.order_desc(order_key)
   g = slots.gpu_s[order] * gpu_bias
   h = slots.ndp_tp_s[order] * ndp_bias
   valid = slots.valid[order]
@@ -50,12 +51,30 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0):
 
 def greedy_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0) -> jax.Array:
   """[n] bool: slots the balancer puts on the GPU (ties -> fewer on the GPU)."""
+  n = slots.tokens.shape[-1]
+  bits = pb.int_order_bits(n)
+  if n > pb.SMALL_RANK and (2 * _RES_KEY + 1) << bits <= 1 << 31:
+    # Long rows (prefill: one slot per expert): token counts are integers, so
+    # the same order comes from one packed int32 sort (pb.int_order_desc);
+    # counts of _RES_KEY - 1 or more tie.
+    tok = jnp.minimum(slots.tokens, _RES_KEY - 1).astype(jnp.int32)
+    ikey = jnp.where(slots.valid, jnp.where(slots.resident, _RES_KEY, 0) + tok + 1, 0)
+    io = pb.int_order_desc(ikey, (1 << (31 - bits)) - 1)
+    span, _ = prefix_makespans(slots, None, gpu_bias, ndp_bias, order=io.order)
+    return io.first(jnp.argmin(span)) & slots.valid
   key = jnp.where(slots.resident, 1e6, 0.0) + slots.tokens
   key = jnp.where(slots.valid, key, -1.0)
+  if n <= pb.SMALL_RANK:  # one pairwise ranking gives both the rank and the order
+    rank = pb.rank_desc(key)
+    span, _ = prefix_makespans(slots, key, gpu_bias, ndp_bias, order=pb.order_from_rank(rank))
+    return (rank < jnp.argmin(span)) & slots.valid
   span, order = prefix_makespans(slots, key, gpu_bias, ndp_bias)
   j = jnp.argmin(span)
   rank = pb.rank_desc(key)  # = argsort(order)
   return (rank < j) & slots.valid
+
+
+_RES_KEY = 1_000_000  # resident slots first: the float key's 1e6 offset
 
 
 # ---------------------------------------------------------------------------

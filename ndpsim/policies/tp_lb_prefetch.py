@@ -32,14 +32,19 @@ def choose_from_prefill(ctx, state, layer, slots, gpu):
   counts = jnp.zeros((ctx.num_experts,)).at[slots.ids].add(
       jnp.where(slots.valid, slots.tokens, 0.0))
   loaded = jnp.zeros((ctx.num_experts,), bool).at[slots.ids].max(gpu & ~slots.resident)
-  want = pb.top_m_mask(counts, state.capacity, eligible=counts > 0)
+  # Integer counts: one packed int32 sort gives the top-M and the queue order
+  # (= top_m_mask(counts, capacity, eligible=counts > 0) and enqueue's ranks).
+  corder = pb.count_order(counts)
+  want = corder.first(jnp.clip(jnp.floor(state.capacity + 1e-6), 0, ctx.num_experts)) & (
+      counts > 0)
   keep = want & loaded
   row_q = jnp.where(keep, 0.0, state.queue_end_s[layer])
   state = dataclasses.replace(
       state, resident=state.resident.at[layer].set(state.resident[layer] | keep),
       queue_end_s=state.queue_end_s.at[layer].set(row_q),
       prefetched=state.prefetched.at[layer].set(state.prefetched[layer] | keep))
-  return pb.enqueue(state, layer, want & ~keep, counts, ctx.fetch_s), counts
+  return pb.enqueue(state, layer, want & ~keep, counts, ctx.fetch_s,
+                    order=corder.order), counts
 
 
 def place(ctx, state, layer, slots, params, phase):
