@@ -282,8 +282,9 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   if phase == "prefill":
     used = state.used.at[layer].set(state.used[layer] | (on_gpu & resident
                                                          & state.prefetched[layer]))
-  else:  # scatter-or: no gather of the old flags
-    used = state.used.at[layer, ids].max(on_gpu & resident & state.prefetched[layer, ids])
+  else:  # flags only turn on: set True at used slots, drop the rest (no gather)
+    now = on_gpu & resident & state.prefetched[layer, ids]
+    used = state.used.at[layer, jnp.where(now, ids, ctx.num_experts)].set(True, mode="drop")
   state = dataclasses.replace(state, used=used)
   mean_load = jnp.mean(loads)
   imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0), 0.0)
@@ -428,8 +429,12 @@ def build_tables(ss, sp, model, P: int, T: int, B: int) -> Tables:
                 over_decode_s=over_d)
 
 
-def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_ids):
-  """prefill_ids [B, P, L, k], decode_ids [B, T, L, k] -> per-group outputs."""
+def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_ids,
+                    prefill_counts=None):
+  """prefill_ids [B, P, L, k], decode_ids [B, T, L, k] -> per-group outputs.
+
+  prefill_counts: [L, E] int32 activations of the prompt (:func:`prefill_counts`),
+  if already counted; else counted here from prefill_ids."""
   L, E = ctx.num_layers, ctx.num_experts
   state = st.policy.init(ctx, pparams)
   carry = _Carry(t=tab.over_prefill_s, link_gpu_free=jnp.zeros(()),
@@ -437,8 +442,11 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
                  acc=_zero_acc(st.num_units))
 
   # Prefill: one pass over the layers with all prompt tokens of the batch.
-  flat = jnp.moveaxis(prefill_ids, 2, 0).reshape(L, -1)          # [L, B*P*k]
-  counts = jax.vmap(lambda x: jnp.zeros((E,), jnp.int32).at[x].add(1))(flat)
+  if prefill_counts is None:
+    flat = jnp.moveaxis(prefill_ids, 2, 0).reshape(L, -1)          # [L, B*P*k]
+    counts = jax.vmap(lambda x: jnp.zeros((E,), jnp.int32).at[x].add(1))(flat)
+  else:
+    counts = prefill_counts
 
   def prefill_body(c, xs):
     layer, cnt, a, sh = xs
@@ -492,6 +500,20 @@ def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, 
                     relaxed=relaxed_mode)
 
 
+def prefill_counts(pre, num_layers: int, num_experts: int):
+  """pre [G, B, P, L, k] -> [G, L, E] int32 prompt activations per group.
+
+  One flat scatter-add over all groups (under the vmap over groups, a
+  batched scatter builds [N, 3] index arrays: several times slower on CPU); ids outside
+  [0, E) are dropped, as in a per-layer scatter."""
+  G, L, E = pre.shape[0], num_layers, num_experts
+  base_ = ((jnp.arange(G, dtype=jnp.int32)[:, None, None, None, None] * L
+            + jnp.arange(L, dtype=jnp.int32)[None, None, None, :, None]) * E)
+  idx = jnp.where((pre >= 0) & (pre < E), base_ + pre, G * L * E)
+  return jnp.zeros((G * L * E,), jnp.int32).at[idx.reshape(-1)].add(
+      1, mode="drop").reshape(G, L, E)
+
+
 def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
                   profile_counts, batch, relaxed=False):
   S, P = prefill_ids.shape[:2]
@@ -505,7 +527,9 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
   tab = build_tables(ss, sp, model, P, T, batch)
   pre = prefill_ids.reshape((G, batch) + prefill_ids.shape[1:])
   dec = decode_ids.reshape((G, batch) + decode_ids.shape[1:])
-  out = jax.vmap(lambda p, d: _simulate_group(st, ctx, pparams, tab, p, d))(pre, dec)
+  counts = prefill_counts(pre, ctx.num_layers, ctx.num_experts)
+  out = jax.vmap(lambda p, d, c: _simulate_group(st, ctx, pparams, tab, p, d, c))(
+      pre, dec, counts)
   fixed = costs.gpu_fixed_bytes(model, P + T, batch)
   return SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
                             gpu_fixed_bytes=fixed, batch=batch)
