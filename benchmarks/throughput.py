@@ -223,10 +223,10 @@ def child_main(args) -> dict:
   st = make_setup(args.models[0], args.policy, args.child_seqs, args.prompt_len,
                   args.decode_len)
   if args.child_shard:
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-    mesh = jax.make_mesh((len(jax.devices()),), ("seq",))
-    sh = NamedSharding(mesh, PartitionSpec("seq"))
-    st.pre, st.dec = jax.device_put(st.pre, sh), jax.device_put(st.dec, sh)
+    from ndpsim import sharding  # pylint: disable=import-outside-toplevel
+    mesh = sharding.device_mesh()
+    st.pre = sharding.shard_sequences(np.asarray(st.pre), mesh, 1)
+    st.dec = sharding.shard_sequences(np.asarray(st.dec), mesh, 1)
   r = compile_and_time(st, args.repeats)
   r.update(devices=len(jax.devices()), seqs=st.S, decode_len=st.T,
            decode_steps_per_s_whole_call=st.S * st.T * st.L / r["run_s"],
@@ -256,7 +256,7 @@ def main(argv=None) -> dict:
   args = ap.parse_args(argv)
   args.models = args.models.split(",")
   if args.child_seqs:
-    return child_main(args)
+    return _emit(child_main(args), "")
   import jax  # pylint: disable=import-outside-toplevel
   report = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
                 cpu_count=os.cpu_count(), jax_version=jax.__version__,
