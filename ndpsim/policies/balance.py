@@ -18,6 +18,20 @@ from ndpsim.policies import base as pb
 from ndpsim.policies.base import Slots
 
 
+def _with_ndp_lane(slots: Slots, valid, h, q, gpu_end):
+  """Makespan of each prefix split [n + 1] from the GPU lane's end ``gpu_end``:
+  the NDP lane runs the slots after the prefix (TP slice times ``h``, in order)
+  after the broadcast; its partial sums return after it and after the prefix's
+  loads (``q``, cumulative link time); prefixes past the valid slots get inf."""
+  nvalid = jnp.sum(valid)
+  count = jnp.arange(h.shape[0] + 1)
+  hv = jnp.where(valid, h, 0.0)
+  ndp_left = jnp.sum(hv) - jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(hv)])
+  ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
+  span = jnp.maximum(gpu_end, jnp.where(count < nvalid, ndp_end, 0.0))
+  return jnp.where(count <= nvalid, span, jnp.inf)
+
+
 def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=None):
   """Makespan (relative to the router) of each prefix split, [n + 1].
 
@@ -40,13 +54,7 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=
   term = jnp.where(fl, q[1:] - c[:-1], -jnp.inf)
   m = jnp.concatenate([jnp.full((1,), -jnp.inf), jax.lax.cummax(term)])
   gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
-  nvalid = jnp.sum(valid)
-  count = jnp.arange(g.shape[0] + 1)
-  ndp_left = jnp.sum(jnp.where(valid, h, 0.0)) - cat(jnp.where(valid, h, 0.0))
-  has_ndp = count < nvalid
-  ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
-  span = jnp.maximum(gpu_end, jnp.where(has_ndp, ndp_end, 0.0))
-  return jnp.where(count <= nvalid, span, jnp.inf), order
+  return _with_ndp_lane(slots, valid, h, q, gpu_end), order
 
 
 def greedy_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0) -> jax.Array:
@@ -117,13 +125,7 @@ def soft_prefix_makespans(slots: Slots, order_key, res_w, gpu_bias, ndp_bias,
   logit = jnp.where(pos, term / t + jnp.log(jnp.where(pos, phi, 1.0)), -_BIG)
   m = jnp.concatenate([jnp.full((1,), -_BIG), t * jax.lax.cumlogsumexp(logit)])
   gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
-  nvalid = jnp.sum(valid)
-  count = jnp.arange(g.shape[0] + 1)
-  ndp_left = jnp.sum(jnp.where(valid, h, 0.0)) - cat(jnp.where(valid, h, 0.0))
-  has_ndp = count < nvalid
-  ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
-  span = jnp.maximum(gpu_end, jnp.where(has_ndp, ndp_end, 0.0))
-  return jnp.where(count <= nvalid, span, jnp.inf), order
+  return _with_ndp_lane(slots, valid, h, q, gpu_end), order
 
 
 def soft_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0, temperature=1e-5,
