@@ -34,7 +34,6 @@ host CPU time, DRAM contention between NDP compute and host-side DMA.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -203,6 +202,14 @@ def _slots_prefill(counts):
   return jnp.arange(e, dtype=jnp.int32), counts, counts > 0
 
 
+def _oracle_end(slots, pc, n_units: int, tr):
+  """Layer end under the ``oracle`` bound: the router time plus the best split
+  with one partial-sum return and one reduction (policies/oracle.py)."""
+  span, _ = oracle_bound(slots._replace(bcast_s=pc.bcast_s), n_units,
+                         pc.ret_s[1] + pc.red_s[1])
+  return tr + span
+
+
 def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
            carry: _Carry, layer, ids, tokens, valid, attn_s, shared_s):
   """Simulates one MoE layer; returns the new carry.  tokens: int32 [n]."""
@@ -265,9 +272,7 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   red = pc.red_s[n_partials]
   end = jnp.maximum(gpu_end, jnp.where(has_ndp, ret_end, tr)) + red
   if pol.lower_bound:
-    span, _ = oracle_bound(slots._replace(bcast_s=pc.bcast_s), n_units,
-                           pc.ret_s[1] + pc.red_s[1])
-    end = tr + span
+    end = _oracle_end(slots, pc, n_units, tr)
 
   link_gpu_free = jnp.where(has_ndp, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
   bg_clock = jnp.where(has_ndp, ret_end, fetch_end)
@@ -351,9 +356,7 @@ def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts,
   red = w * pc.red_s[n_part]
   end = relaxed.smax2(gpu_end, relaxed.mix(w, ret_end, tr), temp) + red
   if pol.lower_bound:
-    span, _ = oracle_bound(slots._replace(bcast_s=pc.bcast_s), n_units,
-                           pc.ret_s[1] + pc.red_s[1])
-    end = tr + span
+    end = _oracle_end(slots, pc, n_units, tr)
   link_gpu_free = relaxed.mix(w, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
   bg_clock = relaxed.mix(w, ret_end, fetch_end)
   link_ndp_free = relaxed.mix(w, bcast_start + bcast, carry.link_ndp_free)
