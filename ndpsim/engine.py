@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndpsim import base, costs, relaxed
+from ndpsim import costs, relaxed
 from ndpsim.base import ConfigError
 from ndpsim.policies import base as pb
 from ndpsim.policies.oracle import bound_makespan as oracle_bound
