@@ -248,8 +248,10 @@ def _place(name, ctx, s: _State, layer, sl, params, phase):
     return _placement(sl, [False] * n)
   if name == "ndp_ep":
     return _placement(sl, [False] * n, [e % N for e in sl["ids"]])
-  if name == "monde":
+  if name == "monde_resident":
     return _placement(sl, list(sl["res"]), [e % N for e in sl["ids"]])
+  if name in ("monde", "monde_eq6"):
+    return _monde(ctx, sl, params, phase, name == "monde_eq6")
   if name == "gpu_offload":
     stamps = s.score[layer]
     now = F(max(stamps) + 1.0)
@@ -283,15 +285,35 @@ def _place(name, ctx, s: _State, layer, sl, params, phase):
   return _placement(sl, gpu)
 
 
+def _monde(ctx, sl, params, phase, eq6: bool):
+  """MoNDE: the H activated experts with most tokens (ties: lower id) are
+  copied to the GPU for this use; H from Eq. 6, at most the staging room."""
+  n, N = len(sl["ids"]), ctx["N"]
+  act = sum(1 for v in sl["valid"] if v)
+  if eq6:
+    x = float(np.float32(ctx["share"]) * np.float32(act))
+    h = max(1, math.ceil(x - 1e-6))
+  else:
+    alpha = params.monde_alpha_prefill if phase == "prefill" else params.monde_alpha_decode
+    x = float(np.float32(np.float32(alpha) * np.float32(ctx["share"])) * np.float32(act))
+    h = math.floor(x + 0.5 + 1e-6)
+  h = min(max(h, 0), act, math.floor(sl["room"]))
+  order = sorted((i for i in range(n) if sl["valid"][i]),
+                 key=lambda i: (-sl["tok"][i], sl["ids"][i]))
+  hot = set(order[:h])
+  gpu = [i in hot for i in range(n)]
+  return gpu, list(gpu), [e % N for e in sl["ids"]]
+
+
 def _init(name, ctx, params) -> _State:
   L, E = ctx["L"], ctx["E"]
-  if name in ("ndp_tp", "ndp_ep", "oracle", "tp_lb"):
+  if name in ("ndp_tp", "ndp_ep", "oracle", "tp_lb", "monde", "monde_eq6"):
     return _State(L, E, 0.0)
   cap = F(math.floor(F(F(F(params.resident_fraction) * ctx["capacity"]) + F(1e-6))))
   s = _State(L, E, cap)
   if name == "gpu_offload":
     s.score = [[F(-1.0)] * E for _ in range(L)]
-  if name == "monde":
+  if name == "monde_resident":
     for l in range(L):
       hot = _top_m(ctx["profile"][l], cap)
       s.resident[l] = [e in hot for e in range(E)]
@@ -334,14 +356,26 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
     stats["hits"] += sum(res)
     stats["misses"] += sum(1 for i in range(len(ids)) if valid[i] and not res[i])
   in_flight = s.in_flight_left(fetch_s)
+  if phase == "prefill":  # GPU memory: expert slots not resident or queued
+    held = sum(1 for l in range(ctx["L"]) for e in range(ctx["E"])
+               if s.resident[l][e] or e in s.live_ends(l))
+  else:
+    held = F(ctx["L"] * s.capacity)
+  room = max(F(ctx["slots"] - held), F(0.0))
   bcast_start = max(tr, clk["link_ndp"])
   sl = dict(ids=ids, tok=[F(t) for t in tok], valid=valid, res=res,
             gpu=[c.gpu[t] for t in tok], tp=[c.tp[t] for t in tok],
             ep=[c.ep[t] for t in tok], fetch=fetch_s, gpu_pre=shared,
             link_delay=F(max(F(clk["link_gpu"] - tr), F(0.0)) + in_flight),
             bcast=F(F(bcast_start - tr) + c.bcast), bcast_abs=c.bcast,
-            post=F(c.ret[N] + c.red[N]))
+            post=F(c.ret[N] + c.red[N]), room=room)
   gpu, fetch, unit = _place(name, ctx, s, layer, sl, params, phase)
+  n_ok = 0
+  for i in range(len(ids)):  # loads past the staging room run on the NDP units
+    if fetch[i] and valid[i]:
+      n_ok += 1
+      if n_ok > room:
+        gpu[i], fetch[i] = False, False
 
   # Demand loads wait for the background copy in flight, then run in slot order.
   n_fetch = sum(fetch)
@@ -447,9 +481,11 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
   over_d = np.asarray(tab.over_decode_s, np.float32)
   prof = (np.ones((L, E), np.float32) if profile_counts is None
           else np.asarray(profile_counts, np.float32))
-  ctx = dict(L=L, E=E, N=N, k=k, fetch_s=F(costs.fetch_s(ss, sp, model)),
-             capacity=F(costs.resident_capacity(ss, sp, model, P + T, B)), profile=prof)
-  mode = "ep" if policy in ("ndp_ep", "monde") else "tp"
+  mode = "ep" if policy in ("ndp_ep", "monde", "monde_eq6", "monde_resident") else "tp"
+  ctx = dict(L=L, E=E, N=N, k=k, fetch_s=F(costs.fetch_s(ss, sp, model, mode)),
+             capacity=F(costs.resident_capacity(ss, sp, model, P + T, B)), profile=prof,
+             slots=F(costs.expert_slots(ss, sp, model, P + T, B)),
+             share=F(costs.link_share(ss, sp)))
   eb = float(M.expert_bytes(model))
   out = RefResult(np.zeros(G, np.float32), np.zeros((G, T), np.float32),
                   np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G), {})

@@ -65,9 +65,31 @@ def ndp_expert_s(ss, sp, model, tokens, num_slices: int):
   return jnp.where(_positive(tokens), t, 0.0)
 
 
-def fetch_s(ss, sp, model):
-  """T_w: link time to load one routed expert's weights onto the GPU."""
-  return link.transfer_time_s(ss.link, sp.link, M.expert_bytes(model))
+def fetch_s(ss, sp, model, ndp_mode: str = "tp"):
+  """T_w: time to copy one routed expert's weights from the NDP units to the GPU.
+
+  The copy streams at the slower of the link's payload bandwidth and the
+  source: an expert stored whole on one unit (``ndp_mode="ep"``) is read
+  through that unit's host bus alone; a tensor-parallel expert
+  (``ndp_mode="tp"``) is sliced over all N units, whose buses stream in
+  parallel.  ``t = overhead + latency + B / min(link, sources x host bus)``.
+  """
+  b = float(M.expert_bytes(model))
+  sources = ss.num_ndp_units if ndp_mode == "tp" else 1
+  src_bw = sources * sp.ndp.host_bus_bandwidth_gbps * 1e9
+  link_bw = link.bandwidth_gbps(ss.link, sp.link) * 1e9
+  slower_source_s = jnp.maximum(b / src_bw - b / link_bw, 0.0)
+  return link.transfer_time_s(ss.link, sp.link, b) + slower_source_s
+
+
+def link_share(ss, sp):
+  """BW_link / (BW_ndp + BW_link): the link's share of the bandwidth that can
+  feed expert work (MoNDE's Eq. 6 ratio), with BW_ndp the NDP units'
+  aggregate weight-streaming bandwidth and BW_link the link's payload
+  bandwidth.  Dimensionless, traced."""
+  bl = link.bandwidth_gbps(ss.link, sp.link)
+  bn = ss.num_ndp_units * ndp.stream_bandwidth_gbps(ss.ndp, sp.ndp)
+  return bl / (bn + bl)
 
 
 def act_bytes(model, tokens):
@@ -133,6 +155,9 @@ def moe_layer_gpu_s(ss, sp, model, q_tokens, context_len, batch):
   tokens = q_tokens * batch
   router = _matmul(ss, sp, tokens, model.num_experts, model.hidden_size,
                    M.dtype_bytes(model.dense_dtype), _a(model))
+  # Queued kernels hide their launches; the layer's chain pays one launch, as
+  # it restarts after the host reads the routing (0 if launches are not hidden).
+  router = router + gpu.chain_launch_s(ss.gpu, sp.gpu)
   attn = jnp.stack([_attention_block_s(ss, sp, model, l, q_tokens, context_len, batch)
                     for l in _unique_attention_layers(model, idx)])
   attn = attn[np.asarray(_attention_layer_map(model, idx))]
@@ -181,10 +206,29 @@ def gpu_fixed_bytes(model, context_len, batch) -> float:
       M.kv_bytes_per_token(model)) * context_len * batch
 
 
-def resident_capacity(ss, sp, model, context_len, batch):
-  """Routed experts per MoE layer that fit in the GPU memory left (traced)."""
+def decode_staging_experts(model, batch) -> int:
+  """Experts one decode layer may need on the GPU at once: its activated
+  experts, ``min(E, batch x top_k)`` (static)."""
+  return min(model.num_experts, batch * model.top_k)
+
+
+def expert_slots(ss, sp, model, context_len, batch):
+  """Routed experts the GPU can hold at once (resident + staged + in flight):
+  ``floor((capacity - reserve - non-expert weights - KV cache) / expert
+  bytes)``, >= 0 (traced)."""
   free = (gpu.memory_capacity_bytes(sp.gpu) - sp.gpu_reserved_bytes
           - gpu_fixed_bytes(model, context_len, batch))
-  per_layer = M.expert_bytes(model) * M.num_moe_layers(model)
-  cap = jnp.floor(jnp.maximum(free, 0.0) / per_layer)
+  return jnp.floor(jnp.maximum(free, 0.0) / float(M.expert_bytes(model)))
+
+
+def resident_capacity(ss, sp, model, context_len, batch):
+  """Routed experts per MoE layer that may stay resident (traced).
+
+  The GPU's expert slots (:func:`expert_slots`) less the staging room of one
+  decode layer (:func:`decode_staging_experts`, so a decode layer can always
+  load all its activated experts), split evenly over the MoE layers.
+  """
+  room = expert_slots(ss, sp, model, context_len, batch) - decode_staging_experts(
+      model, batch)
+  cap = jnp.floor(jnp.maximum(room, 0.0) / M.num_moe_layers(model))
   return jnp.minimum(cap, float(model.num_experts))

@@ -69,13 +69,14 @@ class _Acc(NamedTuple):
   activated_bytes: jax.Array
   imbalance_sum: jax.Array
   imbalance_n: jax.Array
-  peak_resident: jax.Array
-  peak_staging: jax.Array
+  peak_resident: jax.Array  # resident or queued experts at step ends, max
+  peak_staging: jax.Array   # experts loaded on demand in one decode layer, max
+  peak_prefill: jax.Array   # resident + queued + loaded in one prefill layer, max
 
 
 def _zero_acc(n_units: int) -> _Acc:
   z = jnp.zeros(())
-  return _Acc(z, jnp.zeros((n_units,)), z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+  return _Acc(z, jnp.zeros((n_units,)), z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
 
 
 class _Carry(NamedTuple):
@@ -226,6 +227,8 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   # Prefill slots are the experts in id order (_slots_prefill): row reads.
   resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
   inflight = _bg_inflight_remainder(state, fetch_s)
+  held = _held(ctx, state, phase)
+  room = jnp.maximum(ctx.expert_slots - held, 0.0)
   soft = st.relaxed and state.soft is not None
   if soft:
     inflight = relaxed.inflight_remainder(state.soft, state.drained_s, fetch_s)
@@ -237,16 +240,21 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
                    gpu_pre_s=shared_s,
                    link_delay_s=jnp.maximum(carry.link_gpu_free - tr, 0.0) + inflight,
                    bcast_s=bcast_start - tr + pc.bcast_s,
-                   post_s=pc.ret_s[n_units] + pc.red_s[n_units])
+                   post_s=pc.ret_s[n_units] + pc.red_s[n_units], stage_room=room)
   if soft:
     slots = slots._replace(res_w=jnp.where(valid, relaxed.slot_residency(
         state.soft, layer, ids, state.drained_s, pparams.temperature_s), 0.0))
   place, state = pol.place(ctx, state, layer, slots, pparams, phase)
   if st.relaxed:
     return _layer_relaxed(st, ctx, pparams, phase, pc, carry, state, layer, slots, place,
-                          tr, bcast_start, inflight, attn_s, shared_s)
+                          tr, bcast_start, inflight, attn_s, shared_s, held)
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
+  # GPU memory: loads past the staging room would overflow it; they run on
+  # the NDP units instead (policies are told the room and should not ask).
+  over = fetch & (jnp.cumsum(fetch) > room)
+  gfrac = jnp.where(over, 0.0, gfrac)
+  fetch = fetch & ~over
 
   # Demand loads wait for a background load in flight.
   block = jnp.where(jnp.any(fetch), inflight, 0.0)
@@ -309,16 +317,33 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
       activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
       imbalance_sum=acc.imbalance_sum + jnp.where(has_ndp, imb, 0.0),
       imbalance_n=acc.imbalance_n + has_ndp,
-      peak_resident=acc.peak_resident,
-      peak_staging=jnp.maximum(acc.peak_staging, jnp.sum(fetch & ~resident)),
+      **_peaks(acc, phase, held, jnp.sum(fetch)),
   )
   return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
                 bg_clock=bg_clock, state=state, acc=acc)
 
 
+def _held(ctx: pb.Context, state: pb.PolicyState, phase: str):
+  """Experts resident or queued for residency on the GPU now.  Counted in
+  prefill (where residency is built); in decode bounded by the per-layer
+  capacity every policy keeps (a scalar: no [L, E] reduction per step)."""
+  if phase == "prefill":
+    return jnp.sum(state.resident | jnp.isfinite(state.queue_end_s)).astype(jnp.float32)
+  return ctx.num_layers * state.capacity
+
+
+def _peaks(acc: _Acc, phase: str, held, n_fetch) -> dict:
+  """GPU-memory high-water marks in expert slots (see :class:`_Acc`)."""
+  if phase == "prefill":
+    return dict(peak_resident=acc.peak_resident, peak_staging=acc.peak_staging,
+                peak_prefill=jnp.maximum(acc.peak_prefill, held + n_fetch))
+  return dict(peak_resident=acc.peak_resident, peak_prefill=acc.peak_prefill,
+              peak_staging=jnp.maximum(acc.peak_staging, n_fetch))
+
+
 def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts, carry: _Carry, state,
                    layer, slots: pb.Slots, place: pb.Placement, tr, bcast_start, inflight,
-                   attn_s, shared_s) -> _Carry:
+                   attn_s, shared_s, held) -> _Carry:
   """The lanes of :func:`_layer` in relaxed mode (see ``ndpsim/relaxed.py``).
 
   Same timeline with: soft maxima at ``pparams.temperature_s``; continuous
@@ -388,15 +413,14 @@ def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts,
       activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
       imbalance_sum=acc.imbalance_sum + w * imb,
       imbalance_n=acc.imbalance_n + w,
-      peak_resident=acc.peak_resident,
-      peak_staging=jnp.maximum(acc.peak_staging, jnp.sum(share)),
+      **_peaks(acc, phase, held, jnp.sum(share)),
   )
   return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
                 bg_clock=bg_clock, state=state, acc=acc)
 
 
 def _with_peak(c: _Carry) -> _Carry:
-  n = jnp.sum(c.state.resident).astype(jnp.float32)
+  n = jnp.sum(c.state.resident | jnp.isfinite(c.state.queue_end_s)).astype(jnp.float32)
   return c._replace(acc=c.acc._replace(peak_resident=jnp.maximum(c.acc.peak_resident, n)))
 
 
@@ -497,10 +521,12 @@ def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, 
     profile_counts = jnp.ones((L, E), jnp.float32)
   return pb.Context(num_layers=L, num_experts=E, num_units=ss.num_ndp_units,
                     top_k=model.top_k, expert_bytes=float(M.expert_bytes(model)),
-                    fetch_s=costs.fetch_s(ss, sp, model),
+                    fetch_s=costs.fetch_s(ss, sp, model, policy.ndp_mode),
                     capacity=costs.resident_capacity(ss, sp, model, context_len, batch),
                     profile_counts=jnp.asarray(profile_counts, jnp.float32),
-                    relaxed=relaxed_mode)
+                    relaxed=relaxed_mode,
+                    expert_slots=costs.expert_slots(ss, sp, model, context_len, batch),
+                    link_share=costs.link_share(ss, sp))
 
 
 def prefill_counts(pre, num_layers: int, num_experts: int):
@@ -533,9 +559,16 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
   counts = prefill_counts(pre, ctx.num_layers, ctx.num_experts)
   out = jax.vmap(lambda p, d, c: _simulate_group(st, ctx, pparams, tab, p, d, c))(
       pre, dec, counts)
-  fixed = costs.gpu_fixed_bytes(model, P + T, batch)
+  fixed = costs.gpu_fixed_bytes(model, P + T, batch) + sp.gpu_reserved_bytes
   return SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
-                            gpu_fixed_bytes=fixed, batch=batch)
+                            gpu_fixed_bytes=fixed, batch=batch,
+                            gpu_capacity_bytes=gpu_memory_bytes(sp))
+
+
+def gpu_memory_bytes(sp):
+  """GPU memory capacity, bytes (traced)."""
+  from ndpsim.hw import gpu as gpu_mod  # pylint: disable=import-outside-toplevel
+  return gpu_mod.memory_capacity_bytes(sp.gpu)
 
 
 STATIC_ARGNAMES = ("ss", "model", "policy", "batch", "relaxed")

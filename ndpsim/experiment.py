@@ -2,7 +2,7 @@
 
 With no flags it runs the default study on the shipped platform (RTX 5080 +
 4 NDP-DIMMs over PCIe 5.0): four MoE models, batch 1, 512 prompt + 512 output
-tokens, the eight policies, routing from the ``mixtral_8x7b`` calibrated
+tokens, ten policies, routing from the ``mixtral_8x7b`` calibrated
 preset; plus the NDP-unit sweep (2-6) and the prefetch-budget sweep on the
 first model.  It prints a table and writes into ``--out_dir``:
 ``results.json`` (resolved configuration, rows, speedup summaries),
@@ -32,11 +32,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("system", "paper_rtx5080_ndp_dimm",
                     "system preset name (hw_configs/systems/) or path to a .json")
 flags.DEFINE_list("models", ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
-                             "olmoe-1b-7b"],
+                             "qwen1.5-moe-a2.7b"],
                   "models: registry names, model .json files or HF config.json paths")
-flags.DEFINE_list("policies", ["monde", "ndp_ep", "ndp_tp", "tp_lb", "tp_lb_prefetch",
-                               "tp_lb_adaptive", "oracle", "gpu_offload"],
-                  "policies of the headline (monde, the speedup baseline, always runs); "
+flags.DEFINE_list("policies", ["monde", "monde_eq6", "monde_resident", "ndp_ep", "ndp_tp",
+                               "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "oracle",
+                               "gpu_offload"],
+                  "policies of the headline (monde, the speedup baseline, always runs, "
+                  "its alpha auto-tuned on profiling sequences first); "
                   "tuned fits its knobs per model first (ndpsim.tune.fit on "
                   "--tune_num_seqs training sequences at fold_in(seed, 2))")
 flags.DEFINE_integer("tune_num_seqs", 2, "training sequences of each tuned fit (a "

@@ -37,8 +37,11 @@ class SimResult:
   prefetched_bytes: bytes loaded by background transfers;
   prefetch_used_bytes / prefetch_wasted_bytes: of those, experts that did /
     did not serve an activation on the GPU.
-  peak_gpu_bytes: GPU-memory high-water mark (non-expert weights, KV cache,
-    resident experts, experts staged for on-demand use).
+  peak_gpu_bytes: GPU-memory high-water mark: non-expert weights, KV cache at
+    the full context, the runtime reserve, and the most experts held at once
+    (resident, queued for residency, or loaded on demand for one layer).
+  gpu_capacity_bytes: the GPU's memory capacity (peak_gpu_bytes never exceeds
+    it: the engine enforces it).
   prefill_*: the same quantities for the prefill phase only.
   """
   ttft_s: Any
@@ -63,12 +66,13 @@ class SimResult:
   prefetch_used_bytes: Any
   prefetch_wasted_bytes: Any
   peak_gpu_bytes: Any
+  gpu_capacity_bytes: Any
   prefill_expert_bytes_gpu: Any
   prefill_expert_bytes_ndp: Any
 
   @classmethod
-  def from_raw(cls, out: dict, expert_bytes: float, gpu_fixed_bytes: float,
-               batch: int) -> "SimResult":
+  def from_raw(cls, out: dict, expert_bytes: float, gpu_fixed_bytes,
+               batch: int, gpu_capacity_bytes=jnp.inf) -> "SimResult":
     acc, accp = out["acc"], out["acc_prefill"]
     step = out["step_s"]
     ttft = out["ttft_s"]
@@ -86,8 +90,10 @@ class SimResult:
         activated_expert_bytes=acc.activated_bytes,
         prefetched_bytes=out["prefetched_bytes"], prefetch_used_bytes=used,
         prefetch_wasted_bytes=out["prefetched_bytes"] - used,
-        peak_gpu_bytes=gpu_fixed_bytes + (acc.peak_resident + acc.peak_staging)
-        * expert_bytes,
+        peak_gpu_bytes=gpu_fixed_bytes + jnp.maximum(
+            acc.peak_prefill, acc.peak_resident + acc.peak_staging) * expert_bytes,
+        gpu_capacity_bytes=jnp.broadcast_to(jnp.asarray(gpu_capacity_bytes, jnp.float32),
+                                            jnp.shape(ttft)),
         prefill_expert_bytes_gpu=accp.expert_bytes_gpu,
         prefill_expert_bytes_ndp=accp.expert_bytes_ndp)
 

@@ -41,6 +41,8 @@ def make_row(cell: Cell, r: results.SimResult, wall_s: float) -> dict[str, Any]:
       "bytes_to_gpu_mean": s["bytes_to_gpu"]["mean"],
       "prefetched_bytes_mean": s["prefetched_bytes"]["mean"],
       "peak_gpu_bytes_mean": s["peak_gpu_bytes"]["mean"],
+      "peak_gpu_bytes_max": float(np.max(np.asarray(r.peak_gpu_bytes, np.float64))),
+      "gpu_capacity_bytes": float(np.max(np.asarray(r.gpu_capacity_bytes, np.float64))),
       "num_seq_groups": int(e2e.size), "wall_s": wall_s,
       "e2e_latency_s_per_group": e2e.tolist(),
   }

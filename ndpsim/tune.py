@@ -239,7 +239,7 @@ def _main() -> None:  # python -m ndpsim.tune [model ...]
   from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import routing as R  # pylint: disable=import-outside-toplevel
   names = sys.argv[1:] or ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
-                           "olmoe-1b-7b"]
+                           "qwen1.5-moe-a2.7b"]
   s = system_mod.load_system("paper_rtx5080_ndp_dimm")
   system = (s.spec, s.params)
   print("| model | tp_lb_prefetch s | tuned s | grid best s | tuned vs heuristic | "

@@ -4,15 +4,16 @@ from __future__ import annotations
 import difflib
 
 from ndpsim.base import ConfigError
-from ndpsim.policies import (gpu_offload, monde, ndp_ep, ndp_tp, oracle, tp_lb,
-                             tp_lb_adaptive, tp_lb_prefetch, tuned)
+from ndpsim.policies import (gpu_offload, monde, monde_resident, ndp_ep, ndp_tp, oracle,
+                             tp_lb, tp_lb_adaptive, tp_lb_prefetch, tuned)
 from ndpsim.policies.base import (Placement, Policy, PolicyParams, PolicyState, Slots,
                                   check_params, make_params)
 
 REGISTRY: dict[str, Policy] = {
-    m.POLICY.name: m.POLICY
-    for m in (gpu_offload, ndp_ep, monde, ndp_tp, tp_lb, tp_lb_prefetch,
-              tp_lb_adaptive, tuned, oracle)
+    p.name: p
+    for p in (gpu_offload.POLICY, ndp_ep.POLICY, monde.POLICY, monde.POLICY_EQ6,
+              monde_resident.POLICY, ndp_tp.POLICY, tp_lb.POLICY, tp_lb_prefetch.POLICY,
+              tp_lb_adaptive.POLICY, tuned.POLICY, oracle.POLICY)
 }
 
 

@@ -65,6 +65,10 @@ class PolicyParams:
   rank_temperature: relaxed mode only: temperature of the soft top-M
     residency weight ``sigmoid((M - rank - 1 + 1e-3) / rank_temperature)``,
     in expert ranks (``tuned``).  Ignored in hard mode.
+  monde_alpha_prefill, monde_alpha_decode: MoNDE's scaling factor alpha of
+    its Eq. 6 (``monde``: H = round(alpha x link share x activated experts))
+    for prompt and decode batches; >= 0.  MoNDE auto-tunes it on profiling
+    batches (:func:`ndpsim.policies.monde.autotune_alpha`).
   """
   resident_fraction: Any = 1.0
   gpu_bias: Any = 1.0
@@ -73,6 +77,8 @@ class PolicyParams:
   adapt_margin: Any = 2.0
   temperature_s: Any = 2e-5
   rank_temperature: Any = 1.0
+  monde_alpha_prefill: Any = 1.0
+  monde_alpha_decode: Any = 1.0
 
 
 # (field, low, high, low inclusive, high inclusive) for concrete values.
@@ -82,7 +88,9 @@ _PARAM_RANGES = (("resident_fraction", 0.0, 1.0, True, True),
                  ("adapt_decay", 0.0, 1.0, False, False),
                  ("adapt_margin", 0.0, None, True, None),
                  ("temperature_s", 0.0, None, False, None),
-                 ("rank_temperature", 0.0, None, False, None))
+                 ("rank_temperature", 0.0, None, False, None),
+                 ("monde_alpha_prefill", 0.0, None, True, None),
+                 ("monde_alpha_decode", 0.0, None, True, None))
 
 
 def make_params(**kwargs) -> PolicyParams:
@@ -184,6 +192,10 @@ class Slots(NamedTuple):
   link_delay_s: wait before demand loads can start (link busy), s.
   bcast_s: activation broadcast before NDP work can start, s.
   post_s: partial-sum return + reduction after the NDP work (TP), s.
+  stage_room: experts this layer may load on demand now (scalar, float): GPU
+    memory left after non-expert weights, KV cache, reserve and every
+    resident or queued expert, in expert slots.  A placement must not fetch
+    more (the engine runs any excess on the NDP units instead).
   res_w: relaxed mode with soft residency only: fraction of the expert's
     columns resident in GPU memory (float in [0, 1]); None otherwise.
   Scalars are relative to the router's decision.
@@ -200,6 +212,7 @@ class Slots(NamedTuple):
   link_delay_s: jax.Array
   bcast_s: jax.Array
   post_s: jax.Array
+  stage_room: Any = jnp.inf
   res_w: Any = None
 
 
@@ -223,9 +236,13 @@ class Context:
 
   num_layers, num_experts, num_units, top_k: static ints.
   expert_bytes: bytes of one routed expert (Python float).
-  fetch_s: T_w of one expert (traced scalar).
+  fetch_s: T_w of one expert (traced scalar), from where the policy's
+    ``ndp_mode`` stores it (whole on one unit for "ep", sliced for "tp").
   capacity: resident experts allowed per layer at resident_fraction = 1
-    (traced scalar, from GPU memory left after non-expert weights and KV).
+    (traced scalar, from GPU memory left after non-expert weights, KV cache,
+    reserve and the staging room of one decode layer).
+  expert_slots: routed experts the GPU memory holds at once (traced).
+  link_share: BW_link / (BW_ndp + BW_link) (traced; MoNDE's Eq. 6).
   profile_counts: [L, E] offline activation counts (profiled policies only).
   relaxed: static; True under ``simulate(..., relaxed=True)``: policies that
     support it return continuous placements (``tuned``); others stay hard.
@@ -239,6 +256,8 @@ class Context:
   capacity: Any
   profile_counts: Any
   relaxed: bool = False
+  expert_slots: Any = jnp.inf
+  link_share: Any = 0.0
 
 
 class Policy(NamedTuple):
