@@ -1,8 +1,9 @@
 """DRAM closed forms (ndpsim.hw.dram) versus the command-level reference
 simulator (ndpsim.hw.dram_cyclesim), per shipped preset and pattern.
 
-    python benchmarks/dram_fidelity.py [--out=dram_fidelity.json]   # ~40 s
+    python benchmarks/dram_fidelity.py [--out=dram_fidelity.json]   # a few min
         [--txns_per_channel=32768] [--presets=A,B] [--patterns=stream,banks]
+        [--write_golden=tests/data/dram_fidelity_golden.json]
 
 Each preset reads a region of txns_per_channel transactions per channel
 (onebank: that many in its one bank).  The simulator runs channel 0 only
@@ -10,7 +11,9 @@ Each preset reads a region of txns_per_channel transactions per channel
 closed form's per-channel cycles are compared with it.  Prints a markdown
 table (bandwidth in GB/s: model, reference, part peak; relative error of the
 time), then the NDP internal streaming rates per level, and writes both as
-JSON.
+JSON.  ``--write_golden`` also writes the reference simulator's figures in the
+format of tests/data/dram_fidelity_golden.json (seed 0, channel 0), which
+tests/test_dram_fidelity.py::test_golden_reference_regenerates re-simulates.
 """
 from __future__ import annotations
 
@@ -51,6 +54,24 @@ def compare(name: str, pattern: str, txns_per_channel: int = 32768,
           "target": TARGETS.get(pattern), "sim_seconds": sim_s}
 
 
+def write_golden(path: str, rows: list[dict], txns_per_channel: int) -> None:
+  """Writes the reference-simulator rows as the labelled golden file."""
+  golden = {
+      "_label": ("GOLDEN reference data: output of ndpsim.hw.dram_cyclesim (not of the closed "
+                 "forms), regenerated and compared by tests/test_dram_fidelity.py::"
+                 "test_golden_reference_regenerates (slow); written by "
+                 "benchmarks/dram_fidelity.py --write_golden"),
+      "txns_per_channel": txns_per_channel, "seed": 0, "channels_simulated": [0],
+      "rows": [{"preset": r["preset"], "pattern": r["pattern"],
+                "region_bytes": r["region_bytes"], "reference_cycles": r["reference_cycles"],
+                "reference_gbps": r["reference_gbps"],
+                "reference_row_hit_rate": r["reference_row_hit_rate"],
+                "peak_gbps": r["peak_gbps"]} for r in rows]}
+  with open(path, "w") as f:
+    json.dump(golden, f, indent=1)
+    f.write("\n")
+
+
 def main(argv: list[str]) -> int:
   opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
   presets = opts.get("presets", ",".join(config.available("dram"))).split(",")
@@ -81,6 +102,8 @@ def main(argv: list[str]) -> int:
     peak = float(dram.peak_bandwidth_gbps(pre.spec, pre.params))
     print(f"| {name} | {peak:.1f} | {lat:.1f} | "
           + " | ".join(f"{bw[lv]:.1f}" for lv in dram.LEVELS) + " |")
+  if "write_golden" in opts:
+    write_golden(opts["write_golden"], rows, n)
   if "out" in opts:
     with open(opts["out"], "w") as f:
       json.dump({"patterns": rows, "internal_stream_gbps": levels}, f, indent=1)

@@ -174,6 +174,81 @@ def test_internal_stream_levels():
   assert float(t[2] - lat) == pytest.approx(2 * float(t[1] - lat), rel=1e-6)
 
 
+# --------------------------------------------------------------------------- corrected rules
+# Issue 10 (external check against JEDEC-following cycle simulators): the rules
+# below were read wrongly before; expected numbers are worked out by hand.
+
+NO_REFRESH = dict(t_refi_cycles=1e12, t_rfc_cycles=1.0)
+
+
+def test_hbm3_random_one_activation_window_per_pseudo_channel():
+  """HBM3: tRRD_S / tFAW count the ACTs of both stack IDs of a pseudo-channel
+  (JESD238 per-pseudo-channel array timings; Ramulator 2 HBM3.cpp).  Random
+  32 B reads over the whole 4 GB part miss their row, so each pseudo-channel
+  opens one row per max(tFAW / 4, tRRD_S) = max(24 / 4, 4) = 6 clocks; the
+  other limits are lower: bus tBurst = 8 / 4 = 2, tRC / 32 banks = (45 + 26)
+  / 32 = 2.2, row + column command buses max(1, PRE + ACT = 2) = 2.
+  Per pseudo-channel 32 B / (6 x 0.625 ns) = 8.533 GB/s; 32 of them 273.07."""
+  spec, params = load("HBM3_8Gb_6400")
+  assert (spec.ranks, spec.bank_groups, spec.dual_command_bus) == (1, 8, True)
+  r = dram.read(spec, with_params(params, **NO_REFRESH), "random", 1 << 32)
+  assert float(r.row_hit_rate) < 0.005
+  assert float(r.bandwidth_gbps) == pytest.approx(32 * 32 / (6 * 0.625), rel=0.005)
+  # The old reading (the 2 SIDs as ranks, each with its own window) doubles it.
+  sids_as_ranks = dataclasses.replace(spec, ranks=2, bank_groups=4)
+  r2 = dram.read(sids_as_ranks, with_params(params, t_rtrs_cycles=1.0, **NO_REFRESH),
+                 "random", 1 << 32)
+  assert float(r2.bandwidth_gbps) == pytest.approx(2 * 32 * 32 / (6 * 0.625), rel=0.01)
+
+
+def test_ddr4_random_one_activation_window_per_rank():
+  """DDR4 ranks are separate devices: each has its own tFAW window (JESD79-4;
+  DRAMsim3 channel_state.cc four_aw_[rank]).  Random 64 B reads over 16 GB
+  miss: 2 ranks x 4 ACTs per tFAW -> one read per 34 / 8 = 4.25 clocks, above
+  the bus (tBurst 4, rank switches tBurst + tRTRS = 5 only between batches):
+  64 B / (4.25 x 0.63 ns) = 23.90 GB/s (x8); x16: tFAW 48 -> 6 clocks, 16.93."""
+  for name, faw in (("DDR4_8Gb_x8_3200", 34), ("DDR4_8Gb_x16_3200", 48)):
+    spec, params = load(name)
+    assert float(params.t_rtrs_cycles) == 1  # DRAMsim3 DDR4_8Gb_x*_3200.ini
+    r = dram.read(spec, with_params(params, **NO_REFRESH), "random", 1 << 34)
+    assert float(r.bandwidth_gbps) == pytest.approx(64 / (faw / 8 * 0.63), rel=0.005), name
+
+
+def test_lpddr4_ranks_refresh_in_turn():
+  """DRAMsim3's LPDDR4_8Gb_x16_2400.ini refreshes rank by rank
+  (RANK_LEVEL_STAGGERED): the bank-interleaved stream keeps the bus busy with
+  the other rank, at the BL16 burst rate 128 B / (8 x 0.83 ns) = 19.28 GB/s;
+  refreshing both ranks at once would lose about (tRFC + closing and
+  re-opening) / tREFI = (392 + 12 + 15 + 15) / 8660 = 5 %."""
+  spec, params = load("LPDDR4_8Gb_x16_2400")
+  assert spec.refresh_mode == "staggered"
+  burst_rate = 128 / (8 * 0.83)
+  st = float(dram.read(spec, params, "banks", 16 << 20).bandwidth_gbps)
+  assert st == pytest.approx(burst_rate, rel=0.005)
+  allr = dataclasses.replace(spec, refresh_mode="all_rank")
+  al = float(dram.read(allr, params, "banks", 16 << 20).bandwidth_gbps)
+  assert al == pytest.approx(burst_rate * (1 - (392 + 12 + 15 + 15) / 8660), rel=0.01)
+
+
+def test_hbm_row_and_column_command_buses():
+  """HBM issues a row command and a column command in the same clock
+  (JESD235 / JESD238; DRAMsim3 hbm_dual_cmd).  With timings so fast that only
+  the command bus binds, every strided read misses and needs PRE + ACT + RD:
+  3 clocks on one bus, max(1, 2) = 2 on two (= the BL4 burst)."""
+  spec, params = load("HBM2_8Gb_x128")
+  fast = with_params(params, t_faw_cycles=4.0, t_rrd_s_cycles=1.0, t_rrd_l_cycles=1.0,
+                     t_ras_cycles=14.0, t_rp_cycles=6.0, t_rcd_cycles=6.0,
+                     t_rtp_cycles=2.0, **NO_REFRESH)
+  n_ch = 4096
+  region = n_ch * 64 * spec.channels
+  # strided reads that revisit no open row: per_act = 1 once the region is big
+  big = region * 1024
+  for dual, per_read in ((True, 2.0), (False, 3.0)):
+    s = dataclasses.replace(spec, dual_command_bus=dual)
+    c = float(dram.read(s, fast, "strided", big).cycles) / (big / 64 / spec.channels)
+    assert c == pytest.approx(per_read, rel=0.01), dual
+
+
 # --------------------------------------------------------------------------- gradients
 
 def _off_kink(params):

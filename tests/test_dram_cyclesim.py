@@ -68,6 +68,43 @@ def test_tfaw_binds_row_misses_on_few_banks():
   assert sim.row_hit_rate == pytest.approx(0.0, abs=0.01)
 
 
+def _all_miss(spec, n):
+  """n reads round-robin over a channel's banks, each to a new row."""
+  i = np.arange(n)
+  b = i % spec.banks_per_channel
+  nba, nbg = spec.banks_per_group, spec.bank_groups
+  return dict(rank=b // (nbg * nba), bg=(b // nba) % nbg, ba=b % nba,
+              row=i // spec.banks_per_channel)
+
+
+def test_hbm3_stack_ids_share_the_activation_window():
+  """JESD238 / Ramulator 2 HBM3.cpp: tRRD_S and tFAW per pseudo-channel, the
+  SIDs folded into bank groups: all-miss reads open one row per tFAW / 4 = 6
+  clocks.  Reading the SIDs as ranks (own windows) would give 3."""
+  spec, params = load("HBM3_8Gb_6400")
+  n = 4096
+  cyc, acts, _, _ = cs.simulate_channel(spec, params, refresh=False, **_all_miss(spec, n))
+  assert acts == n and cyc == pytest.approx(6 * n, rel=0.01)
+  ranks = dataclasses.replace(spec, ranks=2, bank_groups=4)
+  cyc2, _, _, _ = cs.simulate_channel(ranks, dataclasses.replace(params, t_rtrs_cycles=1.0),
+                                      refresh=False, **_all_miss(ranks, n))
+  assert cyc2 == pytest.approx(3 * n, rel=0.02)
+
+
+def test_hbm_row_and_column_commands_issue_together():
+  """HBM row and column command buses (JESD235; DRAMsim3 hbm_dual_cmd): with
+  fast timings all-miss reads take PRE + ACT + RD = 3 clocks on one command
+  bus and 2 (the BL4 burst) on two."""
+  spec, params = load("HBM2_8Gb_x128", t_faw_cycles=4.0, t_rrd_s_cycles=1.0,
+                      t_rrd_l_cycles=1.0, t_ras_cycles=14.0, t_rp_cycles=6.0,
+                      t_rcd_cycles=6.0, t_rtp_cycles=2.0)
+  n = 4096
+  for dual, per_read in ((True, 2.0), (False, 3.0)):
+    s = dataclasses.replace(spec, dual_command_bus=dual)
+    cyc, _, _, _ = cs.simulate_channel(s, params, refresh=False, **_all_miss(s, n))
+    assert cyc == pytest.approx(per_read * n, rel=0.01), dual
+
+
 def test_refresh_count_and_cost():
   spec, params = load()
   on = cs.simulate(spec, params, "onebank", 256 * spec.row_bytes)

@@ -13,7 +13,10 @@ What is modelled (reads only), per channel, in clock cycles of tCK:
 * row opens and closes: tRCD, tRTP, tRAS, tRP per bank, and how they overlap
   across banks (a bank's row cycle runs while other banks use the bus);
 * the activation window: tRRD_S / tRRD_L and tFAW (four ACTs per window per
-  rank), which binds when few banks or many row misses share a rank;
+  rank; on HBM per pseudo-channel, its stack IDs folded into bank groups),
+  which binds when few banks or many row misses share a rank;
+* the command bus: PRE + ACT + RD slots per read, one per clock, or on HBM's
+  separate row and column command buses the busier of the two;
 * refresh: tRFC every tREFI per rank, all ranks at once (``all_rank``) or in
   turn (``staggered``, where other ranks' queued reads hide part of it), plus
   closing and re-opening the rows around it;
@@ -32,8 +35,11 @@ Not modelled: writes and read/write turnarounds (tWR, tWTR), per-bank or
 same-bank refresh, refresh postponing, power-down and self-refresh, ECC,
 command/address parity and CRC, on-die termination, temperature-dependent
 refresh rates, bank-conflict queueing beyond expectations (random is an
-expected-value model), DRAM power limits beyond tFAW, and cross-channel
-head-of-line blocking in the front end.
+expected-value model), DRAM power limits beyond tFAW, cross-channel
+head-of-line blocking in the front end, HBM3's two-clock ACT on the row bus
+shared by a channel's two pseudo-channels (Ramulator 2 HBM3.cpp; it never
+binds behind tFAW / 4 = 6 clocks per pseudo-channel), and any read-to-read
+gap between HBM stack IDs beyond tCCD_S (none in Ramulator 2's HBM3 model).
 
 Validated against ``ndpsim.hw.dram_cyclesim`` (an independent command-level
 simulator) by ``tests/test_dram_fidelity.py`` and
@@ -85,6 +91,9 @@ def peak_bandwidth_gbps(spec: DramSpec, params: DramParams):
 
 
 def _gaps(spec: DramSpec, p: DramParams):
+  # RD to RD: another bank group of the rank max(tCCD_S, tBurst), the same
+  # group max(tCCD_L, tBurst), another rank tBurst + tRTRS (no tCCD between
+  # ranks): DRAMsim3 src/timing.cc read_to_read_s / _l / _o; JESD79-4 tCCD_S/L.
   tb = spec.burst_cycles
   gs = jnp.maximum(p.t_ccd_s_cycles, tb)
   gl = jnp.maximum(p.t_ccd_l_cycles, tb)
@@ -104,6 +113,11 @@ def refresh_ceiling(spec: DramSpec, params: DramParams):
 
 
 def _act_spacing(p: DramParams, same_group: bool):
+  """Clocks between ACTs of one rank: max(tFAW / 4, tRRD).  The window is per
+  rank (JESD79-4 / -5; DRAMsim3 channel_state.cc four_aw_[rank]) and, on HBM,
+  per pseudo-channel across its stack IDs (JESD238; Ramulator 2 HBM3.cpp
+  nRRDS / nFAW at the pseudochannel level), which the HBM presets express by
+  folding the SIDs into bank groups (one rank per pseudo-channel)."""
   rrd = p.t_rrd_l_cycles if same_group else p.t_rrd_s_cycles
   return jnp.maximum(p.t_faw_cycles / 4.0, rrd)
 
@@ -245,7 +259,10 @@ def _miss_cycles(spec, p, pattern, n_ch, m, n_total):
   t_bank = jnp.maximum(p.t_ras_cycles, p.t_rcd_cycles + (reads_per_act - 1) * gl
                        + p.t_rtp_cycles) + p.t_rp_cycles
   bank = mu * t_bank / banks_busy
-  cmd = 1.0 + 2.0 * mu
+  # Command slots per read: RD + PRE + ACT per ACT, one per clock; HBM's row
+  # and column command buses work in parallel (JESD235 / JESD238; DRAMsim3
+  # hbm_dual_cmd), so there the busier of the two binds.
+  cmd = jnp.maximum(1.0, 2.0 * mu) if spec.dual_command_bus else 1.0 + 2.0 * mu
   per_read = jnp.maximum(jnp.maximum(bus, act), jnp.maximum(bank, cmd))
   stretch = _refresh_stretch(spec, p, rot, gs)
   first = p.t_rcd_cycles + p.cl_cycles + tb

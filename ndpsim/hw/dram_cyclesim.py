@@ -11,7 +11,9 @@ closed forms, and simulates every command of every read:
 * per channel: RD-to-RD gaps tCCD_S / tCCD_L (another / the same bank group of
   a rank), data-bus occupancy (a burst holds the bus tBurst = BL / beats per
   clock) and a rank-to-rank turnaround tRTRS; one command per clock on the
-  command bus; data returns CL + tBurst after RD;
+  command bus, or with ``spec.dual_command_bus`` (HBM) one row command (ACT,
+  PRE, REF) and one column command (RD) per clock; data returns CL + tBurst
+  after RD;
 * refresh: every tREFI each rank closes its banks (PRE when legal) and issues
   an all-bank REF that blocks it for tRFC; in ``staggered`` mode the ranks'
   refreshes are spread tREFI / ranks apart, in ``all_rank`` mode they coincide;
@@ -181,7 +183,7 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
   tb = t["tb"]
   gs = max(t["t_ccd_s_cycles"], tb)
   gl = max(t["t_ccd_l_cycles"], tb)
-  grank = tb + t["t_rtrs_cycles"]
+  grank = tb + t["t_rtrs_cycles"]  # DRAMsim3 timing.cc read_to_read_o
   trrds, trrdl, tfaw = t["t_rrd_s_cycles"], t["t_rrd_l_cycles"], t["t_faw_cycles"]
   trtp, trfc, trefi = t["t_rtp_cycles"], t["t_rfc_cycles"], t["t_refi_cycles"]
   tqd = spec.transaction_queue_depth if transaction_queue_depth is None else transaction_queue_depth
@@ -221,7 +223,12 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
   last_data = 0.0
   acts = refs = misses = 0
   fresh = [False] * nbank  # row opened and not yet read
-  cmd_free = 0.0
+  # Command buses: HBM has separate row and column command interfaces (JESD235
+  # / JESD238; DRAMsim3 controller.cc issues a second command of the other kind
+  # in the same cycle when hbm_dual_cmd is on); other parts issue one command
+  # per clock.
+  dual = spec.dual_command_bus
+  row_free = col_free = 0.0
 
   def admit():
     nonlocal nxt
@@ -290,6 +297,10 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
             kind = "PRE"
           else:
             rg = b_rg[b]
+            # tRRD_L within a bank group, tRRD_S and the rolling tFAW window
+            # per rank (JESD79-4; DRAMsim3 channel_state.cc four_aw_[rank]);
+            # HBM presets have one rank per pseudo-channel with the SIDs as
+            # bank groups (JESD238; Ramulator 2 HBM3.cpp pseudochannel level).
             tr = max(act_ok[b], act_last_rg[rg] + trrdl, act_last_rank[r] + trrds,
                      faw[r][0] + tfaw)
             kind = "ACT"
@@ -298,10 +309,11 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
               best_other = (age, kind, b)
           else:
             wake = min(wake, tr)
-    if now < cmd_free:
-      now = cmd_free
+    if now < min(row_free, col_free):
+      now = min(row_free, col_free)
       continue
-    if best_other is not None and best_other[0] < 0:
+    row_ok, col_ok = row_free <= now, col_free <= now
+    if best_other is not None and best_other[0] < 0 and row_ok:
       _, kind, x = best_other
       if kind == "REF":
         r = x
@@ -314,10 +326,11 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
       else:
         open_row[x] = -1
         act_ok[x] = now + trp
-      cmd_free = now + 1
-      now += 1
+      row_free = now + 1
+      col_free = col_free if dual else row_free
+      now += 1 if min(row_free, col_free) > now else 0
       continue
-    if best_rd is not None:
+    if best_rd is not None and col_ok:
       j, b = best_rd
       r = b_rank[b]
       rg = b_rg[b]
@@ -339,10 +352,11 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
       if not bq[b]:
         nonempty.discard(b)
       admit()
-      cmd_free = now + 1
-      now += 1
+      col_free = now + 1
+      row_free = row_free if dual else col_free
+      now += 1 if min(row_free, col_free) > now else 0
       continue
-    if best_other is not None:
+    if best_other is not None and row_ok:
       _, kind, b = best_other
       if kind == "PRE":
         open_row[b] = -1
@@ -358,9 +372,14 @@ def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
         act_last_rank[r] = now
         faw[r].append(now)
         acts += 1
-      cmd_free = now + 1
-      now += 1
+      row_free = now + 1
+      col_free = col_free if dual else row_free
+      now += 1 if min(row_free, col_free) > now else 0
       continue
+    if best_rd is not None:  # ready, but the column bus is taken this clock
+      wake = min(wake, col_free)
+    if best_other is not None:  # ready, but the row bus is taken this clock
+      wake = min(wake, row_free)
     if wake == float("inf"):
       raise RuntimeError("dram_cyclesim: deadlock (no command can ever issue)")
     now = max(now + 1, wake) if wake <= now else wake

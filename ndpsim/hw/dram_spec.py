@@ -26,7 +26,15 @@ class DramSpec:
 
   channels: independent channels (or sub-channels / pseudo-channels), each
     with its own data bus and controller.
-  ranks: ranks (or HBM stack IDs) sharing one channel's data bus.
+  ranks: ranks sharing one channel's data bus; each rank has its own
+    tRRD_S / tFAW activation window (JESD79-4 / JESD79-5: the window counts
+    a rank's ACTs; DRAMsim3 channel_state.cc keeps ``four_aw_`` per rank) and
+    pays tRTRS when the bus switches to it.  HBM stack IDs (SIDs) are *not*
+    ranks: tRRD_S and tFAW count the ACTs of all SIDs of a pseudo-channel
+    (JESD238 array-access timings are counted per pseudo channel; Ramulator 2
+    src/dram/impl/HBM3.cpp puts nRRDS / nFAW at the pseudochannel level and
+    folds the SID into the bank groups), so an HBM preset writes ranks = 1 and
+    bank_groups = SIDs x bank groups per SID.
   bank_groups, banks_per_group: per rank.
   rows_per_bank: rows in one bank.
   row_bytes: bytes of one row across the rank (page size x devices per rank).
@@ -41,6 +49,10 @@ class DramSpec:
     "staggered" (ranks refresh in turn, tREFI / ranks apart).
   transaction_queue_depth: host controller's transaction queue (per channel).
   bank_queue_depth: host controller's per-bank command queue.
+  dual_command_bus: separate row (ACT, PRE, REF) and column (RD) command
+    buses, so one row and one column command may issue in the same clock
+    (HBM: JESD235 / JESD238 row and column command interfaces; DRAMsim3
+    ``hbm_dual_cmd``, on by default for HBM).  False: one command per clock.
   """
   channels: int
   ranks: int
@@ -57,6 +69,7 @@ class DramSpec:
   refresh_mode: str = "all_rank"
   transaction_queue_depth: int = 32
   bank_queue_depth: int = 8
+  dual_command_bus: bool = False
 
   # -- derived static quantities ------------------------------------------
   @property
