@@ -7,13 +7,26 @@ A preset is one JSON file per part under ``hw_configs/<kind>/<name>.json`` (``sy
       "kind": "dram",
       "source": "DRAMsim3 configs/DDR4_8Gb_x8_3200.ini; JEDEC JESD79-4",
       "provenance": {"default": "spec", "t_rfc_cycles": "assumed"},
+      "sources": {"t_rfc_cycles": "<URL or document>: <the figure taken from it>"},
       "spec":   { ...static fields of the kind's *Spec... },
       "params": { ...float fields of the kind's *Params... }
     }
 
 ``provenance`` maps field names (of ``spec`` or ``params``) to one of
 ``spec | measured | assumed | derived``; ``default`` applies to fields not
-named.  Each hardware module registers its kind with :func:`register_kind`,
+named.  What each label promises:
+
+* ``spec``: the value is in the spec sheet or standard that ``source`` names;
+* ``measured``: someone measured it and a reader can check it: the field must
+  have a ``sources`` entry naming where (a URL, ``owner/repo`` issue or pull,
+  arXiv id, DOI) and the figure taken from it, e.g. ``"https://github.com/o/r/
+  issues/29: 56.3 GB/s host-to-device"`` (the loader rejects a measured field
+  without one);
+* ``derived``: computed from other sourced figures; ``notes`` gives the arithmetic;
+* ``assumed``: no source fixes it; ``notes`` gives the reasoning.
+
+``sources`` (optional for the other labels) maps field names to such strings.
+Each hardware module registers its kind with :func:`register_kind`,
 giving a builder ``build(obj, where) -> (spec, params)`` that uses
 :func:`take_fields` so that unknown keys, missing keys, wrong types and
 non-positive values are all rejected the same way.  A field of a spec or
@@ -30,13 +43,24 @@ import difflib
 import json
 import os
 import pathlib
+import re
 import types
 import typing
 from typing import Any, Callable, NamedTuple
 
 from ndpsim.base import ConfigError, PROVENANCES
 
-_TOP_KEYS = {"name", "kind", "source", "provenance", "spec", "params", "notes"}
+_TOP_KEYS = {"name", "kind", "source", "provenance", "sources", "spec", "params", "notes"}
+
+# A place a reader can open: a URL, a host/path, an arXiv id or a DOI.
+_LOCATOR = re.compile(r"https?://\S+|\b[\w-]+(\.[\w-]+)*\.[a-z]{2,}/\S+|"
+                      r"\barxiv[ :]*\d{4}\.\d{4,5}\S*|\bdoi[ :.]\S+", re.IGNORECASE)
+
+
+def names_place_and_figure(source: str) -> bool:
+  """True if ``source`` names a place a reader can open (:data:`_LOCATOR`) and,
+  outside that locator, a figure (a digit)."""
+  return bool(_LOCATOR.search(source)) and bool(re.search(r"\d", _LOCATOR.sub("", source)))
 
 
 class Preset(NamedTuple):
@@ -48,6 +72,7 @@ class Preset(NamedTuple):
   source: str
   provenance: dict[str, str]
   path: str
+  sources: dict[str, str] = {}
 
 
 class _Kind(NamedTuple):
@@ -168,9 +193,10 @@ def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> 
                           f"{kind} fields are {sorted(spec_names | params_names)}")
   spec, params = _KINDS[kind].build(obj, where)
   prov = _check_provenance(obj, where, spec, params)
+  sources = _check_sources(obj, where, spec, params, prov)
   return Preset(name=obj.get("name", pathlib.Path(path).stem if path else kind),
                 kind=kind, spec=spec, params=params, source=str(obj.get("source", "")),
-                provenance=prov, path=path)
+                provenance=prov, path=path, sources=sources)
 
 
 def _merge_override(old: Any, new: Any) -> Any:
@@ -198,6 +224,45 @@ def _check_provenance(obj: dict, where: str, spec, params) -> dict[str, str]:
       raise ConfigError(f"{where}: provenance of {k!r} is {v!r}; write one of "
                         f"{PROVENANCES}")
   return dict(prov)
+
+
+def provenance_of(prov: dict[str, str], field: str) -> str:
+  """The provenance label of ``field`` under a preset's provenance map."""
+  return prov.get(field, prov.get("default", "spec"))
+
+
+def _check_sources(obj: dict, where: str, spec, params, prov: dict[str, str]
+                   ) -> dict[str, str]:
+  """Validates ``sources`` and requires one for every field labelled measured."""
+  src = obj.get("sources", {})
+  example = ('e.g. "sources": {"latency_ns": "https://arxiv.org/abs/2405.14209: '
+             '250-400 ns"}')
+  if not isinstance(src, dict):
+    raise ConfigError(f"{where}: 'sources' must map field names to strings naming "
+                      f"where each figure came from and the figure, {example}")
+  fields = _field_names(spec) | _field_names(params)
+  for k, v in src.items():
+    if k not in fields:
+      raise ConfigError(f"{where}: sources names unknown field {k!r}; use a field of "
+                        "'spec' or 'params'")
+    if not isinstance(v, str) or not v.strip():
+      raise ConfigError(f"{where}: sources.{k} must be a non-empty string naming where "
+                        f"the figure came from and the figure, {example}")
+  for k in sorted(fields):
+    if provenance_of(prov, k) != "measured":
+      continue
+    if k not in src:
+      raise ConfigError(
+          f"{where}: field {k!r} is labelled 'measured' but has no entry in 'sources'; "
+          f"add \"sources\": {{\"{k}\": \"<URL or document>: <the figure taken from "
+          "it>\"}, or label it 'assumed' (reasoning in 'notes') or 'derived' (arithmetic "
+          "in 'notes') in 'provenance'")
+    if not names_place_and_figure(src[k]):
+      raise ConfigError(
+          f"{where}: sources.{k} is {src[k]!r}; a measured field's source must name "
+          "where a reader can check it (a URL, host/path, arXiv id or DOI) and the "
+          "figure taken from it")
+  return dict(src)
 
 
 # ---------------------------------------------------------------------------

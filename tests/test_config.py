@@ -110,6 +110,7 @@ def test_integer_valued_floats_are_accepted_for_int_fields():
     ("clock_mhz", 0.0, "it must be > 0"),
     ("memory_capacity_bytes", -1, "it must be > 0"),
     ("kernel_launch_us", -1.0, "it must be >= 0"),
+    ("queued_launch_us", -0.5, "it must be >= 0"),
     ("clock_mhz", float("nan"), "finite number"),
     ("memory_bandwidth_gbps", float("inf"), "finite number"),
     ("achievable_bandwidth_fraction", 1.2, "fraction in (0, 1]"),
@@ -124,7 +125,18 @@ def test_non_positive_or_impossible_values(key, value, what):
 def test_zero_allowed_where_it_means_none():
   obj = _raw("gpu", "rtx5080")
   obj["params"]["kernel_launch_us"] = 0
+  obj["params"]["queued_launch_us"] = 0
   assert float(config.load("gpu", obj).params.kernel_launch_us) == 0.0
+
+
+def test_launch_hidden_is_a_boolean_switch():
+  obj = _raw("gpu", "rtx5080")
+  obj["spec"]["launch_hidden"] = "yes"
+  assert "spec.launch_hidden must be true or false" in _err("gpu", obj)
+  pre = config.load("gpu", "rtx5080", overrides={"launch_hidden": False})
+  assert pre.spec.launch_hidden is False
+  del obj["spec"]["launch_hidden"]  # defaults to queued kernels
+  assert config.load("gpu", obj).spec.launch_hidden is True
 
 
 def test_infinity_in_a_json_file_is_rejected(tmp_path):

@@ -1,7 +1,16 @@
 """GPU model: roofline kernels with tile and wave quantization.
 
-Modelled, per kernel (one launch each):
+Modelled, per kernel:
 
+* launch: kernels of an inference step are queued back-to-back on one stream
+  (``spec.launch_hidden``, the default): the host issues the next launch while
+  the GPU runs the current kernel, so each kernel adds only
+  ``queued_launch_us`` (measured about 0 on a Blackwell consumer GPU) and a
+  chain of queued kernels pays one ``kernel_launch_us`` at its start, after a
+  host synchronisation (:func:`chain_launch_s`; ``costs.py`` charges it once
+  per MoE layer, where the host reads the routing).  With ``launch_hidden``
+  false every kernel is launched on an idle GPU and pays ``kernel_launch_us``
+  itself (and :func:`chain_launch_s` is 0).
 * matmul [m, k] x [k, n] (m = tokens): ``launch + max(compute, memory)``.
   Compute: the output is cut into tiles of ``tile_n`` columns and a height
   that follows skinny M (``min(tile_m, ceil(m / mma_m) * mma_m)``, as a GEMM
@@ -25,7 +34,10 @@ Modelled, per kernel (one launch each):
 Not modelled: clock throttling under power limits, L2 hits across kernels,
 bank conflicts and shared-memory limits on occupancy, tail effects inside a
 wave (causal attention CTAs of unequal length), stream concurrency between
-kernels, CPU-side launch stalls beyond the fixed launch cost, PCIe traffic.
+kernels, a queued chain of kernels shorter than the host's issue time per
+launch (the GPU then waits for the host: about ``kernel_launch_us`` per kernel,
+not ``queued_launch_us``), the host round trip of a synchronisation beyond one
+launch, PCIe traffic.
 """
 from __future__ import annotations
 
@@ -52,6 +64,10 @@ class GpuSpec:
     for few tokens is rounded up to it).
   min_k_per_split: smallest K chunk when K is split over SMs.
   attention_block_q: query rows per attention CTA.
+  launch_hidden: kernels are queued back-to-back on a stream (true, how an
+    inference step issues its kernels): each pays ``queued_launch_us`` and a
+    chain pays ``kernel_launch_us`` once (:func:`chain_launch_s`); false:
+    every kernel pays ``kernel_launch_us`` (launched and synchronised alone).
   """
   num_sms: int
   tensor_dtypes: tuple[str, ...]
@@ -60,6 +76,7 @@ class GpuSpec:
   mma_m: int = 16
   min_k_per_split: int = 256
   attention_block_q: int = 128
+  launch_hidden: bool = True
 
 
 @base.params_dataclass
@@ -76,7 +93,10 @@ class GpuParams:
   achievable_compute_fraction: sustained fraction of peak FLOP rate, (0, 1].
   achievable_bandwidth_fraction: sustained fraction of peak bandwidth, (0, 1].
   l2_bytes: last-level cache.
-  kernel_launch_us: fixed cost of one kernel (launch, ramp-up, tail), us.
+  kernel_launch_us: launch cost of a kernel that is not queued behind another
+    one (the first of a chain after a host synchronisation), us.
+  queued_launch_us: launch cost added by a kernel queued behind another on
+    the same stream, us (about 0: the launch overlaps the previous kernel).
   """
   clock_mhz: Any
   tensor_flops_per_cycle_per_sm: Any
@@ -87,6 +107,7 @@ class GpuParams:
   achievable_bandwidth_fraction: Any
   l2_bytes: Any
   kernel_launch_us: Any
+  queued_launch_us: Any
 
 
 def memory_capacity_bytes(params: GpuParams):
@@ -116,6 +137,24 @@ def achievable_bandwidth_gbps(spec: GpuSpec, params: GpuParams):
 
 def _f(x):
   return jnp.asarray(x, jnp.result_type(float))
+
+
+def launch_s(spec: GpuSpec, params: GpuParams):
+  """Launch cost each kernel pays, s: ``queued_launch_us`` when launches are
+  hidden behind a queued chain (``spec.launch_hidden``), else ``kernel_launch_us``."""
+  us = params.queued_launch_us if spec.launch_hidden else params.kernel_launch_us
+  return jnp.asarray(us) * 1e-6
+
+
+def chain_launch_s(spec: GpuSpec, params: GpuParams):
+  """Launch cost a chain of queued kernels pays once at its start, s.
+
+  ``kernel_launch_us`` when ``spec.launch_hidden`` (the first kernel after a
+  host synchronisation is not hidden), else 0 (every kernel already paid it).
+  A chain of n kernels thus costs ``chain_launch_s + sum(kernel times)``.
+  """
+  t = jnp.asarray(params.kernel_launch_us) * 1e-6
+  return t if spec.launch_hidden else jnp.zeros_like(t)
 
 
 def _bound(compute_s, memory_s, launch_s):
@@ -154,14 +193,14 @@ def matmul_breakdown(spec: GpuSpec, params: GpuParams, m, n, k,
   blocked = 2.0 * m * n * k * elem / jnp.sqrt(params.l2_bytes / elem)
   dram_bytes = jnp.maximum(compulsory, blocked)
   memory_s = dram_bytes / (achievable_bandwidth_gbps(spec, params) * 1e9)
-  launch_s = jnp.asarray(params.kernel_launch_us) * 1e-6
+  launch = launch_s(spec, params)
   active = (m > 0) & (n > 0) & (k > 0)
-  time_s = jnp.where(active, launch_s + jnp.maximum(compute_s, memory_s), 0.0)
+  time_s = jnp.where(active, launch + jnp.maximum(compute_s, memory_s), 0.0)
   return {"time_s": time_s, "compute_s": jnp.where(active, compute_s, 0.0),
           "memory_s": jnp.where(active, memory_s, 0.0),
-          "launch_s": jnp.where(active, launch_s, 0.0), "flops": 2.0 * m * n * k,
+          "launch_s": jnp.where(active, launch, 0.0), "flops": 2.0 * m * n * k,
           "dram_bytes": jnp.where(active, dram_bytes, 0.0), "tiles": tiles,
-          "split_k": split, "waves": waves, "bound": _bound(compute_s, memory_s, launch_s)}
+          "split_k": split, "waves": waves, "bound": _bound(compute_s, memory_s, launch)}
 
 
 def matmul_time_s(spec: GpuSpec, params: GpuParams, m, n, k, act_dtype_bytes=2.0,
@@ -230,14 +269,14 @@ def attention_breakdown(spec: GpuSpec, params: GpuParams, *, q_tokens, context_l
   dram_bytes = (kv_bytes * rereads + bsz * q * _f(kv_bytes_per_token)
                 + bsz * q * num_q_heads * (qk_head_dim + v_head_dim) * a_b)
   memory_s = dram_bytes / (achievable_bandwidth_gbps(spec, params) * 1e9)
-  launch_s = jnp.asarray(params.kernel_launch_us) * 1e-6
+  launch = launch_s(spec, params)
   active = (q > 0) & (bsz > 0)
-  time_s = jnp.where(active, launch_s + jnp.maximum(compute_s, memory_s), 0.0)
+  time_s = jnp.where(active, launch + jnp.maximum(compute_s, memory_s), 0.0)
   return {"time_s": time_s, "compute_s": jnp.where(active, compute_s, 0.0),
           "memory_s": jnp.where(active, memory_s, 0.0),
-          "launch_s": jnp.where(active, launch_s, 0.0), "flops": flops, "pairs": pairs,
+          "launch_s": jnp.where(active, launch, 0.0), "flops": flops, "pairs": pairs,
           "dram_bytes": jnp.where(active, dram_bytes, 0.0), "sm_utilization": util,
-          "bound": _bound(compute_s, memory_s, launch_s)}
+          "bound": _bound(compute_s, memory_s, launch)}
 
 
 def attention_time_s(spec: GpuSpec, params: GpuParams, *, q_tokens, context_len,
@@ -268,7 +307,7 @@ def elementwise_time_s(spec: GpuSpec, params: GpuParams, num_bytes, flops=0.0):
   memory_s = b / (achievable_bandwidth_gbps(spec, params) * 1e9)
   vector_s = fl / (params.vector_flops_per_cycle_per_sm * spec.num_sms * params.clock_mhz
                    * 1e6 * params.achievable_compute_fraction)
-  t = jnp.asarray(params.kernel_launch_us) * 1e-6 + jnp.maximum(memory_s, vector_s)
+  t = launch_s(spec, params) + jnp.maximum(memory_s, vector_s)
   return jnp.where((b > 0) | (fl > 0), t, 0.0)
 
 
@@ -298,7 +337,7 @@ def build(obj: dict, where: str) -> tuple[GpuSpec, GpuParams]:
                    "a number > 0")
   p = config.take_fields(obj["params"], GpuParams, where, "params",
                          skip=("tensor_flops_per_cycle_per_sm",),
-                         allow_zero=("kernel_launch_us",))
+                         allow_zero=("kernel_launch_us", "queued_launch_us"))
   for frac in ("achievable_compute_fraction", "achievable_bandwidth_fraction"):
     config.require(p[frac] <= 1.0, where,
                    f"params.{frac} is {p[frac]}; write a fraction in (0, 1]")
@@ -336,6 +375,9 @@ PROBE_ARGS = {
                            "x act_bytes)"),
     "window": (int, 0, "attention: sliding window (0 = full)"),
     "batch": (int, 1, "attention: sequences"),
+    "launch": (str, "preset", "'queued' (one kernel of a queued chain: queued_launch_us), "
+               "'alone' (launched by itself: kernel_launch_us) or 'preset' (its "
+               "launch_hidden)"),
 }
 
 
@@ -347,8 +389,12 @@ def probe(args: dict) -> dict:
   for f in ("act_bytes", "weight_bytes"):
     if not args[f] > 0:
       raise ConfigError(f"--{f} is {args[f]}; write a positive byte count, e.g. 2")
+  if args["launch"] not in ("preset", "queued", "alone"):
+    raise ConfigError(f"--launch is {args['launch']!r}; write 'queued', 'alone' or 'preset'")
   pre = config.load("gpu", args["preset"])
   spec, params = pre.spec, pre.params
+  if args["launch"] != "preset":
+    spec = base.replace(spec, launch_hidden=args["launch"] == "queued")
   if args["dtype"] not in spec.tensor_dtypes:
     raise ConfigError(f"--dtype is {args['dtype']!r}; {pre.name} has "
                       f"{list(spec.tensor_dtypes)}")
@@ -388,6 +434,8 @@ def probe(args: dict) -> dict:
       "preset": pre.name, "op": op, "dtype": args["dtype"], "time_s": t,
       "compute_s": float(r["compute_s"]), "memory_s": float(r["memory_s"]),
       "launch_s": float(r["launch_s"]), "flops": float(r["flops"]),
+      "launch_hidden": spec.launch_hidden,
+      "chain_launch_s": float(chain_launch_s(spec, params)),
       "dram_bytes": float(r["dram_bytes"]),
       "achieved_tflops": float(r["flops"]) / t / 1e12 if t > 0 else 0.0,
       "achieved_bandwidth_gbps": float(r["dram_bytes"]) / t / 1e9 if t > 0 else 0.0,

@@ -4,9 +4,10 @@ Modelled: the per-direction raw data rate after line encoding (derived from the
 transfer rate x lanes x encoding efficiency of the named PCIe/CXL generation,
 or given), a protocol efficiency (TLP/DLLP or flit headers, flow control) that
 turns it into payload bandwidth, full or half duplex, a fixed cost per bulk
-copy (DMA setup, driver and framework work: the measured cost of a host->GPU
-expert copy), a smaller fixed cost per message (activation broadcast,
-partial-sum return) and a one-way first-byte latency.
+copy (DMA setup and driver work of one isolated pinned host->GPU copy: 11.6 us
+with the latency on PCIe 5.0, measured; see hw_configs/link/pcie5_x16.json), a
+smaller fixed cost per message (activation broadcast, partial-sum return) and a
+one-way first-byte latency.
 
 Time of one transfer of B bytes::
 
@@ -20,7 +21,11 @@ the flight latency is paid once because the copies stream)::
 Not modelled: link-layer retries and errors, credit starvation under many
 outstanding requests, switch hops, contention with other devices on the same
 root complex, IOMMU translation misses, payload-size dependence of the
-protocol efficiency (one efficiency for all sizes), power states (L0s/L1).
+protocol efficiency (one efficiency for all sizes), power states (L0s/L1),
+the overlap of queued copies (copies queued back-to-back hide most of the
+per-copy fixed cost: about 1.5 us each instead of 11.6 us on PCIe 5.0, so
+``count > 1`` here is pessimistic), a lower per-direction rate when both
+directions are busy (about 51 instead of 56 GB/s on PCIe 5.0 x16).
 """
 from __future__ import annotations
 
@@ -71,7 +76,8 @@ class LinkParams:
   bandwidth_gbps: per-direction data rate after line encoding, 1e9 B/s
     (PCIe 5.0 x16: 32 GT/s x 16 x 128/130 / 8 = 63.0).
   protocol_efficiency: payload fraction of that rate, in (0, 1].
-  per_transfer_overhead_us: fixed cost of one bulk copy (expert weights), us.
+  per_transfer_overhead_us: fixed cost of one bulk copy (expert weights), us
+    (with ``latency_ns``, the fixed cost of one isolated copy).
   message_overhead_us: fixed cost of one small message (activations), us.
   latency_ns: one-way first-byte latency, ns.
   """
