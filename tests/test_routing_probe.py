@@ -26,7 +26,8 @@ def test_probe_prints_statistics(capsys):
 
 @pytest.mark.parametrize("argv,flag", [
     (["--routing=nope"], "routing preset"), (["--resident_fraction=0"], "resident_fraction"),
-    (["--num_seqs=0"], "num_seqs"), (["--model=nope"], "model")])
+    (["--num_seqs=0"], "num_seqs"), (["--model=nope"], "model"),
+    (["--model_seed=-1"], "model_seed")])
 def test_probe_bad_values_exit_2(argv, flag, capsys):
   base_args = {"--model": "mixtral-8x7b"}
   args = dict(a.split("=", 1) for a in argv)

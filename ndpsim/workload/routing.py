@@ -44,12 +44,25 @@ Not modelled: shared experts (always active; they are not in the ids, the
 simulator adds them), token dropping / capacity limits, drift of a sequence's
 popularity during decode beyond the prefill/decode split, batch effects.
 
-Randomness: a counter-based hash generator seeded from the JAX key (the
-threefry generator is ~10x slower on CPU for this volume); the same key gives
-the same routing on a given backend.
+Model versus prompts: the *model* -- each layer's global popularity (the
+expert ranking), the successor maps and the always-on experts -- is drawn from
+``RoutingSpec.model_seed`` (a static int, default 0); everything per sequence
+(its popularity ``q``, prefill/decode draws, reuse, gates) from the JAX key.
+So ``generate(key_a, spec, p)`` and ``generate(key_b, spec, p)`` are two sets
+of prompts to the *same* synthetic model: counts profiled on one (e.g. MoNDE's
+offline hot set) predict the other, as a real model's router does.  Another
+``model_seed`` is another model (same statistics, other expert ids).
+
+Randomness: a counter-based hash generator seeded from the JAX key and the
+model seed (the threefry generator is ~10x slower on CPU for this volume); the
+same (model seed, key) gives the same routing on a given backend.  The model
+is drawn from ``jax.random.key(model_seed)`` exactly as the sequences are from
+their key, so ``key = jax.random.key(model_seed)`` reproduces the routing of
+the generator before model and prompts were separated (one key for both).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -76,6 +89,11 @@ class RoutingSpec:
   gate_dtype: dtype of the gates ('float32', 'bfloat16', 'float16').
   draws_per_token: candidates drawn per token and layer (0: automatic,
     1 for top_k = 1, else top_k + top_k // 2 + 2).
+  model_seed: identity of the synthetic model, an int in [0, 2**31): seeds
+    each layer's expert ranking, successor map and always-on expert.  Routings
+    generated with one model seed and different keys are different prompts to
+    the same model; keep it fixed when a profile (or training set) from one
+    key must describe the routing of another.
   """
   num_seqs: int
   prompt_len: int
@@ -87,14 +105,18 @@ class RoutingSpec:
   id_dtype: str = "int32"
   gate_dtype: str = "float32"
   draws_per_token: int = 0
+  model_seed: int = 0
 
   def __post_init__(self):
     for name, lo in (("num_seqs", 1), ("prompt_len", 1), ("output_len", 0),
                      ("num_layers", 1), ("num_experts", 1), ("top_k", 1),
-                     ("draws_per_token", 0)):
+                     ("draws_per_token", 0), ("model_seed", 0)):
       v = getattr(self, name)
       if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
         raise ConfigError(f"RoutingSpec.{name}={v!r}: write an integer >= {lo}")
+    if self.model_seed >= 2**31:
+      raise ConfigError(f"RoutingSpec.model_seed={self.model_seed}: write an integer "
+                        "below 2**31")
     if self.top_k > self.num_experts:
       raise ConfigError(f"RoutingSpec.top_k={self.top_k} exceeds num_experts="
                         f"{self.num_experts}: write top_k <= num_experts")
@@ -198,13 +220,16 @@ class Routing(NamedTuple):
 
 
 # Presets.  The calibrated ones were fitted by benchmarks/routing_calibrate.py
-# (two rounds of coordinate bisection in NumPy over the generator, key 0, one
-# knob per statistic) to shared/reference/routing_stats.md at each trace's E,
-# k, MoE layers and token counts (routing_stats.TRACE_SHAPES), averaged over
-# replicate groups; tests/test_routing_calibration.py checks them with another
-# key.  Mixtral's prefill predicts its decode no better than its global
-# popularity, hence coupling 0; Llama-4's successor hit rate is explained by
-# its prompt concentration alone, hence strength 0.
+# (two rounds of coordinate bisection in NumPy over the generator, model seed 0
+# and key 0, one knob per statistic) to shared/reference/routing_stats.md at
+# each trace's E, k, MoE layers and token counts (routing_stats.TRACE_SHAPES),
+# averaged over replicate groups; tests/test_routing_calibration.py checks them
+# at another model seed and key.  Separating the model seed from the key left
+# every fitted statistic unchanged (key 0 = model seed 0 reproduces the old
+# one-key generator), so they were not refitted.  Mixtral's prefill predicts
+# its decode no better than its global popularity, hence coupling 0; Llama-4's
+# successor hit rate is explained by its prompt concentration alone, hence
+# strength 0.
 _PRESETS: dict[str, dict[str, float]] = {
     "uniform": dict(),
     "balanced_corpus": dict(prompt_concentration=1.5, reuse_prob=0.15,
@@ -526,12 +551,17 @@ def _num_seeds(spec: RoutingSpec) -> int:
   return 7 + spec.draws + (spec.draws + 1) // 2 + spec.top_k
 
 
-def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
+def _generate(key, spec: RoutingSpec, params: RoutingParams, model_seed=None) -> Routing:
+  """generate() without validation.  model_seed: an int32 scalar (may be
+  traced, e.g. vmapped) that replaces ``spec.model_seed``."""
   S, L, E, k, P = (spec.num_seqs, spec.num_layers, spec.num_experts, spec.top_k,
                    spec.prompt_len)
   f32 = jnp.float32
-  root = jax.random.bits(key, (2,), jnp.uint32)
-  glob, top = _global_popularity(_seed(root, 1), spec, params)        # [L, E]
+  if model_seed is None:
+    model_seed = spec.model_seed
+  root = jax.random.bits(key, (2,), jnp.uint32)                      # the prompts
+  model = jax.random.bits(jax.random.key(model_seed), (2,), jnp.uint32)  # the model
+  glob, top = _global_popularity(_seed(model, 1), spec, params)       # [L, E]
   conc = jnp.asarray(params.prompt_concentration, f32)
   q_pre = _sequence_popularity(_seed(root, 2), glob, conc, S)                  # [S, L, E]
   q_new = _sequence_popularity(_seed(root, 3), glob, conc, S)
@@ -543,7 +573,7 @@ def _generate(key, spec: RoutingSpec, params: RoutingParams) -> Routing:
   packed = (acc16 << 16) | ali.astype(jnp.uint32)
   F = min(E, 2 * k + 1)
   fill = lax.top_k(q, F)[1].astype(jnp.int32)                          # [L, 2, S, F]
-  succ = jnp.argsort(_uniform_array(_seed(root, 4), (L, E)), axis=1).astype(jnp.int32)
+  succ = jnp.argsort(_uniform_array(_seed(model, 4), (L, E)), axis=1).astype(jnp.int32)
   ns = _num_seeds(spec)
   seeds = _mix(_mix(lax.iota(jnp.uint32, L * ns) ^ _seed(root, 5)[0])
                ^ _seed(root, 5)[1]).reshape(L, ns)
@@ -571,7 +601,9 @@ _generate_jit = jax.jit(_generate, static_argnums=1)
 def generate(key: jax.Array, spec: RoutingSpec, params: RoutingParams) -> Routing:
   """Routing of ``spec.num_seqs`` sequences: a pure, jit-compiled function of key.
 
-  key: a JAX PRNG key.  spec: static shapes.  params: traced knobs (vmap-able).
+  key: a JAX PRNG key for the sequences (prompts).  spec: static shapes and
+  ``model_seed`` (the model's expert ranking, successor maps, always-on
+  experts: fixed across keys).  params: traced knobs (vmap-able).
   Returns Routing with ids [S, P|T, L, k] in ``spec.id_dtype`` (sorted by
   gate) and gates in ``spec.gate_dtype``.  Shared experts are not included.
   Memory: the ids and gates plus about 2 S N k (id + gate) words per layer.
@@ -579,7 +611,9 @@ def generate(key: jax.Array, spec: RoutingSpec, params: RoutingParams) -> Routin
   if not isinstance(spec, RoutingSpec):
     raise ConfigError(f"spec must be a RoutingSpec, got {type(spec).__name__}")
   validate_params(params)
-  return _generate_jit(key, spec, params)
+  # The model seed goes in traced, so one compilation serves every model.
+  return _generate_jit(key, dataclasses.replace(spec, model_seed=0), params,
+                       np.int32(spec.model_seed))
 
 
 # ----------------------------------------------------------------------------
@@ -593,7 +627,8 @@ def _probe_args():
       "num_seqs": (int, 8, "sequences to generate (>= 2 for successor statistics)"),
       "prompt_len": (int, 512, "prefill tokens per sequence"),
       "output_len": (int, 512, "decode tokens per sequence"),
-      "seed": (int, 0, "PRNG seed"),
+      "seed": (int, 0, "PRNG seed of the sequences (prompts)"),
+      "model_seed": (int, 0, "seed of the synthetic model (expert ranking, successors)"),
       "resident_fraction": (float, 0.25,
                             "resident-set size as a fraction of E (prefill top-M)"),
   }
@@ -619,7 +654,7 @@ def probe(args: dict) -> dict:
                       "number in (0, 1]")
   spec = RoutingSpec(num_seqs=args["num_seqs"], prompt_len=args["prompt_len"],
                      output_len=args["output_len"], num_layers=L, num_experts=E,
-                     top_k=k)
+                     top_k=k, model_seed=args["model_seed"])
   r = generate(jax.random.key(args["seed"]), spec, params)
   stats = routing_stats.summary(r, E, resident_fraction=args["resident_fraction"])
   return {"model": m.name, "routing": args["routing"],

@@ -319,13 +319,31 @@ LLAMA4_ALL_LAYERS = dict(gini=(0.692, 0.05), overlap=(0.334, 0.03),
                          prefill_top4=(0.360, 0.05), prefill_top16=(0.494, 0.05),
                          prefill_top32=(0.569, 0.05))
 
+# Checked, not fitted: the 'global (other sequences)' column of the prefetch
+# table (a profiled, MoNDE-like hot set; trace_statistics' global_top{M}).  No
+# knob of its own: it follows from the Zipf exponent (fitted to the Gini) and
+# the prompt concentration.  The Llama-4 rows are rescaled as above.
+GLOBAL_TARGETS = {
+    "flame_moe_290m": dict(global_top8=(0.159, 0.05), global_top32=(0.563, 0.05)),
+    "mixtral_8x7b": dict(global_top2=(0.278, 0.05), global_top4=(0.535, 0.05),
+                         global_top6=(0.794, 0.05)),
+    "llama4_maverick": dict(global_top4=(_l4(0.347), 0.05),
+                            global_top16=(_l4(0.601), 0.05),
+                            global_top32=(_l4(0.763), 0.05)),
+}
+LLAMA4_ALL_LAYERS_GLOBAL = dict(global_top4=(0.347, 0.05), global_top16=(0.601, 0.05),
+                                global_top32=(0.763, 0.05))
+
 
 def trace_statistics(routing, num_experts: int, group: int,
                      prefetch_m: tuple[int, ...]) -> dict:
   """Statistics as measured on a trace set of ``group`` sequences, averaged
   over the ``S / group`` groups of ``routing`` (replicates): a dict of float32
   scalars with the keys of TARGETS (gini, overlap, own_top, successor,
-  prefill_top{M}).  Jit-able with static arguments 1-3.
+  prefill_top{M}, global_top{M}).  ``global_top{M}``: decode selections of a
+  sequence inside the top-M experts per layer by the counts (all tokens) of
+  the *other* sequences of its group -- the 'global (other sequences)' column,
+  a profiled, MoNDE-like hot set.  Jit-able with static arguments 1-3.
   """
   E = num_experts
   ids = all_ids(routing)
@@ -343,8 +361,11 @@ def trace_statistics(routing, num_experts: int, group: int,
                own_top=own_top_share(ids_g, E),
                successor=successor_hit_rate(ids_g, E))
     counts = sequence_load(pre, E)
+    seq = sequence_load(ids_g, E)                                 # [G, L, E]
+    others = jnp.sum(seq, 0, keepdims=True) - seq                 # leave one out
     for m in prefetch_m:
       out[f"prefill_top{m}"] = resident_hit_rate(dec, top_m_mask(counts, m))
+      out[f"global_top{m}"] = resident_hit_rate(dec, top_m_mask(others, m))
     return out
 
   per = jax.vmap(one)(shape(ids))
