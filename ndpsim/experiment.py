@@ -219,13 +219,14 @@ CSV_SKIP = ("e2e_latency_s_per_group",)
 
 
 def rows_csv(rows: list[dict]) -> str:
-  """The rows as CSV (list-valued fields left out)."""
-  keys = [k for k in rows[0] if k not in CSV_SKIP] if rows else []
+  """The rows as CSV (list-valued fields left out; a field only some rows have,
+  such as monde's alpha, is empty in the others)."""
+  keys = list(dict.fromkeys(k for r in rows for k in r if k not in CSV_SKIP))
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
   w.writeheader()
   for r in rows:
-    w.writerow({k: r[k] for k in keys})
+    w.writerow({k: r.get(k, "") for k in keys})
   return buf.getvalue()
 
 
