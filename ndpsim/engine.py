@@ -8,8 +8,8 @@ One layer, starting at ``t0`` when the previous layer's output exists::
 
     GPU:   [attention + router] -> tr -> [shared experts][resident experts]
                                           [fetched experts, each after its load]
-    link->GPU:               tr -> [in-flight background load][demand loads T_w ...]
-                                                      ... [partial-sum return]
+    link->GPU:               tr -> [demand loads T_w ...] ... [partial-sum return]
+                             (background loads fill the idle gaps)
     link->NDP:               tr -> [activation broadcast]
     NDP units:                      [per-unit expert work; lane = slowest unit]
     layer end = max(GPU lane, return of partials) + reduction on the GPU
@@ -19,11 +19,17 @@ One layer, starting at ``t0`` when the previous layer's output exists::
   form); partial sums return after the slowest unit and after this layer's
   demand loads on the shared link direction; the next layer starts at the end.
 * Background loads (prefetch, adaptive swaps) run in link time the demand
-  traffic leaves idle, in queue order; a load already in flight when demand
-  loads arrive is not pre-empted (one copy engine, in order), so demand loads
-  wait for its remainder -- the cost that makes "more prefetch" not always
-  better.  Small messages (activations, partial sums) are not queued behind
+  traffic leaves idle, in queue order, at lower priority: a demand load
+  pre-empts a background load in flight, which resumes where it stopped once
+  the demand loads are done (a copy queue that issues background copies in
+  chunks behind a priority demand queue; the wait for the chunk in flight,
+  chunk / bandwidth, is neglected).  So background traffic never delays
+  demand traffic, and the load balancer's estimate of a layer does not depend
+  on it.  Small messages (activations, partial sums) are not queued behind
   bulk copies.
+* Demand loads are issued in slot order, which is descending routed tokens
+  (ties: lower slot) -- the load balancer's order; prefill slots are in id
+  order, so the prefill issues its loads in :func:`_issue_order`.
 * Prefill runs each layer once with all prompt tokens (GEMMs); decode runs
   ``output_len`` steps of one token per sequence of the batch.
 
@@ -135,17 +141,13 @@ def _bg_drain(state: pb.PolicyState, idle_s):
   return dataclasses.replace(state, drained_s=drained)
 
 
-def _bg_inflight_remainder(state: pb.PolicyState, fetch_s):
-  """Link seconds left of the background load in flight (0 if none).
-
-  Every queued load costs ``fetch_s`` and the queue is contiguous from 0, so
-  loads start at multiples of ``fetch_s``: the one in flight ends at the next
-  multiple above ``drained_s``.
-  """
-  r = state.drained_s / fetch_s
-  frac = r - jnp.floor(r + 1e-6)
-  pending = state.queued_s - state.drained_s > 1e-6 * fetch_s
-  return jnp.where(pending & (frac > 1e-6), (1.0 - frac) * fetch_s, 0.0)
+def _issue_order(phase: str, tokens):
+  """Order in which a layer's demand loads are issued: descending routed
+  tokens, ties by lower slot (the load balancer's order).  Decode slots are
+  already in that order (None); prefill slots are in expert-id order."""
+  if phase != "prefill":
+    return None
+  return pb.count_order(tokens).order
 
 
 def _arrivals(state: pb.PolicyState, layer):
@@ -226,19 +228,16 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
 
   # Prefill slots are the experts in id order (_slots_prefill): row reads.
   resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
-  inflight = _bg_inflight_remainder(state, fetch_s)
   held = _held(ctx, state, phase)
   room = jnp.maximum(ctx.expert_slots - held, 0.0)
   soft = st.relaxed and state.soft is not None
-  if soft:
-    inflight = relaxed.inflight_remainder(state.soft, state.drained_s, fetch_s)
   bcast_start = jnp.maximum(tr, carry.link_ndp_free)
   slots = pb.Slots(ids=ids, tokens=tokens.astype(jnp.float32), valid=valid,
                    resident=resident, gpu_s=pc.gpu_s[tokens],
                    fetch_s=jnp.broadcast_to(fetch_s, tokens.shape),
                    ndp_tp_s=pc.tp_s[tokens], ndp_ep_s=pc.ep_s[tokens],
                    gpu_pre_s=shared_s,
-                   link_delay_s=jnp.maximum(carry.link_gpu_free - tr, 0.0) + inflight,
+                   link_delay_s=jnp.maximum(carry.link_gpu_free - tr, 0.0),
                    bcast_s=bcast_start - tr + pc.bcast_s,
                    post_s=pc.ret_s[n_units] + pc.red_s[n_units], stage_room=room)
   if soft:
@@ -247,21 +246,23 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   place, state = pol.place(ctx, state, layer, slots, pparams, phase)
   if st.relaxed:
     return _layer_relaxed(st, ctx, pparams, phase, pc, carry, state, layer, slots, place,
-                          tr, bcast_start, inflight, attn_s, shared_s, held)
+                          tr, bcast_start, attn_s, shared_s, held)
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
+  order = _issue_order(phase, tokens)
+  ordered = (lambda x: x) if order is None else (lambda x: x[order])
   # GPU memory: loads past the staging room would overflow it; they run on
   # the NDP units instead (policies are told the room and should not ask).
-  over = fetch & (jnp.cumsum(fetch) > room)
+  rank = jnp.cumsum(ordered(fetch))
+  over = fetch & ((rank if order is None else jnp.zeros_like(rank).at[order].set(rank))
+                  > room)
   gfrac = jnp.where(over, 0.0, gfrac)
   fetch = fetch & ~over
 
-  # Demand loads wait for a background load in flight.
-  block = jnp.where(jnp.any(fetch), inflight, 0.0)
-  state = dataclasses.replace(state, drained_s=state.drained_s + block)
-  fetch_start = jnp.maximum(tr, carry.link_gpu_free) + block
-  gpu_end, fetch_busy = gpu_lane_end(tr + shared_s, fetch_start, slots.gpu_s, gfrac,
-                                     fetch, fetch_s)
+  # Demand loads pre-empt background loads (no wait for one in flight).
+  fetch_start = jnp.maximum(tr, carry.link_gpu_free)
+  gpu_end, fetch_busy = gpu_lane_end(tr + shared_s, fetch_start, ordered(slots.gpu_s),
+                                     ordered(gfrac), ordered(fetch), fetch_s)
   fetch_end = fetch_start + fetch_busy
 
   # NDP lane.
@@ -342,7 +343,7 @@ def _peaks(acc: _Acc, phase: str, held, n_fetch) -> dict:
 
 
 def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts, carry: _Carry, state,
-                   layer, slots: pb.Slots, place: pb.Placement, tr, bcast_start, inflight,
+                   layer, slots: pb.Slots, place: pb.Placement, tr, bcast_start,
                    attn_s, shared_s, held) -> _Carry:
   """The lanes of :func:`_layer` in relaxed mode (see ``ndpsim/relaxed.py``).
 
@@ -350,7 +351,7 @@ def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts,
   GPU shares; fetched fraction ``1 - slots.res_w`` under soft residency
   (else ``place.fetch``); "some demand load" and "some NDP work" as the
   largest fetched share and the largest NDP share (weights in [0, 1] that
-  scale the in-flight wait, the broadcast, the return and the reduction).
+  scale the broadcast, the return and the reduction).
   """
   pol, n_units, temp = st.policy, st.num_units, pparams.temperature_s
   valid = slots.valid
@@ -359,12 +360,12 @@ def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts,
   phi = jnp.where(valid, 1.0 - slots.res_w if slots.res_w is not None
                   else place.fetch.astype(jnp.float32), 0.0)
   share = gfrac * phi
-  w_fetch = jnp.max(share, initial=0.0)
-  block = w_fetch * inflight
-  state = dataclasses.replace(state, drained_s=state.drained_s + block)
-  fetch_start = jnp.maximum(tr, carry.link_gpu_free) + block
-  gpu_end, fetch_busy = relaxed.gpu_lane_end(tr + shared_s, fetch_start, slots.gpu_s,
-                                             gfrac, phi, fetch_s, temp)
+  fetch_start = jnp.maximum(tr, carry.link_gpu_free)
+  order = _issue_order(phase, slots.tokens)
+  ordered = (lambda x: x) if order is None else (lambda x: x[order])
+  gpu_end, fetch_busy = relaxed.gpu_lane_end(tr + shared_s, fetch_start,
+                                             ordered(slots.gpu_s), ordered(gfrac),
+                                             ordered(phi), fetch_s, temp)
   fetch_end = fetch_start + fetch_busy
 
   loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place)

@@ -92,15 +92,6 @@ def slot_residency(soft, layer, ids, drained_s, temperature):
   return jnp.clip(keep + q * a, 0.0, 1.0)
 
 
-def inflight_remainder(soft, drained_s, fetch_s):
-  """Link seconds left of the (fractional) background load in flight, 0 if
-  none: the relaxed ``engine._bg_inflight_remainder``."""
-  dur = soft.queued * fetch_s
-  start = soft.end_s - dur
-  live = (dur > 0) & (start < drained_s) & (soft.end_s > drained_s)
-  return jnp.max(jnp.where(live, soft.end_s - drained_s, 0.0))
-
-
 def mix(w, a, b):
   """``w a + (1 - w) b``: the relaxed ``where(flag, a, b)``."""
   return w * a + (1.0 - w) * b

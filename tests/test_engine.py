@@ -178,24 +178,27 @@ def test_user_errors_are_caught_before_tracing():
     U.run(MODEL, "ndp_tp", system=(ss, small))
 
 
-def test_prefetch_budget_has_an_interior_optimum():
-  """More prefetch is not always better (the paper's observation).
+def test_more_prefetch_budget_is_never_slower():
+  """A larger prefetch budget never makes ``tp_lb_prefetch`` slower (1e-3).
 
-  In the model the loads chosen from prefill counts join the background queue
-  layer by layer as the prefill reaches each layer, so a larger budget puts
-  more (less valuable) experts of early layers ahead of the most valuable
-  experts of later layers, and a demand load that arrives behind a queued
-  copy waits for it.  On OLMoE (every expert fits in GPU memory) half the
-  budget beats the full budget and no prefetch at all.
+  Background loads yield to demand loads (the engine), the queue holds the
+  prompt's most-activated experts of all layers first, so a larger budget
+  only appends loads behind those of a smaller one in their layer's order
+  (the policy), and the balancer prices each layer exactly or from above
+  (never choosing a split its estimate does not beat).  Before these three,
+  OLMoE showed an interior optimum: a larger budget put less valuable
+  experts of early layers ahead of the most valuable experts of later
+  layers, and demand loads waited for the background copy in flight.
   """
   model = M.get_model(MODEL)
   r = U.routing(MODEL, num_seqs=1, prompt_len=512, output_len=32)
   ss, sp = U.load()
-  fr = jnp.array([0.0, 0.5, 1.0])
+  fr = jnp.array([0.0, 0.25, 0.5, 0.75, 1.0])
   f = lambda x: engine.simulate((ss, sp), model, r, "tp_lb_prefetch",
                                 PolicyParams(resident_fraction=x), check=False).e2e_s
   e = np.asarray(jax.vmap(f)(fr)).mean(axis=1)
-  assert e[1] < e[0] and e[1] < e[2], e
+  assert np.all(e[1:] <= e[:-1] * (1 + 1e-3)), e
+  assert e[-1] < e[0] * 0.95, e  # and prefetch pays
 
 
 def test_bad_policy_params_are_rejected_with_the_field_named():

@@ -4,10 +4,24 @@ The paper's technique 2 (exact algorithm not public): a greedy makespan
 balance.  Slots are ordered resident-first, then by tokens (most NDP work per
 transferred byte first); for every prefix length j the layer's makespan is
 evaluated in closed form with cumulative sums (the first j slots on the GPU,
-the rest tensor-parallel on the NDP units) and the best j is taken.  The GPU
-lane uses the engine's own max-plus form (residents first, fetched experts
-after their serialized loads), so the estimate equals the engine's layer time
-when nothing else shares the link.  O(n log n) for n slots, no Python loops.
+the rest tensor-parallel on the NDP units) and the best j is taken.  O(n log n)
+for n slots, no Python loops.
+
+The estimate prices what the engine does (``ndpsim/engine.py``): the GPU lane
+in the engine's own max-plus form (residents first, fetched experts after
+their loads, issued in this order from ``link_delay_s``); the NDP lane after
+the broadcast; the partial sums returned after it and after the prefix's
+demand loads on the shared link direction (background loads never delay
+either: the engine lets demand loads pre-empt them); at most
+``slots.stage_room`` loads (GPU memory; longer prefixes are infeasible).
+One term is bounded instead of known: the engine's layer end is
+``max(GPU lane, return) + reduction`` while ``slots.post_s`` is return plus
+reduction together, so a split with work on both sides is priced at its
+upper bound ``max(GPU lane, NDP lane) + post_s`` and the all-NDP split
+(j = 0) at its lower bound ``max(GPU pre-work, NDP lane + post_s)``; the
+two agree unless the GPU lane ends after the return.  Hence the chosen split
+is never slower than all-NDP (tensor parallelism alone) in the engine, and
+every estimate is non-increasing in every transfer and compute time it reads.
 """
 from __future__ import annotations
 
@@ -22,13 +36,17 @@ def _with_ndp_lane(slots: Slots, valid, h, q, gpu_end):
   """Makespan of each prefix split [n + 1] from the GPU lane's end ``gpu_end``:
   the NDP lane runs the slots after the prefix (TP slice times ``h``, in order)
   after the broadcast; its partial sums return after it and after the prefix's
-  loads (``q``, cumulative link time); prefixes past the valid slots get inf."""
+  loads (``q``, cumulative link time), then the reduction (``post_s`` =
+  return + reduction; see the module docstring for the bound used when both
+  sides work); prefixes past the valid slots get inf."""
   nvalid = jnp.sum(valid)
   count = jnp.arange(h.shape[0] + 1)
   hv = jnp.where(valid, h, 0.0)
   ndp_left = jnp.sum(hv) - jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(hv)])
   ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
-  span = jnp.maximum(gpu_end, jnp.where(count < nvalid, ndp_end, 0.0))
+  # The reduction follows the GPU lane too when it ends last: <= post_s.
+  gpu_side = jnp.where((count > 0) & (count < nvalid), gpu_end + slots.post_s, gpu_end)
+  span = jnp.maximum(gpu_side, jnp.where(count < nvalid, ndp_end, 0.0))
   return jnp.where(count <= nvalid, span, jnp.inf)
 
 
@@ -54,7 +72,10 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=
   term = jnp.where(fl, q[1:] - c[:-1], -jnp.inf)
   m = jnp.concatenate([jnp.full((1,), -jnp.inf), jax.lax.cummax(term)])
   gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
-  return _with_ndp_lane(slots, valid, h, q, gpu_end), order
+  span = _with_ndp_lane(slots, valid, h, q, gpu_end)
+  # GPU memory: the engine runs loads past the staging room on the NDP units.
+  loads = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(fl.astype(jnp.int32))])
+  return jnp.where(loads > slots.stage_room, jnp.inf, span), order
 
 
 def greedy_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0) -> jax.Array:

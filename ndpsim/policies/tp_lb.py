@@ -5,7 +5,9 @@ moves a prefix of them (resident first, then most tokens first) to the GPU
 while that lowers the layer's makespan (:func:`balance.greedy_split`); moved
 experts that are not resident pay T_w on the link before computing.  Keeps no
 residency: weights loaded for one layer are dropped after it.  Never reads
-future routing.
+future routing.  The makespan is priced as the engine runs the layer (exactly,
+or from above for splits with work on both sides) and the all-NDP split is
+a candidate, so no layer -- hence no run -- is slower than ``ndp_tp``.
 """
 from __future__ import annotations
 

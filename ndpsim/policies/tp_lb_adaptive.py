@@ -2,15 +2,15 @@
 keeps adapting during decode by recency and frequency.
 
 Contract: as ``tp_lb_prefetch`` during prefill (the prefill counts of the
-current prompt seed both the resident set and the score).  The score of
-each expert is an exponentially weighted activation count per layer:
-``score <- decay x score + activations``, once per decode step.  When the
-background link queue is empty (no load pending), a layer may swap one
-expert: the best-scoring expert not resident replaces the worst-scoring
-resident one if it beats it by ``adapt_margin``; the victim's memory is
-freed at once and the newcomer arrives through the background queue, in
-link time the demand traffic leaves idle.  Reads only the current and past
-activations of the sequence; never more than M residents per layer.
+current prompt seed the resident set, the background queue's order and the
+score).  The score of each expert is an exponentially weighted activation
+count per layer: ``score <- decay x score + activations``, once per decode
+step.  When the background link queue is empty (no load pending), a layer
+may swap one expert: the best-scoring expert not resident replaces the
+worst-scoring resident one if it beats it by ``adapt_margin``; the victim's
+memory is freed at once and the newcomer arrives through the background
+queue, in link time the demand traffic leaves idle.  Reads only the current
+and past activations of the sequence; never more than M residents per layer.
 """
 from __future__ import annotations
 
@@ -52,10 +52,13 @@ def _swap(ctx, state, layer, params):
 def place(ctx, state, layer, slots, params, phase):
   gpu = balance.greedy_split(slots, params.gpu_bias, params.ndp_bias)
   if phase == "prefill":
-    state, counts = tp_lb_prefetch.choose_from_prefill(ctx, state, layer, slots, gpu)
+    # Every layer routes the same prompt tokens, so the seeds are one common
+    # multiple of the counts: they order the background queue as the counts do.
+    counts = tp_lb_prefetch.prefill_counts(ctx, slots)
     per_token = counts / jnp.maximum(jnp.sum(counts) / ctx.top_k, 1.0)
     seed = per_token / (1.0 - params.adapt_decay)
-    state = dataclasses.replace(state, score=state.score.at[layer].set(seed))
+    state, _ = tp_lb_prefetch.choose_from_prefill(ctx, state, layer, slots, gpu,
+                                                  key_row=seed)
   else:
     act = jnp.zeros((ctx.num_experts,)).at[slots.ids].add(
         jnp.where(slots.valid, slots.tokens, 0.0))
