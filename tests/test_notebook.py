@@ -77,7 +77,7 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
              MPLBACKEND="Agg")
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, str(TWIN)], env=env, cwd=str(tmp_path),
-                        capture_output=True, text=True, timeout=240, check=False)
+                        capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for f in FIGURES:
     assert (tmp_path / f).stat().st_size > 10_000, f
