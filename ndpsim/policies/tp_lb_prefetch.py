@@ -39,6 +39,13 @@ def prefill_counts(ctx, slots):
       jnp.where(slots.valid, slots.tokens, 0.0))
 
 
+def _cumsum_rows(x):
+  """Inclusive cumsum of ``x`` [R, C] in row-major order (two short cumsums:
+  XLA:CPU's cumsum of one long row is several times slower)."""
+  rows = jnp.cumsum(x, axis=-1)
+  return rows + (jnp.cumsum(rows[:, -1]) - rows[:, -1])[:, None]
+
+
 def merge_enqueue(ctx, state, layer, want, key_row, order):
   """Queues background loads of ``want`` [E] experts of ``layer``, merged
   into the loads not started yet by descending key.
@@ -48,34 +55,32 @@ def merge_enqueue(ctx, state, layer, want, key_row, order):
   already be in descending key order (every prefill merge keeps it), and
   ``order`` is ``argsort(-key_row, stable=True)``.  Ties go to the load
   queued first, then to the lower id.  Loads already started or done keep
-  their place; each load costs ``ctx.fetch_s``.  O(L E log E), no sort.
+  their place; each load costs ``ctx.fetch_s``.  O(L E) plus a binary search
+  per new load (prefill only).
   """
   f = ctx.fetch_s
   L, E = ctx.num_layers, ctx.num_experts
+  n = L * E
   score = state.score.at[layer].set(key_row)
   q = state.queue_end_s
   new = want & ~state.resident[layer] & jnp.isinf(q[layer])
-  # Loads not started yet form the queue's tail, contiguous after F.
+  # Loads not started yet form the queue's tail, contiguous after ``front``;
+  # their keys descend along it.
   pend = jnp.isfinite(q) & (q - f >= state.drained_s - 1e-6 * f)
-  n_pend = jnp.sum(pend)
-  front = state.queued_s - n_pend * f
-  idx = jnp.clip(jnp.round((q - front) / f) - 1.0, 0, L * E - 1).astype(jnp.int32)
-  pkeys = jnp.full((L * E,), -jnp.inf).at[jnp.where(pend, idx, L * E).reshape(-1)].set(
-      score.reshape(-1), mode="drop")                       # descending, then -inf
-  # New loads in key order: their rank among the new ones and sorted keys.
+  front = state.queued_s - jnp.sum(pend) * f
+  idx = jnp.clip(jnp.round((q - front) / f) - 1.0, 0, n - 1).astype(jnp.int32)
+  pkeys = jnp.full((n,), -jnp.inf).at[jnp.where(pend, idx, n).reshape(-1)].set(
+      score.reshape(-1), mode="drop")
+  # A new load goes after every pending load with a key at least its own; a
+  # pending load moves back by the new loads placed before it.
+  ahead = jnp.searchsorted(-pkeys, -key_row, side="right").astype(jnp.int32)
+  placed = jnp.zeros((n,), jnp.int32).at[jnp.where(new, ahead, n)].add(1, mode="drop")
+  shift = _cumsum_rows(placed.reshape(L, E)).reshape(-1)[idx]
   new_sorted = new[order].astype(jnp.int32)
   before = jnp.cumsum(new_sorted) - new_sorted
   rank = jnp.zeros((E,), jnp.int32).at[order].set(before, unique_indices=True)
-  nkeys = jnp.full((E,), -jnp.inf).at[jnp.where(new_sorted > 0, before, E)].set(
-      key_row[order], mode="drop")                          # descending, then -inf
-  # Merge: a pending load moves back by the new loads with a larger key; a
-  # new load goes after every pending load with a key at least its own.
-  shift = jnp.searchsorted(-nkeys, -score.reshape(-1), side="left").reshape(L, E)
-  ahead = jnp.searchsorted(-pkeys, -key_row, side="right")
-  q_pend = front + (idx + shift + 1.0) * f
-  q_new = front + (rank + ahead + 1.0) * f
-  q = jnp.where(pend, q_pend, q)
-  q = q.at[layer].set(jnp.where(new, q_new, q[layer]))
+  q = jnp.where(pend, front + (idx + shift + 1.0) * f, q)
+  q = q.at[layer].set(jnp.where(new, front + (rank + ahead + 1.0) * f, q[layer]))
   return dataclasses.replace(
       state, score=score, queue_end_s=q, queued_s=state.queued_s + jnp.sum(new) * f,
       prefetched=state.prefetched.at[layer].set(state.prefetched[layer] | new))
