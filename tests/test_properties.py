@@ -57,14 +57,13 @@ EXACT = 1e-4    # (a), (c): bounds that hold by construction (float32 clocks)
 # (policy, sweep) -> cause, for failures outside the policies this file is
 # about (found by the full matrix; each names what would have to change).
 _EQ6 = ("MoNDE's Eq. 6 sizes the per-use copy set by the link's bandwidth share "
-        "(H = alpha x BW_link / (BW_ndp + BW_link) x activated experts), so more link "
-        "bandwidth or less DRAM rate copies more experts even where a copy is slower "
-        "than the NDP units: the published rule, not a makespan minimiser (monde.py)")
+        "(H = alpha x BW_link / (BW_ndp + BW_link) x activated experts), not by time: "
+        "more link bandwidth copies more experts even where a copy is slower than the "
+        "NDP units, more DRAM rate or NDP units copy fewer even where copying is faster "
+        "(the published rule, monde.py)")
 KNOWN: dict[tuple[str, str], str] = {
-    ("monde", "link_bandwidth"): _EQ6,
-    ("monde_eq6", "link_bandwidth"): _EQ6,
-    ("monde", "dram_rate"): _EQ6,
-    ("monde_eq6", "dram_rate"): _EQ6,
+    **{(p, s): _EQ6 for p in ("monde", "monde_eq6")
+       for s in ("link_bandwidth", "dram_rate", "ndp_units")},
     ("monde_resident", "gpu_memory"): (
         "monde_resident runs every pinned hot expert on the GPU whether or not the GPU "
         "is faster (on Jetson Orin the PIM units are); more GPU memory pins more"),
