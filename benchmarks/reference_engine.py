@@ -11,18 +11,28 @@ calculations elsewhere.  What it writes again, independently and as one
 Python loop over sequence groups, steps, layers and experts:
 
 * the per-layer timeline: attention + router, residents-then-fetched GPU lane
-  with serialized demand loads, NDP lane (TP or EP), broadcast, partial-sum
-  return and reduction, the shared link direction;
-* the background load queue as an explicit FIFO of (layer, expert, start,
-  end) entries drained by idle link time, the non-pre-emptive in-flight load
-  that blocks demand loads, arrivals at the start of each layer;
+  with serialized demand loads issued in descending routed tokens (ties:
+  lower slot; the balancer's order), the staging-room cut in that order, NDP
+  lane (TP or EP), broadcast, partial-sum return and reduction, the shared
+  link direction;
+* the background load queue as an explicit list of (layer, expert, end, live)
+  entries in queue order, drained by idle link time at lower priority than
+  demand loads (a demand load pre-empts the background copy in flight, which
+  resumes after it: demand loads never wait for background ones), arrivals
+  at the start of each layer; prefill loads merged by key into the loads not
+  started yet (a stable two-way merge of lists), adaptive swaps appended;
 * every policy's decisions: the greedy GPU/NDP balancer (each prefix of the
   resident-first, most-tokens-first order simulated with a running max-plus
-  GPU cursor), the LRU cache, prefill-count prefetch, the adaptive swap,
-  MoNDE's profiled hot set, EP round-robin, and the oracle bound.
+  GPU cursor, priced with the reduction after the GPU lane when both sides
+  work, prefixes loading more than the staging room infeasible), the LRU
+  cache, prefill-count prefetch, the adaptive swap, MoNDE's per-use hot
+  copies, EP round-robin, and the oracle bound.
 
 Arithmetic is float32 (NumPy scalars), like the engine's, so that the
-absolute layer clock rounds the same way; sums are taken in loop order.
+absolute layer clock rounds the same way; sums are taken in loop order.  Queue
+positions are written as the engine defines them (``front + (i + 1) x T_w``
+after each merge, ``queued + T_w`` for an appended load) so that arrival
+tests at equal positions round alike.
 """
 from __future__ import annotations
 
@@ -49,7 +59,7 @@ class RefResult:
   gpu_hits: np.ndarray     # [G] decode only
   gpu_misses: np.ndarray   # [G]
   prefetched_bytes: np.ndarray  # [G]
-  events: dict                  # totals over groups: blocked, swaps, evictions, ...
+  events: dict                  # totals over groups: preempted, merged_ahead, swaps, ...
 
 
 @dataclasses.dataclass
@@ -80,7 +90,7 @@ def _top_m(scores, m, eligible=None) -> set:
 # Per-sequence-group state.
 
 class _State:
-  """Residency, the background FIFO and policy bookkeeping for one group."""
+  """Residency, the background queue and policy bookkeeping for one group."""
 
   def __init__(self, L: int, E: int, capacity):
     self.resident = [[False] * E for _ in range(L)]
@@ -88,49 +98,93 @@ class _State:
     self.used = [[False] * E for _ in range(L)]
     self.score = [[F(0.0)] * E for _ in range(L)]
     self.capacity = F(capacity)
-    self.fifo: list[list] = []  # [layer, expert, start, end, live], in queue order
-    self.by_layer: dict[int, list] = {}
-    self.head = 0                # first entry that may not have finished
+    # Background loads, [layer, expert, end, live], in queue order (by end);
+    # ``live`` until cancelled by an eviction.  ``live`` maps (layer, expert)
+    # to its live entry (the engine's finite queue_end_s).
+    self.queue: list[list] = []
+    self.live: dict[tuple, list] = {}
     self.queued = F(0.0)         # link seconds ever queued
     self.drained = F(0.0)        # link seconds done
     # Event counts (to check that a test exercises each mechanism).
-    self.events = dict(blocked=0, swaps=0, evictions=0, arrivals=0, fetched=0)
+    self.events = dict(preempted=0, merged_ahead=0, swaps=0, evictions=0, arrivals=0,
+                       fetched=0)
 
   # Background queue ------------------------------------------------------
-  def enqueue(self, layer: int, experts_in_order: list, fetch_s) -> None:
-    for e in experts_in_order:
-      start = self.queued
-      self.queued = F(self.queued + fetch_s)
-      item = [layer, e, start, self.queued, True]
-      self.fifo.append(item)
-      self.by_layer.setdefault(layer, []).append(item)
-      self.prefetched[layer][e] = True
+  def _add(self, layer: int, e: int, end) -> list:
+    item = [layer, e, end, True]
+    self.live[(layer, e)] = item
+    self.prefetched[layer][e] = True
+    return item
 
-  def live_ends(self, layer: int) -> dict:
-    """{expert: end position} of the live queued loads of ``layer``."""
-    return {it[1]: it[3] for it in self.by_layer.get(layer, ()) if it[4]}
+  def enqueue(self, layer: int, experts_in_order: list, fetch_s) -> None:
+    """Appends loads behind every queued one (the adaptive swap)."""
+    n = 0
+    for e in experts_in_order:
+      if self.resident[layer][e] or (layer, e) in self.live:
+        continue
+      n += 1
+      self.queue.append(self._add(layer, e, F(self.queued + F(F(n) * fetch_s))))
+    self.queued = F(self.queued + F(F(n) * fetch_s))
+
+  def not_started(self, fetch_s) -> list:
+    """Live loads whose copy has not begun, in queue order."""
+    lim = F(self.drained - F(1e-6 * fetch_s))
+    return [it for it in self.queue if it[3] and F(it[2] - fetch_s) >= lim]
+
+  def merge(self, layer: int, experts_in_order: list, keys, fetch_s) -> None:
+    """Queues loads of ``layer`` (given in descending ``keys``, ties by lower
+    id) merged into the loads not started yet, whose keys (``score`` rows of
+    their layers) descend along the queue: a new load goes behind every
+    waiting load with a key at least its own.  Loads in flight or done keep
+    their place; the waiting ones and the new ones take the positions after
+    the last of those, one T_w each."""
+    new = [e for e in experts_in_order
+           if not self.resident[layer][e] and (layer, e) not in self.live]
+    wait = self.not_started(fetch_s)
+    wkeys = [self.score[it[0]][it[1]] for it in wait]
+    assert all(wkeys[i] >= wkeys[i + 1] for i in range(len(wkeys) - 1)), wkeys
+    front = F(self.queued - F(F(len(wait)) * fetch_s))
+    merged, i = [], 0
+    for e in new:
+      while i < len(wait) and wkeys[i] >= keys[e]:
+        merged.append(wait[i])
+        i += 1
+      if i < len(wait):
+        self.events["merged_ahead"] += 1
+      merged.append(self._add(layer, e, F(0.0)))
+    merged += wait[i:]
+    for pos, it in enumerate(merged):
+      it[2] = F(front + F(F(pos + 1) * fetch_s))
+    waiting = set(map(id, wait))
+    self.queue = [it for it in self.queue if id(it) not in waiting] + merged
+    self.queued = F(self.queued + F(F(len(new)) * fetch_s))
+
+  def cancel(self, layer: int, e: int) -> None:
+    item = self.live.pop((layer, e), None)
+    if item is not None:
+      item[3] = False
+
+  def pending(self, layer: int, e: int) -> bool:
+    """A live load of (layer, e) that has not completed."""
+    item = self.live.get((layer, e))
+    return item is not None and item[2] > self.drained
+
+  def in_flight(self, fetch_s) -> bool:
+    """A background copy has begun and not completed (demand loads issued
+    now pre-empt it)."""
+    tol = F(1e-6 * fetch_s)
+    return any(it[3] and F(it[2] - fetch_s) < F(self.drained - tol)
+               and it[2] > F(self.drained + tol) for it in self.queue)
 
   def drain(self, idle) -> None:
     room = max(F(self.queued - self.drained), F(0.0))
     self.drained = F(self.drained + min(max(idle, F(0.0)), room))
 
-  def in_flight_left(self, fetch_s):
-    """Link seconds left of the load being copied now (0 if none started)."""
-    tol = F(1e-6 * fetch_s)
-    if not F(self.queued - self.drained) > tol:
-      return F(0.0)
-    while self.head < len(self.fifo) and not self.fifo[self.head][3] > F(self.drained + tol):
-      self.head += 1
-    if self.head == len(self.fifo):
-      return F(0.0)
-    start, end = self.fifo[self.head][2], self.fifo[self.head][3]
-    return F(end - self.drained) if F(self.drained - start) > tol else F(0.0)
-
   def arrive(self, layer: int) -> None:
     lim = F(self.drained * F(1 + 1e-7))
-    for it in self.by_layer.get(layer, ()):
-      if it[4] and it[3] <= lim and not self.resident[layer][it[1]]:
-        self.resident[layer][it[1]] = True
+    for (l, e), it in self.live.items():
+      if l == layer and it[2] <= lim and not self.resident[layer][e]:
+        self.resident[layer][e] = True
         self.events["arrivals"] += 1
 
 
@@ -138,28 +192,44 @@ class _State:
 # Policies: (init, place).  ``place`` returns per-slot (gpu, fetch, unit).
 
 def _greedy(sl: dict, gpu_bias, ndp_bias) -> list:
-  """The load balancer: GPU-first order, best prefix by simulated makespan."""
+  """The load balancer: GPU-first order, best prefix by simulated makespan.
+
+  Prefix j runs the first j slots of the order on the GPU (loads issued in
+  that order after ``link_delay``), the rest tensor-parallel on the NDP
+  units.  Its price: the GPU lane end, plus return and reduction (``post``)
+  when the NDP units work too (the engine reduces after the later of the GPU
+  lane and the return: an upper bound), against the NDP lane's return
+  (after the broadcast and after the prefix's loads) plus ``post``.  A prefix
+  that loads more experts than the staging room is not a candidate.  The
+  first (shortest) best prefix wins.
+  """
   n = len(sl["ids"])
   key = [(F(1e6) if sl["res"][i] else F(0.0)) + sl["tok"][i] if sl["valid"][i] else F(-1.0)
          for i in range(n)]
   order = sorted(range(n), key=lambda i: (-float(key[i]), i))
   valid_order = [i for i in order if sl["valid"][i]]
+  nvalid = len(valid_order)
   g = {i: F(sl["gpu"][i] * gpu_bias) for i in range(n)}
   h = {i: F(sl["tp"][i] * ndp_bias) for i in range(n)}
   best_j, best = 0, INF
-  for j in range(len(valid_order) + 1):
-    on_gpu = valid_order[:j]
-    res_work, fetched_work, link, chain = F(0.0), F(0.0), F(0.0), -INF
-    for i in on_gpu:
+  res_work, fetched_work, link, chain, n_loads = F(0.0), F(0.0), F(0.0), -INF, 0
+  for j in range(nvalid + 1):
+    if j > 0:  # the prefix grows by one slot: the GPU cursor moves on
+      i = valid_order[j - 1]
       if sl["res"][i]:
         res_work = F(res_work + g[i])
       else:
+        n_loads += 1
         link = F(link + sl["fetch"])
         chain = F(max(chain, F(sl["link_delay"] + link)) + g[i])
         fetched_work = F(fetched_work + g[i])
+    if n_loads > sl["room"]:
+      break  # longer prefixes load even more
     gpu_end = max(F(F(sl["gpu_pre"] + res_work) + fetched_work), chain)
     span = gpu_end
-    if j < len(valid_order):
+    if j < nvalid:
+      if j > 0:
+        span = F(gpu_end + sl["post"])
       ndp_work = F(0.0)
       for i in valid_order[j:]:
         ndp_work = F(ndp_work + h[i])
@@ -179,12 +249,13 @@ def _placement(sl, gpu, units=None):
   return gpu, fetch, unit
 
 
-def _prefill_prefetch(ctx, s: _State, layer, sl, gpu) -> list:
+def _prefill_prefetch(ctx, s: _State, layer, sl, gpu, key=None) -> list:
   """Prefill choice of tp_lb_prefetch / tp_lb_adaptive; returns counts [E].
 
   The top-M experts of this layer's prompt counts become resident: those the
-  balancer just loaded for the prefill GEMMs stay at once, the others are
-  queued for background loading, most-counted first.
+  balancer just loaded for the prefill GEMMs stay at once, the others join
+  the background queue, merged by ``key`` (the counts unless given; becomes
+  this layer's score row) into the loads not started yet.
   """
   E = ctx["E"]
   counts = [F(0.0)] * E
@@ -194,17 +265,18 @@ def _prefill_prefetch(ctx, s: _State, layer, sl, gpu) -> list:
       counts[e] = F(counts[e] + sl["tok"][i])
     if gpu[i] and not sl["res"][i]:
       loaded[e] = True
+  key = counts if key is None else key
+  s.score[layer] = list(key)
   want = _top_m(counts, s.capacity, [c > 0 for c in counts])
-  queued = s.live_ends(layer)
   rest = []
   for e in want:
     if loaded[e]:
       s.resident[layer][e] = True
       s.prefetched[layer][e] = True
-    elif not s.resident[layer][e] and e not in queued:
+    else:
       rest.append(e)
-  rest.sort(key=lambda e: (-float(counts[e]), e))
-  s.enqueue(layer, rest, ctx["fetch_s"])
+  rest.sort(key=lambda e: (-float(key[e]), e))
+  s.merge(layer, rest, key, ctx["fetch_s"])
   return counts
 
 
@@ -212,8 +284,7 @@ def _adaptive_swap(ctx, s: _State, layer, params) -> None:
   """One swap per layer when the background queue is idle."""
   E = ctx["E"]
   res, score = s.resident[layer], s.score[layer]
-  ends = s.live_ends(layer)
-  pending = [e in ends and ends[e] > s.drained for e in range(E)]
+  pending = [s.pending(layer, e) for e in range(E)]
   cands = [e for e in range(E) if not res[e] and not pending[e]]
   idle = not F(s.queued - s.drained) > F(1e-12)
   if not cands or not idle or not s.capacity >= 1:
@@ -236,9 +307,7 @@ def _adaptive_swap(ctx, s: _State, layer, params) -> None:
   if full:  # the victim's memory is freed at once; a queued copy is cancelled
     s.events["evictions"] += 1
     res[victim] = False
-    for it in s.by_layer.get(layer, ()):
-      if it[1] == victim:
-        it[4] = False
+    s.cancel(layer, victim)
   s.enqueue(layer, [cand], ctx["fetch_s"])
 
 
@@ -268,13 +337,18 @@ def _place(name, ctx, s: _State, layer, sl, params, phase):
     raise ValueError(f"reference has no policy {name!r}")
   decay = F(params.adapt_decay)
   if phase == "prefill":
-    counts = _prefill_prefetch(ctx, s, layer, sl, gpu)
-    if name == "tp_lb_adaptive":
+    seed = None
+    if name == "tp_lb_adaptive":  # EW counts seeded by the prompt's, per token
       total = F(0.0)
-      for c in counts:
-        total = F(total + c)
+      for i in range(n):
+        if sl["valid"][i]:
+          total = F(total + sl["tok"][i])
       norm = max(F(total / ctx["k"]), F(1.0))
-      s.score[layer] = [F(F(c / norm) / F(1.0 - decay)) for c in counts]
+      seed = [F(0.0)] * ctx["E"]
+      for i, e in enumerate(sl["ids"]):
+        if sl["valid"][i]:
+          seed[e] = F(F(sl["tok"][i] / norm) / F(1.0 - decay))
+    _prefill_prefetch(ctx, s, layer, sl, gpu, seed)
   elif name == "tp_lb_adaptive":
     act = [F(0.0)] * ctx["E"]
     for i, e in enumerate(sl["ids"]):
@@ -355,10 +429,9 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
   if phase == "decode":
     stats["hits"] += sum(res)
     stats["misses"] += sum(1 for i in range(len(ids)) if valid[i] and not res[i])
-  in_flight = s.in_flight_left(fetch_s)
-  if phase == "prefill":  # GPU memory: expert slots not resident or queued
+  if phase == "prefill":  # GPU memory: expert slots resident or queued
     held = sum(1 for l in range(ctx["L"]) for e in range(ctx["E"])
-               if s.resident[l][e] or e in s.live_ends(l))
+               if s.resident[l][e] or (l, e) in s.live)
   else:
     held = F(ctx["L"] * s.capacity)
   room = max(F(ctx["slots"] - held), F(0.0))
@@ -366,32 +439,35 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
   sl = dict(ids=ids, tok=[F(t) for t in tok], valid=valid, res=res,
             gpu=[c.gpu[t] for t in tok], tp=[c.tp[t] for t in tok],
             ep=[c.ep[t] for t in tok], fetch=fetch_s, gpu_pre=shared,
-            link_delay=F(max(F(clk["link_gpu"] - tr), F(0.0)) + in_flight),
+            link_delay=max(F(clk["link_gpu"] - tr), F(0.0)),
             bcast=F(F(bcast_start - tr) + c.bcast), bcast_abs=c.bcast,
             post=F(c.ret[N] + c.red[N]), room=room)
   gpu, fetch, unit = _place(name, ctx, s, layer, sl, params, phase)
+  # Demand loads are issued in descending routed tokens, ties by lower slot
+  # (decode slots are already in that order).
+  issue = sorted(range(len(ids)), key=lambda i: (-tok[i], i))
   n_ok = 0
-  for i in range(len(ids)):  # loads past the staging room run on the NDP units
+  for i in issue:  # loads past the staging room run on the NDP units
     if fetch[i] and valid[i]:
       n_ok += 1
       if n_ok > room:
         gpu[i], fetch[i] = False, False
 
-  # Demand loads wait for the background copy in flight, then run in slot order.
+  # Demand loads go first on the link: a background copy in flight is
+  # pre-empted (it resumes in later idle time), none delays them.
   n_fetch = sum(fetch)
   if n_fetch:
-    s.drained = F(s.drained + in_flight)
     s.events["fetched"] += n_fetch
-    s.events["blocked"] += in_flight > 0
-  fetch_start = F(max(tr, clk["link_gpu"]) + (in_flight if n_fetch else F(0.0)))
+    s.events["preempted"] += s.in_flight(fetch_s)
+  fetch_start = max(tr, clk["link_gpu"])
   # GPU lane: shared experts, residents back to back, then each fetched expert
-  # once its load has arrived and the GPU is free.  The lane ends at the later
-  # of "no waiting" (start + all work) and, for each fetched expert i, its
-  # arrival plus the fetched work from i on (the max-plus form of that cursor;
-  # absolute times are formed once per term, as in float32 the association
-  # decides the rounding of the clock).
+  # (in issue order) once its load has arrived and the GPU is free.  The lane
+  # ends at the later of "no waiting" (start + all work) and, for each
+  # fetched expert i, its arrival plus the fetched work from i on (the
+  # max-plus form of that cursor; absolute times are formed once per term,
+  # as in float32 the association decides the rounding of the clock).
   res_work, fetched = F(0.0), []
-  for i in range(len(ids)):
+  for i in issue:
     if gpu[i] and not fetch[i]:
       res_work = F(res_work + sl["gpu"][i])
     elif fetch[i]:
