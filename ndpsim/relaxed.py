@@ -9,9 +9,18 @@ hard engine ("some slot is fetched", "some work runs on the NDP side") become
 the largest continuous share, so the layer time is continuous in every
 ratio.  Everything converges to the hard engine as the temperatures fall.
 
+Background copies never delay demand loads (the hard engine lets demand
+loads pre-empt them), so no lane waits for a copy in flight; soft residency
+arrives through the same queue as the hard one, merged across layers by
+descending prefill counts (``tp_lb_prefetch.soft_merge_enqueue``).
+
 Not relaxed (piecewise linear, so gradients exist almost everywhere): the
-background queue's ``min``/``max`` bookkeeping, the ordering of slots inside
-the balancer, the expert-parallel unit map.
+background queue's ``min``/``max`` bookkeeping and which of its loads have
+started, the ordering of slots inside the balancer and of the queue, the
+expert-parallel unit map.  Not modelled in relaxed mode: the GPU staging
+room (``Slots.stage_room``) -- the soft balancer does not price it and the
+relaxed lanes do not cap loads by it, so the limit matches the hard engine
+only where the room does not bind.
 """
 from __future__ import annotations
 

@@ -20,8 +20,10 @@ Relaxed mode (``simulate(..., relaxed=True)``), used only to fit the knobs:
   ``sigmoid((M - r - 1 + 1e-3) / rank_temperature)`` (no floor on M), read as
   the fraction of its columns held in GPU memory.  The part the prefill
   balancer already loaded (its GPU share) is kept at once; the rest joins
-  the background queue with a load of ``weight x T_w`` link seconds and
-  arrives progressively as the queue drains.
+  the background queue with a load of ``weight x T_w`` link seconds,
+  merged into the loads not started yet by descending prefill counts as in
+  ``tp_lb_prefetch`` (:func:`tp_lb_prefetch.soft_merge_enqueue`), and
+  arrives progressively as the queue drains (never delaying a demand load).
 Both converge to the hard policy as the temperatures fall.
 """
 from __future__ import annotations
@@ -64,23 +66,25 @@ def _soft_choose(ctx, state, layer, slots, gfrac, params):
       jnp.where(slots.valid, gfrac * (1.0 - res_w), 0.0))
   keep = jnp.minimum(want, loaded)
   queued = want - keep
-  # Queue in descending prefill counts (ties by lower id), each load taking
-  # its weight x T_w link seconds.
+  # Merged into the loads not started yet by descending prefill counts (ties:
+  # queued first, then lower id), each load taking its weight x T_w link
+  # seconds: the relaxed tp_lb_prefetch.merge_enqueue.
   order = jnp.argsort(rank)
-  dur = queued * ctx.fetch_s
-  end_sorted = state.queued_s + jnp.cumsum(dur[order])
-  end = jnp.zeros((E,)).at[order].set(end_sorted)
+  end, queued_s, score = tp_lb_prefetch.soft_merge_enqueue(ctx, state, layer, queued,
+                                                           counts, order)
   soft = state.soft
   soft = pb.SoftResidency(keep=soft.keep.at[layer].set(keep),
-                          queued=soft.queued.at[layer].set(queued),
-                          end_s=soft.end_s.at[layer].set(end))
-  # Boolean bookkeeping (statistics only): rounded weights.
+                          queued=soft.queued.at[layer].set(queued), end_s=end)
+  # Boolean bookkeeping (statistics and the staging room only): rounded
+  # weights; earlier layers' queued loads follow their merged positions.
   kept_b, queued_b = keep >= 0.5, (queued >= 0.5) & ~(keep >= 0.5)
-  row_q = jnp.where(kept_b, 0.0, jnp.where(queued_b, end, state.queue_end_s[layer]))
+  q = state.queue_end_s
+  q = jnp.where(jnp.isfinite(q) & (q > 0), end, q)
+  row_q = jnp.where(kept_b, 0.0, jnp.where(queued_b, end[layer], q[layer]))
   return dataclasses.replace(
-      state, soft=soft, queued_s=state.queued_s + jnp.sum(dur),
+      state, soft=soft, queued_s=queued_s, score=score,
       resident=state.resident.at[layer].set(state.resident[layer] | kept_b),
-      queue_end_s=state.queue_end_s.at[layer].set(row_q),
+      queue_end_s=q.at[layer].set(row_q),
       prefetched=state.prefetched.at[layer].set(state.prefetched[layer] | kept_b | queued_b))
 
 
