@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
 from typing import Any
@@ -284,6 +285,34 @@ def write_plots(doc: dict, out_dir: pathlib.Path) -> list[str]:
 # ---------------------------------------------------------------------------
 # Main.
 
+_INTERRUPTED = False
+
+
+def _on_sigint(signum, frame) -> None:  # pylint: disable=unused-argument
+  """First Ctrl-C: remember it and raise; a second one kills at once.
+
+  The raise can land inside a callback that swallows it (JAX's garbage-collection
+  hook does), so the flag is also checked at every cell boundary (`_check_interrupt`):
+  the run then stops after the cell in flight instead of finishing silently.
+  """
+  global _INTERRUPTED  # pylint: disable=global-statement
+  _INTERRUPTED = True
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  raise KeyboardInterrupt
+
+
+def _check_interrupt(ev: dict) -> None:
+  if _INTERRUPTED:
+    raise KeyboardInterrupt
+  if _lead():
+    _progress(ev)
+
+
+def _lead() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
+
+
 def _progress(ev: dict) -> None:
   if ev["event"] == "start":
     print(f"ndpsim-experiment: {ev['total']} cells, {ev['skipped']} already finished",
@@ -317,7 +346,7 @@ def run_experiment(fl=FLAGS) -> dict:
   lead = jax.process_index() == 0
   tuned_fits: dict = {}
   rows = studies.run_cells(res, out_dir, resume=fl.resume,
-                           progress=_progress if lead else None, write=lead,
+                           progress=_check_interrupt, write=lead,
                            tuned_fits=tuned_fits)
   sens = None
   if "sensitivity" in cfg.studies:
@@ -368,6 +397,7 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  signal.signal(signal.SIGINT, _on_sigint)
   try:
     run_experiment(FLAGS)
   except ConfigError as e:

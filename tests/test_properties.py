@@ -6,7 +6,10 @@
 (b) no policy gets slower when a resource grows -- link bandwidth, NDP units,
     NDP compute (MAC lanes, PE clock), DRAM data rate, GPU memory -- beyond
     1 %;
-(c) ``oracle`` is below every policy.
+(c) ``oracle`` is below every policy;
+(d) GPU memory is never over capacity: every result's ``peak_gpu_bytes``
+    (weights, KV cache, reserve, resident experts, copies in flight or staged)
+    is at most its ``gpu_capacity_bytes``, at every hardware variant.
 
 Every system preset in ``hw_configs/systems/`` (listed from the folder) with
 Qwen3-30B-A3B, Mixtral-8x7B and DeepSeek-V2-Lite, 2 sequences of 32 prompt +
@@ -172,15 +175,28 @@ def _units(sysname: str, model_name: str) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=None)
 def _e2e(sysname: str, model_name: str, policy: str, units: int) -> np.ndarray:
-  """[variants, seqs] end-to-end latency, one compiled call."""
+  """[variants, seqs] end-to-end latency, one compiled call; checks (d) on it."""
+  e2e, peak, cap = _simulate(sysname, model_name, policy, units)
+  over = peak > cap
+  assert not np.any(over), (
+      f"{sysname}/{model_name}/N={units} {policy}: peak GPU memory over capacity at "
+      f"{[_variant_layout()[i] for i in sorted(set(np.nonzero(over)[0].tolist()))]}: "
+      f"{peak[over][:4] / 1e9} GB > {cap[over][:4] / 1e9} GB")
+  return e2e
+
+
+@functools.lru_cache(maxsize=None)
+def _simulate(sysname: str, model_name: str, policy: str, units: int):
+  """[variants, seqs] (e2e s, peak GPU bytes, GPU capacity bytes), one compiled call."""
   s = system_mod.load_system(sysname, num_ndp_units=units)
   model, r = M.get_model(model_name), _routing(model_name)
   stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x, jnp.float32)
                                                           for x in xs]),
                                    *[p for _, _, p in _variants(s.params)])
-  f = jax.jit(jax.vmap(lambda sp: engine.simulate((s.spec, sp), model, r, policy,
-                                                  check=False).e2e_s))
-  return np.asarray(f(stacked), np.float64)
+  def one(sp):
+    res = engine.simulate((s.spec, sp), model, r, policy, check=False)
+    return res.e2e_s, res.peak_gpu_bytes, res.gpu_capacity_bytes
+  return tuple(np.asarray(a, np.float64) for a in jax.jit(jax.vmap(one))(stacked))
 
 
 def _monotone_violations(e, index, label):
