@@ -9,7 +9,12 @@
 (c) ``oracle`` is below every policy;
 (d) GPU memory is never over capacity: every result's ``peak_gpu_bytes``
     (weights, KV cache, reserve, resident experts, copies in flight or staged)
-    is at most its ``gpu_capacity_bytes``, at every hardware variant.
+    is at most its ``gpu_capacity_bytes``, at every hardware variant;
+(e) golden regression: the preset point of every default-slice case equals
+    ``tests/data/golden_properties.json`` (relative 1e-5), so any change of
+    simulated numbers is seen and made on purpose -- then regenerate with
+    ``NDPSIM_REGEN_GOLDEN=1 pytest tests/test_properties.py`` and re-derive the
+    README's results (``python -m ndpsim.experiment``).
 
 Every system preset in ``hw_configs/systems/`` (listed from the folder) with
 Qwen3-30B-A3B, Mixtral-8x7B and DeepSeek-V2-Lite, 2 sequences of 32 prompt +
@@ -37,6 +42,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -211,9 +219,36 @@ def _monotone_violations(e, index, label):
   return out
 
 
-def _check(cases: dict, index: dict, label: str) -> None:
-  """cases: policy -> [variants, seqs] e2e.  Checks (a), (b), (c)."""
-  failures, known = [], {}
+GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_properties.json"
+GOLDEN_RTOL = 1e-5
+
+
+def _golden(label: str, cases: dict) -> list[str]:
+  """(e): the preset variant of each case against the stored numbers."""
+  regen = os.environ.get("NDPSIM_REGEN_GOLDEN") == "1"
+  doc = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+  out = []
+  for pol, e in cases.items():
+    key, got = f"{label} {pol}", [float(x) for x in e[0]]
+    if regen:
+      doc[key] = got
+    elif key not in doc:
+      out.append(f"{key}: no golden numbers; run with NDPSIM_REGEN_GOLDEN=1")
+    elif not np.allclose(got, doc[key], rtol=GOLDEN_RTOL, atol=0.0):
+      out.append(f"{key}: e2e {got} s, golden {doc[key]} s (if the change is intended, "
+                 "regenerate with NDPSIM_REGEN_GOLDEN=1 and re-derive the README)")
+  if regen:
+    # Other processes (pytest -n) may write too: merge with what is there now.
+    now = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    now.update({k: v for k, v in doc.items() if k.startswith(label)})
+    GOLDEN.write_text(json.dumps(dict(sorted(now.items())), indent=1) + "\n")
+  return out
+
+
+def _check(cases: dict, index: dict, label: str, golden: bool = False) -> None:
+  """cases: policy -> [variants, seqs] e2e.  Checks (a), (b), (c), and (e) if
+  ``golden``."""
+  failures, known = (_golden(label, cases) if golden else []), {}
   for pol, e in cases.items():
     for sweep, msg in _monotone_violations(e, index, f"{label} {pol}"):
       if (pol, sweep) in KNOWN:
@@ -239,12 +274,12 @@ def _check(cases: dict, index: dict, label: str) -> None:
     pytest.xfail(" | ".join(known_lines))
 
 
-def _run_pair(sysname: str, model_name: str, pols) -> None:
+def _run_pair(sysname: str, model_name: str, pols, golden: bool = False) -> None:
   units = _units(sysname, model_name)
   if not units:
     pytest.skip(f"{model_name} does not fit {sysname} at any unit count")
   cases = {p: _e2e(sysname, model_name, p, units[0]) for p in pols}
-  _check(cases, SWEEP_INDEX, f"{sysname}/{model_name}/N={units[0]}")
+  _check(cases, SWEEP_INDEX, f"{sysname}/{model_name}/N={units[0]}", golden=golden)
 
 
 def _run_units(sysname: str, model_name: str, pols, count: int = 3) -> None:
@@ -265,13 +300,13 @@ CORE_TP = ("ndp_tp", "tp_lb", "tp_lb_prefetch")
 @pytest.mark.parametrize("sysname,model_name", FAST_PAIRS)
 def test_core_policies(sysname, model_name):
   first = (sysname, model_name) == FAST_PAIRS[0]
-  _run_pair(sysname, model_name, CORE_TP + (("oracle",) if first else ()))
+  _run_pair(sysname, model_name, CORE_TP + (("oracle",) if first else ()), golden=True)
 
 
 def test_baseline_on_first_system():
   """``monde`` via the registry, whatever it is, with the oracle bound."""
   sysname, model_name = FAST_PAIRS[0]
-  _run_pair(sysname, model_name, ("monde", "oracle"))
+  _run_pair(sysname, model_name, ("monde", "oracle"), golden=True)
 
 
 def test_ndp_units_on_first_system():
