@@ -107,7 +107,7 @@ class _State:
     self.drained = F(0.0)        # link seconds done
     # Event counts (to check that a test exercises each mechanism).
     self.events = dict(preempted=0, merged_ahead=0, swaps=0, evictions=0, arrivals=0,
-                       fetched=0)
+                       fetched=0, cut=0)
 
   # Background queue ------------------------------------------------------
   def _add(self, layer: int, e: int, end) -> list:
@@ -452,6 +452,7 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
       n_ok += 1
       if n_ok > room:
         gpu[i], fetch[i] = False, False
+        s.events["cut"] += 1
 
   # Demand loads go first on the link: a background copy in flight is
   # pre-empted (it resumes in later idle time), none delays them.

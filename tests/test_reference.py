@@ -13,7 +13,8 @@ directions: float32 rounding, not a modelling difference.  A second
 scenario (scarce GPU memory, eager swaps) makes the reference's own event
 counters show that demand loads pre-empting a background copy in flight,
 prefill loads merged ahead of waiting ones, arrivals during decode and
-adaptive swaps with evictions were all exercised.
+adaptive swaps with evictions were all exercised; a third (tight GPU memory)
+makes the staging room cut prefill loads.
 """
 from __future__ import annotations
 
@@ -67,12 +68,31 @@ def assert_same(res, ref, label=""):
 POLICIES = [p for p in policies.names() if p != "tuned"]
 
 
+def _tight_gpu(extra_per_layer: int = 2, spare: int = 3):
+  """The default system with GPU memory for one decode layer's staging, two
+  resident experts per layer and ``spare`` more: the staging room (GPU memory
+  enforcement) cuts prefill loads.  Memory is a traced parameter: no compile."""
+  from ndpsim import base, costs  # pylint: disable=import-outside-toplevel
+  ss, sp = U.load()
+  model, r = M.get_model(MODEL), _routing()
+  ctx = r.prefill_ids.shape[1] + r.decode_ids.shape[1]
+  eb = float(M.expert_bytes(model))
+  slots = (costs.decode_staging_experts(model, 1)
+           + extra_per_layer * M.num_moe_layers(model) + spare)
+  mem = (costs.gpu_fixed_bytes(model, ctx, 1) + float(sp.gpu_reserved_bytes)
+         + (slots + 0.5) * eb)
+  return ss, base.replace(sp, gpu=base.replace(sp.gpu, memory_capacity_bytes=mem))
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_matches_reference(policy):
-  system, model, r = U.load(), M.get_model(MODEL), _routing()
-  for params in (PolicyParams(), SCARCE):  # traced params: one compile per policy
+  model, r = M.get_model(MODEL), _routing()
+  # Traced params and memory: one compile per policy.
+  for system, params, what in ((U.load(), PolicyParams(), "default"),
+                               (U.load(), SCARCE, "scarce budget"),
+                               (_tight_gpu(), PolicyParams(), "tight GPU memory")):
     res = engine.simulate(system, model, r, policy, params)
-    assert_same(res, RE.simulate(system, model, r, policy, params), f"{policy} {params}")
+    assert_same(res, RE.simulate(system, model, r, policy, params), f"{policy} {what}")
 
 
 def test_scenario_exercises_preemption_merging_arrivals_and_swaps():
@@ -87,6 +107,8 @@ def test_scenario_exercises_preemption_merging_arrivals_and_swaps():
   assert ada["swaps"] > 0 and ada["evictions"] > 0, ada
   # The default (ample memory) scenario pre-empts background copies too.
   assert RE.simulate(system, model, r, "tp_lb_prefetch").events["preempted"] > 0
+  # With tight GPU memory the staging room cuts loads (they run on the NDP units).
+  assert RE.simulate(_tight_gpu(), model, r, "gpu_offload").events["cut"] > 0
 
 
 def test_batched_groups_match_reference():
