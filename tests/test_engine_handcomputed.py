@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ndpsim import costs, engine
+from ndpsim import base, costs, engine
 from ndpsim.workload import models as M
 from ndpsim.workload.routing import Routing
 from tests import engine_util as U
@@ -30,6 +30,11 @@ def setup():
   ss, sp = U.load(units=N)
   r = Routing(prefill_ids=PRE, prefill_gates=np.full(PRE.shape, 0.5, np.float32),
               decode_ids=DEC, decode_gates=np.full(DEC.shape, 0.5, np.float32))
+  return (ss, sp), r, _hand_costs(ss, sp)
+
+
+def _hand_costs(ss, sp) -> dict:
+  """The primitive costs of the toy on (ss, sp), float64."""
   c = {}
   f = lambda x: float(np.asarray(x))  # noqa: E731
   c["g1"] = f(costs.gpu_expert_s(ss, sp, TOY, 1.0))
@@ -47,7 +52,7 @@ def setup():
   c["attn_p"] = [f(a) for a in attn_p]
   c["over_d"] = f(costs.step_overhead_s(ss, sp, TOY, 1, P + 1.0, 1, lm_head_tokens=1))
   c["over_p"] = f(costs.step_overhead_s(ss, sp, TOY, P, float(P), 1, lm_head_tokens=1))
-  return (ss, sp), r, c
+  return c
 
 
 def _sim(setup, policy):
@@ -100,14 +105,50 @@ def test_gpu_offload_by_hand(setup):
   assert step == pytest.approx(c["over_d"] + sum(layer_d), rel=1e-5)
 
 
-def test_oracle_by_hand(setup):
-  _, _, c = setup
-  _, step = _sim(setup, "oracle")
+def _oracle_step_by_hand(c) -> float:
   g, h = c["g1"], min(c["tp1"], c["ep1"] / N)
   post = c["ret1_1"] + c["red1_1"]
   spans = [c["bcast1"] + 2 * h + post, max(g, c["bcast1"] + h + post), 2 * g]
   layer = [a + min(spans) for a in c["attn_d"]]
-  assert step == pytest.approx(c["over_d"] + sum(layer), rel=1e-5)
+  return c["over_d"] + sum(layer)
+
+
+def test_oracle_by_hand(setup):
+  _, _, c = setup
+  _, step = _sim(setup, "oracle")
+  assert step == pytest.approx(_oracle_step_by_hand(c), rel=1e-5)
+
+
+# Absurd but float32-representable hardware (issue 13): the toy's times stay
+# below 3.4e38 s, while slot times pass 1e30 s (the old padding sentinel).
+CORNERS = {
+    "ndp": lambda sp: base.replace(sp, ndp=base.replace(sp.ndp, clock_mhz=1e-36)),
+    "link": lambda sp: base.replace(sp, link=base.replace(sp.link, bandwidth_gbps=1e-37)),
+    "gpu": lambda sp: base.replace(sp, gpu=base.replace(sp.gpu, clock_mhz=1e-36,
+                                                        memory_bandwidth_gbps=1e-36)),
+}
+
+
+@pytest.mark.parametrize("corner", sorted(CORNERS))
+def test_oracle_is_a_bound_on_absurdly_slow_hardware(setup, corner):
+  """With one part absurdly slow the bound still sums every lane it uses: its
+  decode step is the hand-computed best split, it never beats the same bound on
+  the normal hardware (slower hardware cannot help), and it stays at or below
+  every policy's end-to-end latency."""
+  (ss, sp), r, c0 = setup
+  slow = CORNERS[corner](sp)
+  c = _hand_costs(ss, slow)
+  assert max(c["tp1"], c["g1"], c["bcast1"]) > 1e30  # the corner is reached
+  run = lambda pol, p: engine.simulate((ss, p), TOY, r, pol)  # noqa: E731
+  ob = run("oracle", slow)
+  assert float(ob.step_s[0, 0]) == pytest.approx(_oracle_step_by_hand(c), rel=1e-5)
+  base_ob = run("oracle", sp)
+  assert float(ob.ttft_s[0]) >= float(base_ob.ttft_s[0]) * (1 - 1e-6)
+  assert float(ob.step_s[0, 0]) >= float(base_ob.step_s[0, 0]) * (1 - 1e-6)
+  oe = float(ob.e2e_s[0])
+  assert np.isfinite(oe)
+  for pol in ("ndp_tp", "ndp_ep", "tp_lb", "gpu_offload", "monde", "tp_lb_prefetch"):
+    assert oe <= float(run(pol, slow).e2e_s[0]) * (1 + 1e-6), pol
 
 
 def test_oracle_below_every_policy_on_toy(setup):

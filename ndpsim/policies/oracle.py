@@ -23,17 +23,26 @@ def init(ctx, params):
 
 
 def bound_makespan(slots, num_units: int, post_min_s):
-  """(makespan relative to the router, number of slots on the GPU)."""
-  big = 1e30
-  g = jnp.sort(jnp.where(slots.valid, slots.gpu_s, big))
-  h = jnp.sort(jnp.where(slots.valid, jnp.minimum(slots.ndp_tp_s,
-                                                  slots.ndp_ep_s / num_units), big))
+  """(makespan relative to the router, number of slots on the GPU).
+
+  The j cheapest GPU times and the n - j cheapest NDP times are summed in full,
+  whatever their size: invalid slots sort last (keyed +inf) and are masked by
+  position (the first n sorted entries are exactly the valid ones), so no valid
+  time can be mistaken for padding.  (A finite "big" sentinel did that: with an
+  absurdly slow NDP every slot time exceeded it and the NDP lane counted as 0 s,
+  putting the bound below its own all-GPU split.)
+  """
+  m = slots.valid.shape[0]
   n = jnp.sum(slots.valid)
-  z = jnp.zeros((1,))
-  gcum = jnp.concatenate([z, jnp.cumsum(jnp.where(g < big, g, 0.0))])
-  hcum = jnp.concatenate([z, jnp.cumsum(jnp.where(h < big, h, 0.0))])
-  j = jnp.arange(g.shape[0] + 1)
-  h_left = hcum[jnp.clip(n - j, 0, g.shape[0])]
+  first = jnp.arange(m) < n
+  g = jnp.sort(jnp.where(slots.valid, slots.gpu_s, jnp.inf))
+  h = jnp.sort(jnp.where(slots.valid, jnp.minimum(slots.ndp_tp_s,
+                                                  slots.ndp_ep_s / num_units), jnp.inf))
+  z = jnp.zeros((1,), g.dtype)
+  gcum = jnp.concatenate([z, jnp.cumsum(jnp.where(first, g, 0.0))])
+  hcum = jnp.concatenate([z, jnp.cumsum(jnp.where(first, h, 0.0))])
+  j = jnp.arange(m + 1)
+  h_left = hcum[jnp.clip(n - j, 0, m)]
   gpu_end = slots.gpu_pre_s + gcum
   ndp_end = jnp.where(j < n, slots.bcast_s + h_left + post_min_s, 0.0)
   span = jnp.where(j <= n, jnp.maximum(gpu_end, ndp_end), jnp.inf)
