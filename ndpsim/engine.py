@@ -584,7 +584,9 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
     system: ``(SystemSpec, SystemParams)`` (e.g. ``system.load_system(...)``).
     model: a ``MoeModelSpec``.
     routing: a ``routing.Routing`` with prefill_ids [S, P, L, k] and
-      decode_ids [S, T, L, k]; S must be a multiple of ``batch_size``.
+      decode_ids [S, T, L, k]: integer expert ids in [0, E), k distinct ones per
+      token and layer, S, P, T >= 1; S must be a multiple of ``batch_size``
+      (:func:`validate`).
     policy: a registered policy name or a ``Policy``.
     policy_params: ``PolicyParams`` (defaults if None).
     batch_size: sequences decoded together (static).
@@ -622,15 +624,24 @@ def validate(ss, sp, model, prefill_ids, decode_ids, batch_size: int) -> None:
           f"[num_seqs, tokens, {L} MoE layers, top_k {k}]: generate the routing "
           "with this model's layers and top-k")
   if prefill_ids.shape[0] != decode_ids.shape[0]:
-    raise ConfigError("routing: prefill and decode have different numbers of sequences")
-  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ConfigError(f"routing: prefill_ids has {prefill_ids.shape[0]} sequences but "
+                      f"decode_ids has {decode_ids.shape[0]}; give both the same sequences")
+  if prefill_ids.shape[0] < 1:
+    raise ConfigError("routing.prefill_ids has 0 sequences; give at least one sequence "
+                      "(num_seqs >= 1)")
+  if prefill_ids.shape[1] < 1:
+    raise ConfigError("routing.prefill_ids has 0 prompt tokens; give at least one prompt "
+                      "token per sequence (prompt_len >= 1)")
+  if decode_ids.shape[1] < 1:
+    raise ConfigError("routing.decode_ids has 0 decode steps; give at least one output "
+                      "token per sequence (output_len >= 1): results are per decode step")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ConfigError(f"batch_size is {batch_size!r}; write a positive integer")
   if prefill_ids.shape[0] % batch_size:
     raise ConfigError(f"num_seqs {prefill_ids.shape[0]} is not a multiple of batch_size "
                       f"{batch_size}; use num_seqs = a multiple of {batch_size}")
-  ids_np = np.asarray(decode_ids)
-  if ids_np.size and (ids_np.min() < 0 or ids_np.max() >= E):
-    raise ConfigError(f"routing holds expert ids outside [0, {E}) for {model.name!r}")
+  for name, ids in (("prefill_ids", prefill_ids), ("decode_ids", decode_ids)):
+    _check_ids(f"routing.{name}", ids, model)
   from ndpsim.hw import ndp as ndp_mod  # pylint: disable=import-outside-toplevel
   ndp_cap = ss.num_ndp_units * ndp_mod.capacity_bytes(ss.ndp)
   need = M.expert_bytes_total(model)
@@ -648,3 +659,27 @@ def validate(ss, sp, model, prefill_ids, decode_ids, batch_size: int) -> None:
         f"GPU memory {mem / 1e9:.1f} GB is smaller than the non-expert weights plus KV "
         f"cache plus reserve of {model.name!r} ({fixed / 1e9:.1f} GB); use a GPU with "
         "more memory, a smaller model dtype, or shorter sequences")
+
+
+def _check_ids(field: str, ids, model) -> None:
+  """Expert ids [S, N, L, k]: integer dtype, in [0, E), k distinct experts per
+  top-k row (what a router emits); one ConfigError naming the first bad entry."""
+  E, k = model.num_experts, model.top_k
+  dt = getattr(ids, "dtype", None)
+  if dt is None or not np.issubdtype(np.dtype(dt), np.integer):
+    raise ConfigError(f"{field} has dtype {dt}; write integer expert ids "
+                      "(e.g. ids.astype(np.int32))")
+  a = np.asarray(ids)
+  bad = (a < 0) | (a >= E)
+  if bad.any():
+    where = tuple(int(x) for x in np.argwhere(bad)[0])
+    raise ConfigError(f"{field}{list(where)} is {int(a[where])}, outside [0, {E}) for "
+                      f"{model.name!r}; write expert ids 0..{E - 1}")
+  if k > 1:
+    srt = np.sort(a, axis=-1)
+    rep = np.any(srt[..., 1:] == srt[..., :-1], axis=-1)
+    if rep.any():
+      where = tuple(int(x) for x in np.argwhere(rep)[0])
+      raise ConfigError(f"{field}{list(where)} repeats an expert in one top-k row "
+                        f"({a[where].tolist()}); write {k} distinct experts per token "
+                        "and layer")

@@ -76,7 +76,8 @@ flags.DEFINE_string("out_dir", "ndpsim_results", "folder for results, plots and 
 flags.DEFINE_list("studies", ["headline", "ndp_units", "prefetch"],
                   "studies to run: headline, ndp_units, prefetch, routing, sensitivity")
 flags.DEFINE_multi_string("set", [], "hardware override component.field=value, e.g. "
-                          "gpu.memory_bandwidth_gbps=800 (repeatable)")
+                          "gpu.memory_bandwidth_gbps=800 (repeatable); the unit count "
+                          "is --num_ndp_units, not system.num_ndp_units")
 flags.DEFINE_string("dtype", "", "storage dtype of every weight group (bf16, fp8, int4, "
                     "...); empty keeps each model's own")
 flags.DEFINE_boolean("resume", False, "reuse the finished cells in --out_dir")
@@ -340,6 +341,9 @@ def run_experiment(fl=FLAGS) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from ndpsim import studies  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
+  if not (fl.out_dir or "").strip():
+    raise ConfigError("--out_dir: empty; write a folder for the results, e.g. "
+                      "--out_dir=ndpsim_results (--out_dir=. for the current folder)")
   cfg = config_from_flags(fl)
   res = studies.resolve(cfg)
   out_dir = pathlib.Path(fl.out_dir)

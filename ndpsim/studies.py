@@ -295,6 +295,10 @@ def resolve(cfg: StudyConfig) -> Resolved:
     over = config.parse_set_overrides(list(cfg.overrides))
   except ConfigError as e:
     raise _flag_error("set", e) from None
+  if "num_ndp_units" in over.get("system", {}):
+    # One way to set the unit count: --num_ndp_units (it names every cell's count).
+    raise ConfigError(f"--set: system.num_ndp_units cannot be overridden; use "
+                      f"--num_ndp_units={over['system']['num_ndp_units']} instead")
   units = sorted(set(cfg.num_ndp_units)
                  | (set(cfg.sweep_ndp_units) if "ndp_units" in cfg.studies else set()))
   if not cfg.num_ndp_units:
@@ -356,8 +360,9 @@ def check_fits(res: Resolved, model: str, n: int) -> None:
   """The engine's own size and capacity checks, before any compile."""
   spec, sysp = res.models[model], res.systems[n]
   L, k, B = M.num_moe_layers(spec), spec.top_k, res.config.batch_size
-  pre = np.broadcast_to(np.zeros((), np.int32), (B, res.prompt_len, L, k))
-  dec = np.broadcast_to(np.zeros((), np.int32), (B, res.output_len, L, k))
+  row = np.arange(k, dtype=np.int32)  # k distinct experts: a legal top-k row
+  pre = np.broadcast_to(row, (B, res.prompt_len, L, k))
+  dec = np.broadcast_to(row, (B, res.output_len, L, k))
   try:
     engine.validate(sysp.spec, sysp.params, spec, pre, dec, B)
   except ConfigError as e:

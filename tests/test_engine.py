@@ -169,13 +169,57 @@ def test_user_errors_are_caught_before_tracing():
     U.run(MODEL, "ndp_tp", batch_size=3)
   # Mixtral's 90 GB of routed experts do not fit in one 64 GB NDP-DIMM.
   ss1, sp1 = U.load(units=1)
-  fake = R.Routing(*(np.zeros((1, 2, M.num_moe_layers(model), model.top_k), np.int32),) * 4)
+  fake = R.Routing(*(np.broadcast_to(np.arange(model.top_k, dtype=np.int32),
+                                     (1, 2, M.num_moe_layers(model), model.top_k)),) * 4)
   with pytest.raises(ConfigError, match="NDP units"):
     engine.simulate((ss1, sp1), model, fake, "ndp_tp")
   ss, sp = U.load()
   small = base.replace(sp, gpu=base.replace(sp.gpu, memory_capacity_bytes=1e9))
   with pytest.raises(ConfigError, match="GPU memory"):
     U.run(MODEL, "ndp_tp", system=(ss, small))
+
+
+def _bad_routings(r, E: int):
+  """(field, routing) pairs a router cannot emit, prefill and decode alike."""
+  pre, dec = np.asarray(r.prefill_ids), np.asarray(r.decode_ids)
+  out = []
+  for field, a, other, first in (("prefill_ids", pre, dec, True),
+                                 ("decode_ids", dec, pre, False)):
+    def mk(x, other=other, first=first):
+      return R.Routing(x, None, other, None) if first else R.Routing(other, None, x, None)
+    for v in (E, 99, -1):
+      x = a.copy()
+      x[0, -1, 0, 0] = v
+      out.append((field, "outside", mk(x)))
+    x = a.copy()
+    x[0, 0, 1, 1] = x[0, 0, 1, 0]
+    out.append((field, "repeats", mk(x)))
+    out.append((field, "dtype", mk(a.astype(np.float32))))
+  return out
+
+
+def test_prefill_and_decode_ids_are_validated_alike():
+  """Out-of-range, repeated-in-a-row and float expert ids, no sequence, no
+  prompt token and no decode step: one ConfigError line naming the field and
+  the fix, before any tracing (issue 13)."""
+  model = M.get_model(MODEL)
+  r = U.routing(MODEL)
+  ss, sp = U.load()
+  engine.validate(ss, sp, model, r.prefill_ids, r.decode_ids, 1)  # the legal one passes
+  cases = [(f, w, x) for f, w, x in _bad_routings(r, model.num_experts)]
+  pre, dec = np.asarray(r.prefill_ids), np.asarray(r.decode_ids)
+  cases += [("prefill_ids", "0 sequences", R.Routing(pre[:0], None, dec[:0], None)),
+            ("prefill_ids", "0 prompt tokens", R.Routing(pre[:, :0], None, dec, None)),
+            ("decode_ids", "0 decode steps", R.Routing(pre, None, dec[:, :0], None))]
+  for field, what, bad in cases:
+    with pytest.raises(ConfigError) as e:
+      engine.validate(ss, sp, model, bad.prefill_ids, bad.decode_ids, 1)
+    msg = str(e.value)
+    assert msg.startswith(f"routing.{field}") and what in msg, (field, what, msg)
+    assert "\n" not in msg and any(w in msg for w in ("write", "give")), msg
+  # engine.simulate runs the same checks (check=True is its default).
+  with pytest.raises(ConfigError, match=r"routing\.decode_ids has 0 decode steps"):
+    engine.simulate((ss, sp), model, R.Routing(pre, None, dec[:, :0], None), "ndp_tp")
 
 
 def test_more_prefetch_budget_is_never_slower():

@@ -178,6 +178,7 @@ def test_binary_files_schema_and_numbers(interrupted_run, direct):
     (dict(overrides=("gpu.memory_capacity_bytes=1e8",)), "--set"),
     (dict(overrides=("gpu.no_such_field=3",)), "--set"),
     (dict(overrides=("bandwidth=3",)), "--set"),
+    (dict(overrides=("system.num_ndp_units=3",)), "--set"),
     (dict(routing="zipfy"), "--routing"),
     (dict(routing="/nonexistent/trace.npz"), "--routing"),
     (dict(num_seqs=3, batch_size=2), "--num_seqs"),
@@ -216,6 +217,30 @@ def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
   assert len(lines) == 1, r.stderr
   assert lines[0].startswith("error: ") and flag in lines[0], lines[0]
   assert not list(tmp_path.iterdir())  # failed before writing anything
+
+
+@pytest.mark.parametrize("args, flag, says", [
+    (["--out_dir="], "--out_dir", "empty"),
+    (["--set=system.num_ndp_units=3", "--out_dir=out"], "--set", "--num_ndp_units=3"),
+])
+def test_binary_refuses_silent_fallbacks(args, flag, says, tmp_path):
+  """An empty --out_dir would write into the current folder, and --set
+  system.num_ndp_units would lose to --num_ndp_units while results.json records
+  it: both are one line and exit 2, nothing written (issue 13)."""
+  r = subprocess.run(_binary() + TINY_FLAGS + args, env=_env(), cwd=tmp_path,
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, r.stderr
+  assert lines[0].startswith(f"error: {flag}:") and says in lines[0], lines[0]
+  assert not list(tmp_path.iterdir())
+
+
+def test_load_system_refuses_two_different_unit_counts():
+  with pytest.raises(ConfigError, match="disagree"):
+    system_mod.load_system("paper_rtx5080_ndp_dimm", 4, {"system": {"num_ndp_units": 3}})
+  s = system_mod.load_system("paper_rtx5080_ndp_dimm", 3, {"system": {"num_ndp_units": 3}})
+  assert s.spec.num_ndp_units == 3
 
 
 # ---------------------------------------------------------------------------

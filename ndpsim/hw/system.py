@@ -212,6 +212,10 @@ def load_system(name_or_path: str | dict, num_ndp_units: int | None = None,
   if num_ndp_units is not None:
     if isinstance(num_ndp_units, bool) or not isinstance(num_ndp_units, int):
       raise ConfigError(f"num_ndp_units is {num_ndp_units!r}; write an integer")
+    if sys_over.get("num_ndp_units", num_ndp_units) != num_ndp_units:
+      raise ConfigError(f"num_ndp_units={num_ndp_units} and overrides system.num_ndp_units="
+                        f"{sys_over['num_ndp_units']} disagree; give the unit count once "
+                        "(num_ndp_units=...)")
     sys_over["num_ndp_units"] = num_ndp_units
   pre = config.load("system", name_or_path, overrides=sys_over or None)
   spec = pre.spec
