@@ -86,8 +86,35 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any], Any]:
   return sub, args, module
 
 
+_HELP = ("-h", "--help", "--helpfull")
+
+
+def usage(sub: str | None = None) -> str:
+  """Help text: the subcommands, or one subcommand's flags."""
+  if sub is None:
+    lines = ["usage: python -m ndpsim.probe SUBCOMMAND --flag=value ...",
+             "prints one JSON object; `python -m ndpsim.probe SUBCOMMAND --help` lists "
+             "its flags", "subcommands:"]
+    for name, mod in sorted(SUBCOMMANDS.items()):
+      doc = (importlib.import_module(mod).probe.__doc__ or "").strip().splitlines()
+      lines.append(f"  {name:8s} {doc[0] if doc else ''}")
+    return "\n".join(lines)
+  spec = importlib.import_module(SUBCOMMANDS[sub]).PROBE_ARGS
+  lines = [f"usage: python -m ndpsim.probe {sub} --flag=value ...", "flags:"]
+  for name, (tp, default, text) in spec.items():
+    d = "required" if default is REQUIRED else f"default {default!r}"
+    lines.append(f"  --{name} ({tp.__name__}, {d}): {text}")
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] in _HELP:
+    print(usage())
+    return 0
+  if len(argv) > 1 and argv[0] in SUBCOMMANDS and any(a in _HELP for a in argv[1:]):
+    print(usage(argv[0]))
+    return 0
   try:
     _sub, args, module = parse(argv)
     out = module.probe(args)

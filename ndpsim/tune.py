@@ -232,39 +232,100 @@ def compare(system, model, train, test, config: TuneConfig = TuneConfig(), *,
           "history": f.history}
 
 
-def _main() -> None:  # python -m ndpsim.tune [model ...]
+DEFAULT_CLI_MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
+                      "qwen1.5-moe-a2.7b")
+
+
+def _cli_parser():
+  import argparse  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(
+      prog="python -m ndpsim.tune",
+      description="Tuner vs heuristic vs grid per model: `tuned` is fitted on training "
+      "sequences (seed --train_seed) and every latency printed is a held-out hard-mode "
+      "mean over other sequences (seed --heldout_seed).")
+  p.add_argument("--models", default=",".join(DEFAULT_CLI_MODELS),
+                 help="comma-separated zoo names or paths (model JSON, HuggingFace "
+                 "config.json or its folder); default %(default)s")
+  p.add_argument("--system", default="paper_rtx5080_ndp_dimm",
+                 help="system preset name or path; default %(default)s")
+  p.add_argument("--num_ndp_units", type=int, default=None,
+                 help="NDP units (default: the preset's)")
+  p.add_argument("--num_seqs", type=int, default=2,
+                 help="sequences in the training set and in the held-out set; default 2")
+  p.add_argument("--prompt_len", type=int, default=128, help="prompt tokens; default 128")
+  p.add_argument("--output_len", type=int, default=16, help="output tokens; default 16")
+  p.add_argument("--routing", default="mixtral_8x7b",
+                 help="routing preset; default %(default)s")
+  p.add_argument("--train_seed", type=int, default=0, help="training routing seed")
+  p.add_argument("--heldout_seed", type=int, default=1, help="held-out routing seed")
+  p.add_argument("--steps", type=int, default=TuneConfig().steps,
+                 help="Adam steps of the fit; default %(default)s")
+  return p
+
+
+def _main(argv=None) -> int:
+  import dataclasses  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
+  from ndpsim.base import ConfigError  # pylint: disable=import-outside-toplevel
   from ndpsim.hw import system as system_mod  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import model_io  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import routing as R  # pylint: disable=import-outside-toplevel
-  names = sys.argv[1:] or ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
-                           "qwen1.5-moe-a2.7b"]
-  s = system_mod.load_system("paper_rtx5080_ndp_dimm")
+  a = _cli_parser().parse_args(argv)
+  err = lambda m: (print(f"ndpsim.tune: {m}", file=sys.stderr), 2)[1]  # noqa: E731
+  for name in ("num_seqs", "prompt_len", "output_len", "steps"):
+    if getattr(a, name) < 1:
+      return err(f"--{name} is {getattr(a, name)}; write a positive integer")
+  if a.train_seed == a.heldout_seed:
+    return err("--train_seed equals --heldout_seed; held-out sequences must differ "
+               "from the training ones: write two different seeds")
+  try:
+    s = system_mod.load_system(a.system, num_ndp_units=a.num_ndp_units)
+    models = [model_io.model_from_any(m.strip()) for m in a.models.split(",") if m.strip()]
+    if not models:
+      return err("--models is empty; write at least one model name or path")
+    for m in models:
+      R.preset(a.routing, m.num_experts, m.top_k)
+  except ConfigError as e:
+    return err(str(e).splitlines()[0])
   system = (s.spec, s.params)
+  cfg = dataclasses.replace(TuneConfig(), steps=a.steps)
+  print(f"# {s.spec.num_ndp_units} NDP units on {a.system}; {a.num_seqs} training "
+        f"(seed {a.train_seed}) and {a.num_seqs} held-out (seed {a.heldout_seed}) "
+        f"sequences of {a.prompt_len}+{a.output_len} tokens, routing {a.routing}; "
+        "latencies are held-out hard-mode means, s")
   print("| model | tp_lb_prefetch s | tuned s | grid best s | tuned vs heuristic | "
         "tuned vs grid | evals tuner / grid | tuned knobs | wall s |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for name in names:
+  print("|---|---|---|---|---|---|---|---|---|", flush=True)
+  for i, model in enumerate(models):
     t0 = time.time()
-    model = M.get_model(name)
     L = M.num_moe_layers(model)
+    spec = R.RoutingSpec(num_seqs=a.num_seqs, prompt_len=a.prompt_len,
+                         output_len=a.output_len, num_layers=L,
+                         num_experts=model.num_experts, top_k=model.top_k)
     rs = []
-    for seed in (0, 1):
-      spec = R.RoutingSpec(num_seqs=2, prompt_len=128, output_len=16, num_layers=L,
-                           num_experts=model.num_experts, top_k=model.top_k)
-      rs.append(jax.tree_util.tree_map(np.asarray, R.generate(
-          jax.random.PRNGKey(seed), spec,
-          R.preset("mixtral_8x7b", model.num_experts, model.top_k))))
-    c = compare(system, model, rs[0], rs[1])
+    try:
+      for seed in (a.train_seed, a.heldout_seed):
+        rs.append(jax.tree_util.tree_map(np.asarray, R.generate(
+            jax.random.PRNGKey(seed), spec,
+            R.preset(a.routing, model.num_experts, model.top_k))))
+      engine.validate(s.spec, s.params, model, rs[0].prefill_ids, rs[0].decode_ids, 1)
+    except ConfigError as e:
+      return err(f"{model.name}: {str(e).splitlines()[0]}")
+    print(f"[{i + 1}/{len(models)}] {model.name}: fitting ({cfg.steps} Adam steps on the "
+          f"relaxed engine), then the grid ({len(DEFAULT_GRID[0]) * len(DEFAULT_GRID[1]) * len(DEFAULT_GRID[2])} "
+          "hard points) and held-out scoring...", file=sys.stderr, flush=True)
+    c = compare(system, model, rs[0], rs[1], cfg)
     h = c["heldout_e2e_s"]
-    print(f"| {name} | {h['tp_lb_prefetch']:.4f} | {h['tuned']:.4f} | "
-          f"{h['grid_best_on_heldout']:.4f} | {c['tuned_vs_heuristic']:+.2%} | "
+    print(f"| {model.name} | {h['tp_lb_prefetch']:.4g} | {h['tuned']:.4g} | "
+          f"{h['grid_best_on_heldout']:.4g} | {c['tuned_vs_heuristic']:+.2%} | "
           f"{c['tuned_vs_grid_best']:+.2%} | {c['evaluations']['tuner']} / "
           f"{c['evaluations']['grid']} | "
           f"{', '.join(f'{x:.3g}' for x in c['knobs']['tuned'])} | {time.time() - t0:.0f} |",
           flush=True)
+  return 0
 
 
 if __name__ == "__main__":
-  _main()
+  raise SystemExit(_main())
