@@ -37,8 +37,12 @@ npz index ``phase[sequence, token, layer]``).
 from __future__ import annotations
 
 import csv
+import glob
+import itertools
 import json
+import os
 import pathlib
+import re
 from typing import Any, NamedTuple, Sequence
 
 import jax.numpy as jnp
@@ -181,8 +185,11 @@ def _open_npz(path) -> tuple[dict[str, np.ndarray], str]:
   try:
     with np.load(path, allow_pickle=False) as z:
       data = {k: z[k] for k in z.files}
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{where}: not an ndpsim .npz routing trace ({e})") from None
+  except Exception as e:  # pylint: disable=broad-except  (BadZipFile, EOFError, ...)
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ConfigError(f"{where}: byte 0: not a readable NumPy .npz (zip) file "
+                      f"({type(e).__name__}: {msg}); write it with traces.save_npz or "
+                      "give a routing .csv") from None
   if str(data.get("format", "")) != FORMAT_NAME:
     raise ConfigError(f"{where}: field 'format' is {str(data.get('format'))!r}; an "
                       f"ndpsim routing trace has format {FORMAT_NAME!r} (save_npz)")
@@ -262,105 +269,369 @@ def save_csv(path, routing, num_experts: int | None = None,
 
 class _Rows(NamedTuple):
   layer: np.ndarray   # [R] routing layer index
-  token: np.ndarray   # [R]
+  key: np.ndarray     # [R] token index of the assembled trace (ordering)
   gates: np.ndarray   # [R, E]
   line: np.ndarray    # [R] line number in its file
   file: np.ndarray    # [R] index into the file list
   raw_layer: np.ndarray  # [R] layer_id as written
+  token: np.ndarray   # [R] token_id as written
+
+
+_FIX_TEXT = ("give the routing CSV as text (header layer_id,token_id,expert_0,...) or "
+             "an ndpsim .npz")
+
+
+def _read_text(path: str) -> str:
+  """The file as text: UTF-8 (a BOM allowed); binary content is one error
+  naming the line and column of the first offending byte."""
+  data = pathlib.Path(path).read_bytes()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    raise ConfigError(f"{path}: line {line}, column {col}: byte 0x{data[e.start]:02x} is "
+                      f"not UTF-8 text (a binary file?); {_FIX_TEXT}") from None
+  nul = text.find("\x00")
+  if nul >= 0:
+    line = text.count("\n", 0, nul) + 1
+    col = nul - (text.rfind("\n", 0, nul) + 1) + 1
+    raise ConfigError(f"{path}: line {line}, column {col}: NUL byte (a binary file?); "
+                      f"{_FIX_TEXT}")
+  return text
 
 
 def _read_csv_file(path: str) -> tuple[np.ndarray, ...]:
+  """(layer_id, token_id, gates [R, E], line numbers) of one CSV.  Blank lines
+  and lines starting with '#' are skipped (line numbers count them)."""
   p = pathlib.Path(path)
   if not p.is_file():
     raise ConfigError(f"trace file {path!r} does not exist; give an existing .csv")
-  with open(p, newline="") as f:
-    rows = list(csv.reader(f))
-  if not rows:
-    raise ConfigError(f"{path}: line 1: empty file; the header must be "
-                      "layer_id,token_id,expert_0,...")
+  text = _read_text(path)
+  numbered = []
+  for no, raw in enumerate(text.split("\n"), 1):
+    s = raw.strip()
+    if s and not s.startswith("#"):
+      numbered.append((no, raw.rstrip("\r")))
+  if not numbered:
+    raise ConfigError(f"{path}: line 1: no header (the file is empty, blank or only "
+                      "comments); the header must be layer_id,token_id,expert_0,...")
+  try:
+    rows = list(csv.reader([r for _, r in numbered]))
+  except csv.Error as e:
+    raise ConfigError(f"{path}: not a readable CSV ({e}); {_FIX_TEXT}") from None
+  lines = np.array([n for n, _ in numbered])
   head = [h.strip() for h in rows[0]]
   e = len(head) - 2
   want = ["layer_id", "token_id"] + [f"expert_{i}" for i in range(max(e, 1))]
   if e < 1 or head != want:
-    raise ConfigError(f"{path}: line 1: header {','.join(head[:4])}... is not "
-                      "layer_id,token_id,expert_0,...,expert_{E-1}")
-  body = rows[1:]
+    bad = next((i for i, (h, w) in enumerate(zip(head, want)) if h != w), len(head))
+    hint = ("; DynaNDE's *_stats.csv files are statistics, not routing traces"
+            if head and head[0].lower() == "expert_id" else "")
+    raise ConfigError(f"{path}: line {lines[0]}, column {bad + 1}: header "
+                      f"{','.join(head[:4])}... is not "
+                      f"layer_id,token_id,expert_0,...,expert_{{E-1}}{hint}")
+  body, lines = rows[1:], lines[1:]
   if not body:
-    raise ConfigError(f"{path}: line 2: no data rows after the header")
+    raise ConfigError(f"{path}: line {numbered[0][0] + 1}: no data rows after the header")
   for i, r in enumerate(body):
     if len(r) != e + 2:
-      raise ConfigError(f"{path}: line {i + 2}: row has {len(r)} fields; the header "
-                        f"has {e + 2}")
+      raise ConfigError(f"{path}: line {lines[i]}: row has {len(r)} fields; the header "
+                        f"has {e + 2} (layer_id, token_id and {e} experts)")
   try:
     vals = np.array(body, dtype=np.float64)
   except ValueError:
     for i, r in enumerate(body):
-      try:
-        [float(x) for x in r]
-      except ValueError:
-        raise ConfigError(f"{path}: line {i + 2}: row holds a value that is not a "
-                          "number") from None
+      for j, x in enumerate(r):
+        try:
+          float(x)
+        except ValueError:
+          name = head[j]
+          raise ConfigError(f"{path}: line {lines[i]}, column {j + 1} ({name}): {x!r} "
+                            "is not a number; write a decimal number (gate scores: 0 = "
+                            "not selected)") from None
     raise
-  lines = np.arange(2, len(body) + 2)
   for col, name in ((0, "layer_id"), (1, "token_id")):
     bad = (vals[:, col] < 0) | (vals[:, col] != np.round(vals[:, col]))
     if bad.any():
       i = int(np.argmax(bad))
-      raise ConfigError(f"{path}: line {lines[i]}: {name} {vals[i, col]} must be an "
-                        "integer >= 0")
+      raise ConfigError(f"{path}: line {lines[i]}, column {col + 1}: {name} "
+                        f"{vals[i, col]} must be an integer >= 0")
   gates = vals[:, 2:]
   bad = ~np.isfinite(gates) | (gates < 0)
   if bad.any():
     i, j = (int(x) for x in np.argwhere(bad)[0])
-    raise ConfigError(f"{path}: line {lines[i]}: expert_{j} gate score {gates[i, j]} "
-                      "must be a finite number >= 0 (0 = not selected)")
+    raise ConfigError(f"{path}: line {lines[i]}, column {j + 3}: expert_{j} gate score "
+                      f"{gates[i, j]} must be a finite number >= 0 (0 = not selected)")
   return vals[:, 0].astype(np.int64), vals[:, 1].astype(np.int64), gates, lines
+
+
+# ---------------------------------------------------------------------------
+# Several files: a directory, a glob, or a list.
+
+LAYOUTS = ("sequences", "decoder_batch")
+_LAYER_RE = re.compile(r"layer[_\-]?(\d+)", re.IGNORECASE)
+_NUM_RE = re.compile(r"\d+")
+_STATS_RE = re.compile(r"_stats\.csv$", re.IGNORECASE)
+
+
+def is_trace_path(name) -> bool:
+  """Whether ``name`` names a trace (an existing file or directory, a .npz/.csv
+  path, or a glob pattern) rather than a routing preset."""
+  s = str(name)
+  return (s.endswith((".npz", ".csv")) or glob.has_magic(s)
+          or os.path.isdir(s) or os.path.isfile(s))
+
+
+def trace_files(path) -> tuple[list[str], str | None]:
+  """The CSV files of ``path`` and the folder they are named relative to.
+
+  A file is itself; a directory is every ``*.csv`` below it (recursively); a
+  pattern with ``*``, ``?`` or ``[`` is a glob (``**`` recursive).  DynaNDE's
+  ``*_stats.csv`` summaries beside its traces are skipped.  Sorted by path."""
+  s = str(path)
+  if glob.has_magic(s):
+    found = sorted(f for f in glob.glob(s, recursive=True) if os.path.isfile(f))
+    parts = pathlib.PurePath(s).parts
+    fixed = list(itertools.takewhile(lambda x: not glob.has_magic(x), parts))
+    root = str(pathlib.PurePath(*fixed)) if fixed else "."
+    what = f"glob {s!r} matches"
+  elif os.path.isdir(s):
+    found = sorted(str(f) for f in pathlib.Path(s).rglob("*.csv") if f.is_file())
+    root, what = s, f"directory {s!r} holds"
+  elif os.path.isfile(s):
+    return [s], None
+  else:
+    raise ConfigError(f"trace {s!r} does not exist; give an existing .npz/.csv file, a "
+                      "directory of per-layer .csv files or a glob such as 'dir/*.csv'")
+  files = [f for f in found if not _STATS_RE.search(f)]
+  if not files:
+    raise ConfigError(f"{what} no routing .csv file ({len(found)} *_stats.csv skipped); "
+                      "give the folder or pattern of the layer_id,token_id,expert_... files")
+  return files, root
+
+
+def _rel_parts(f: str, root: str | None) -> tuple[str, ...]:
+  try:
+    return pathlib.Path(f).relative_to(root).parts if root else (pathlib.Path(f).name,)
+  except ValueError:
+    return (pathlib.Path(f).name,)
+
+
+def _layer_number(f: str, root: str | None) -> int | None:
+  """The layer number in a file's name (``layer12``, ``Layer_12``), else in its
+  folders below the root (innermost first), else None."""
+  parts = _rel_parts(f, root)
+  for part in reversed(parts):
+    m = _LAYER_RE.findall(part)
+    if m:
+      return int(m[-1])
+  return None
+
+
+def _position_number(f: str, root: str | None) -> int | None:
+  """The token position of a decoder-batch file: the number in the first folder
+  below the root that is not a ``Layer_N`` folder (DynaNDE: ``1st``, ``2nd``,
+  ``10th``), else the last number in the file name outside ``layerN``."""
+  parts = _rel_parts(f, root)
+  for part in parts[:-1]:
+    if not _LAYER_RE.search(part):
+      m = _NUM_RE.findall(part)
+      if m:
+        return int(m[0])
+  m = _NUM_RE.findall(_LAYER_RE.sub("", parts[-1]))
+  return int(m[-1]) if m else None
+
+
+def _order_layer_files(files: list[str], root: str | None) -> list[str]:
+  """Per-layer files in layer order (the number in the file name); refuses
+  missing numbers, gaps and the decoder-batch layout (one layer twice)."""
+  nums = [_layer_number(f, root) for f in files]
+  if any(n is None for n in nums):
+    nums = [None] * len(files)
+    for i, f in enumerate(files):
+      m = _NUM_RE.findall(pathlib.Path(f).stem)
+      nums[i] = int(m[-1]) if m else None
+  for f, n in zip(files, nums):
+    if n is None:
+      raise ConfigError(f"{f}: no layer number in the file name; name per-layer files "
+                        "like layer2.csv (or Layer_2/...) or pass a list in layer order")
+  seen: dict[int, str] = {}
+  for f, n in zip(files, nums):
+    if n in seen:
+      raise ConfigError(
+          f"{f} and {seen[n]} both hold layer {n}: this looks like the NeuPIMs/DynaNDE "
+          "decoder batch layout (one folder per token position, token_id = request in the "
+          "batch); pass layout='decoder_batch' to load it as requests x positions, or give "
+          "one position's files")
+    seen[n] = f
+  order = sorted(range(len(files)), key=lambda i: nums[i])
+  have = sorted(seen)
+  missing = sorted(set(range(have[0], have[-1] + 1)) - set(have))
+  if missing:
+    raise ConfigError(f"{root or files[0]}: layer file(s) {missing} missing: the files "
+                      f"hold layers {have[0]}..{have[-1]} but not {missing}; add them or "
+                      "pass the files as a list (taken in the given order)")
+  return [files[i] for i in order]
+
+
+def _check_width(p, gates, width, first, num_experts, layer, token, lines):
+  if width is not None and gates.shape[1] != width:
+    raise ConfigError(f"{p}: line 1: header has {gates.shape[1]} expert columns but "
+                      f"{first} has {width}; all files need the same experts")
+  if num_experts is not None and gates.shape[1] > num_experts:
+    beyond = (gates[:, num_experts:] > 0).any(axis=1)
+    if beyond.any():
+      i = int(np.argmax(beyond))
+      j = num_experts + int(np.argmax(gates[i, num_experts:] > 0))
+      raise ConfigError(f"{p}: line {lines[i]} (layer_id {layer[i]}, token_id "
+                        f"{token[i]}): expert id {j} (column expert_{j}) is out of "
+                        f"range for num_experts {num_experts}")
+    gates = gates[:, :num_experts]
+  return gates
 
 
 def load_csv(path, top_k: int | None = None, num_layers: int | None = None,
              prompt_len: int = 0, *, tokens_per_sequence: int | None = None,
-             num_experts: int | None = None):
-  """Reads a NeuPIMs-MoE / DynaNDE routing CSV (or a list of per-layer CSVs)
-  into a ``routing.Routing`` (see the module docstring for the token mapping).
+             num_experts: int | None = None, layout: str = "sequences"):
+  """Reads a NeuPIMs-MoE / DynaNDE / FLAME-MoE routing CSV -- one file, a list
+  of per-layer files, a directory or a glob -- into a ``routing.Routing`` (see
+  the module docstring for the token mapping and the layouts).
 
-  ``top_k``: selections per row (default: the first row's); ``num_layers``:
+  ``top_k``: experts per token; a row with more nonzero scores (dense
+  probabilities) keeps its top-k (ties by lower id), one with fewer is an error
+  (default: every row must select as many as the first row); ``num_layers``:
   expected layers; ``tokens_per_sequence``: default all tokens of a layer form
   one sequence; ``prompt_len``: leading prefill tokens of each sequence
   (0 = all decode); ``num_experts``: the model's experts -- a row selecting a
-  column at or beyond it is an error (all-zero extra columns are dropped).
+  column at or beyond it is an error (all-zero extra columns are dropped);
+  ``layout``: ``"sequences"`` or ``"decoder_batch"`` (one file per token
+  position, ``token_id`` = request).
   FLAME-MoE samples: ``tokens_per_sequence=64, prompt_len=32``.
   """
-  paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
-  if not paths:
-    raise ConfigError("load_csv: give a CSV path or a non-empty list of paths")
+  if layout not in LAYOUTS:
+    raise ConfigError(f"load_csv: layout {layout!r} is not one of {list(LAYOUTS)}")
+  if isinstance(path, (list, tuple)):
+    paths, root = [str(p) for p in path], None
+    if not paths:
+      raise ConfigError("load_csv: give a CSV path or a non-empty list of paths")
+    if layout == "decoder_batch":
+      root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+      paths = [os.path.abspath(p) for p in paths]
+  else:
+    paths, root = trace_files(path)
+    if root is not None and len(paths) > 1 and layout == "sequences":
+      paths = _order_layer_files(paths, root)
+  if layout == "decoder_batch":
+    return _load_decoder_batch(paths, root, top_k, num_layers, prompt_len,
+                               tokens_per_sequence, num_experts)
   parts = []
   width = None
   for fi, p in enumerate(paths):
     layer, token, gates, lines = _read_csv_file(p)
-    if width is not None and gates.shape[1] != width:
-      raise ConfigError(f"{p}: line 1: header has {gates.shape[1]} expert columns but "
-                        f"{paths[0]} has {width}; all files need the same experts")
-    width = gates.shape[1]
-    if num_experts is not None and width > num_experts:
-      beyond = (gates[:, num_experts:] > 0).any(axis=1)
-      if beyond.any():
-        i = int(np.argmax(beyond))
-        j = num_experts + int(np.argmax(gates[i, num_experts:] > 0))
-        raise ConfigError(f"{p}: line {lines[i]} (layer_id {layer[i]}, token_id "
-                          f"{token[i]}): expert id {j} (column expert_{j}) is out of "
-                          f"range for num_experts {num_experts}")
-      gates = gates[:, :num_experts]
+    gates = _check_width(p, gates, width, paths[0], num_experts, layer, token, lines)
+    width = width or gates.shape[1]
     if len(paths) > 1:
       if (layer != layer[0]).any():
         i = int(np.argmax(layer != layer[0]))
         raise ConfigError(f"{p}: line {lines[i]}: layer_id {layer[i]} differs from "
-                          f"{layer[0]} above; with several files each holds one layer")
+                          f"{layer[0]} above; with several files each holds one layer "
+                          "(files that each hold every layer of one token position are "
+                          "the decoder batch layout: pass layout='decoder_batch')")
+      if fi and token.size != parts[0][1].size:
+        raise ConfigError(f"{p}: {token.size} tokens but {paths[0]} has "
+                          f"{parts[0][1].size}; per-layer files must hold the same tokens")
       routing_layer = np.full_like(layer, fi)
     else:
       routing_layer = layer - layer.min()
-    parts.append((routing_layer, token, gates, lines, np.full_like(lines, fi), layer))
+    parts.append((routing_layer, token, gates, lines, np.full_like(lines, fi), layer, token))
   rows = _Rows(*(np.concatenate(x) for x in zip(*parts)))
   return _assemble(rows, paths, top_k, num_layers, prompt_len, tokens_per_sequence)
+
+
+def _load_decoder_batch(paths, root, top_k, num_layers, prompt_len, tokens_per_sequence,
+                        num_experts):
+  """One file per (token position[, layer]); token_id = request in the batch."""
+  pos = [_position_number(p, root) for p in paths]
+  lay = [_layer_number(p, root) for p in paths]
+  for p, n in zip(paths, pos):
+    if n is None:
+      raise ConfigError(f"{p}: no token position in its folder or file name; the decoder "
+                        "batch layout needs one folder (1st, 2nd, ...) or file (pos0.csv, "
+                        "...) per position")
+  if any(n is None for n in lay) and not all(n is None for n in lay):
+    i = lay.index(None)
+    raise ConfigError(f"{paths[i]}: no layer number in its path while other files have "
+                      "one; name every file or folder by layer (Layer_2, layer2.csv)")
+  positions = sorted(set(pos))
+  missing = sorted(set(range(positions[0], positions[-1] + 1)) - set(positions))
+  if missing:
+    raise ConfigError(f"{root}: token position(s) {missing} missing: the files hold "
+                      f"positions {positions[0]}..{positions[-1]}; add them or give "
+                      "fewer positions")
+  num_t = len(positions)
+  if tokens_per_sequence is not None and tokens_per_sequence != num_t:
+    raise ConfigError(f"{root}: tokens_per_sequence is {tokens_per_sequence} but the "
+                      f"decoder batch holds {num_t} positions (one per folder)")
+  seen: dict[tuple[int, int | None], str] = {}
+  parts, width, batch = [], None, None
+  for fi, p in enumerate(paths):
+    layer, token, gates, lines = _read_csv_file(p)
+    gates = _check_width(p, gates, width, paths[0], num_experts, layer, token, lines)
+    width = width or gates.shape[1]
+    key = (pos[fi], lay[fi])
+    if key in seen:
+      raise ConfigError(f"{p} and {seen[key]} both hold position {pos[fi]}"
+                        + (f", layer {lay[fi]}" if lay[fi] is not None else "")
+                        + "; keep one file per position and layer")
+    seen[key] = p
+    if lay[fi] is not None:
+      if (layer != layer[0]).any():
+        i = int(np.argmax(layer != layer[0]))
+        raise ConfigError(f"{p}: line {lines[i]}: layer_id {layer[i]} differs from "
+                          f"{layer[0]} above; a file in a Layer_{lay[fi]} path holds one "
+                          "layer")
+      layer_num = np.full_like(layer, lay[fi])
+    else:
+      layer_num = layer
+    # Requests: every layer of the file holds token_id 0..B-1, the same B everywhere.
+    for l in np.unique(layer_num):
+      sel = layer_num == l
+      tok = np.sort(token[sel])
+      b = tok.size
+      if (tok != np.arange(b)).any():
+        j = int(np.argmax(tok != np.arange(b)))
+        raise ConfigError(f"{p}: layer {l}: requests (token_id) must be 0..{b - 1} "
+                          f"without gaps or repeats; token_id {j} is "
+                          f"{'repeated' if j and tok[j] == tok[j - 1] else 'missing'}")
+      if batch is None:
+        batch = (b, p)
+      elif b != batch[0]:
+        raise ConfigError(f"{p}: {b} requests (token_id 0..{b - 1}) but {batch[1]} has "
+                          f"{batch[0]}; every position and layer needs the whole batch")
+    parts.append([layer_num, token, gates, lines, np.full_like(lines, fi), layer, token,
+                  pos[fi]])
+  layers = sorted(set(np.concatenate([x[0] for x in parts]).tolist()))
+  by_pos: dict[int, set] = {}
+  for x in parts:
+    by_pos.setdefault(x[7], set()).update(x[0].tolist())
+  for n in positions:
+    if by_pos[n] != set(layers):
+      gone = sorted(set(layers) - by_pos[n])
+      raise ConfigError(f"{root}: position {n} has no file or rows for layer(s) {gone}; "
+                        "every position needs every layer")
+  gaps = sorted(set(range(layers[0], layers[-1] + 1)) - set(layers))
+  if gaps:
+    raise ConfigError(f"{root}: layer(s) {gaps} missing: the files hold layers "
+                      f"{layers[0]}..{layers[-1]}")
+  cols = []
+  for x in parts:
+    layer_num, token = x[0], x[1]
+    x[0] = layer_num - layers[0]
+    x[1] = token * num_t + positions.index(x[7])   # request-major: [S, T]
+    cols.append(tuple(x[:7]))
+  rows = _Rows(*(np.concatenate(c) for c in zip(*cols)))
+  return _assemble(rows, paths, top_k, num_layers, prompt_len, num_t)
 
 
 def _assemble(rows: _Rows, paths, top_k, num_layers, prompt_len, tokens_per_sequence):
@@ -373,13 +644,19 @@ def _assemble(rows: _Rows, paths, top_k, num_layers, prompt_len, tokens_per_sequ
   k = int(counts[0]) if top_k is None else int(top_k)
   if k < 1:
     raise at(0, "row selects no expert (all gate scores are 0)")
-  if (counts != k).any():
-    i = int(np.argmax(counts != k))
-    src = "top_k" if top_k is not None else "the first row's count"
-    raise at(i, f"row selects {counts[i]} experts (nonzero gate scores) but k is {k} "
-             f"({src}); fix the row or pass top_k")
+  if top_k is None:
+    bad = counts != k
+    msg = ("but k is {k} (the first row's count); fix the row, or pass top_k to take "
+           "each row's top-k (dense probability rows)")
+  else:   # dense probability rows: more than k nonzero keep their top-k
+    bad = counts < k
+    msg = "but top_k is {k}: too few to take the top-k; fix the row or lower top_k"
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise at(i, f"row selects {counts[i]} experts (nonzero gate scores) "
+             + msg.format(k=k))
   # Layers: contiguous, and as many as asked for.
-  order = np.lexsort((rows.token, rows.layer))
+  order = np.lexsort((rows.key, rows.layer))
   layers = rows.layer[order]
   present = np.unique(layers)
   gaps = np.nonzero(np.diff(layers) > 1)[0]
@@ -389,14 +666,15 @@ def _assemble(rows: _Rows, paths, top_k, num_layers, prompt_len, tokens_per_sequ
              f"{layers[gaps[0]]} to {layers[gaps[0] + 1]}")
   num_l = present.size
   if num_layers is not None and num_l != num_layers:
-    raise at(order[-1], f"trace has {num_l} layers but num_layers is {num_layers}; "
-             f"layers {num_l}..{num_layers - 1} are missing")
+    raise at(order[-1], f"trace has {num_l} layers but num_layers is {num_layers}"
+             + (f"; layers {num_l}..{num_layers - 1} are missing" if num_l < num_layers
+                else "; give a model with as many MoE layers"))
   # Tokens: per layer exactly 0..N-1, the same N for every layer.
   starts = np.searchsorted(layers, present)
   ends = np.append(starts[1:], layers.size)
   n = int(ends[0] - starts[0])
   for li, (a, b) in enumerate(zip(starts, ends)):
-    tok = rows.token[order[a:b]]
+    tok = rows.key[order[a:b]]
     expect = np.arange(b - a)
     if (tok != expect).any():
       j = int(np.argmax(tok != expect))
@@ -426,3 +704,46 @@ def _assemble(rows: _Rows, paths, top_k, num_layers, prompt_len, tokens_per_sequ
   gates = gates.reshape(num_l, s, tps, k).transpose(1, 2, 0, 3)
   p = int(prompt_len)
   return make_routing(ids[:, :p], gates[:, :p], ids[:, p:], gates[:, p:])
+
+
+# ---------------------------------------------------------------------------
+# Any trace
+
+def load(path, *, model=None, top_k: int | None = None, num_layers: int | None = None,
+         num_experts: int | None = None, prompt_len: int = 0,
+         tokens_per_sequence: int | None = None, layout: str = "sequences"):
+  """Any trace: an ndpsim ``.npz`` (by suffix or zip content), or CSV(s) as
+  :func:`load_csv` reads them (a file, a list, a directory or a glob).
+
+  ``model`` (a ``models.MoeModelSpec``) supplies top_k, num_experts and
+  num_layers when not given, and the trace is checked against it: a trace of
+  another shape is one ConfigError naming the trace, the model and the
+  mismatch, before anything is simulated."""
+  from ndpsim.workload import models  # pylint: disable=import-outside-toplevel
+  if model is not None:
+    top_k = top_k or model.top_k
+    num_experts = num_experts or model.num_experts
+  where = str(path) if not isinstance(path, (list, tuple)) else f"{path[0]} (+{len(path) - 1})"
+  s = str(path)
+  is_npz = (not isinstance(path, (list, tuple)) and os.path.isfile(s)
+            and (s.endswith(".npz") or pathlib.Path(s).read_bytes()[:2] == b"PK"))
+  if is_npz:
+    r = load_npz(s, num_experts=None)
+  else:
+    r = load_csv(path, top_k=top_k, prompt_len=prompt_len, num_experts=num_experts,
+                 tokens_per_sequence=tokens_per_sequence, layout=layout)
+  if model is not None:
+    shape = tuple(np.asarray(r.prefill_ids).shape[2:])
+    ids_max = max(int(np.asarray(r.prefill_ids).max(initial=-1)),
+                  int(np.asarray(r.decode_ids).max(initial=-1)))
+    want_l = num_layers or models.num_moe_layers(model)
+    if shape != (want_l, model.top_k) or ids_max >= model.num_experts:
+      raise ConfigError(
+          f"{where}: trace has {shape[0]} layers x top-{shape[1]} (expert ids up to "
+          f"{ids_max}) but model {model.name!r} needs {want_l} MoE layers x "
+          f"top-{model.top_k} over {model.num_experts} experts; give a model that "
+          "matches the trace")
+    check_against_model(r, model, where)
+  else:
+    check_routing(r, where, num_experts=num_experts, top_k=top_k, num_layers=num_layers)
+  return r
