@@ -415,3 +415,21 @@ def test_trace_shape_against_model_before_simulating():
   r = traces.load(PUB / "neupims_dense_probs.csv",
                   model=models.replace(spec, num_layers=2, first_dense_layers=1))
   assert r.decode_ids.shape[-1] == 2
+
+
+def test_neupims_batch_files_one_per_iteration(tmp_path):
+  """NeuPIMs' reader: one file per decode iteration holding every layer_id,
+  token_id = request; iter10 must come after iter9 (numeric order)."""
+  r = traces.load_npz(NPZ)
+  ids = np.concatenate([np.asarray(r.prefill_ids), np.asarray(r.decode_ids)], 1)
+  gates = np.concatenate([np.asarray(r.prefill_gates), np.asarray(r.decode_gates)], 1)
+  for t in range(P + T):
+    one = traces.make_routing(ids[:, :0, :, :], gates[:, :0], ids[:, t:t + 1], gates[:, t:t + 1])
+    traces.save_csv(tmp_path / f"iter{t}.csv", one, num_experts=E)
+  pattern = str(tmp_path / "iter*.csv")
+  msg = _error(traces.load_csv, pattern)
+  assert "layout='decoder_batch'" in msg
+  got = traces.load_csv(pattern, layout="decoder_batch", prompt_len=P)
+  _equal(got, r)
+  assert "tokens_per_sequence is 5" in _error(traces.load_csv, pattern, layout="decoder_batch",
+                                              tokens_per_sequence=5)
