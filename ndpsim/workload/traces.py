@@ -46,7 +46,7 @@ beside the traces are skipped.
 Layout "decoder_batch" (``layout="decoder_batch"``): the NeuPIMs-MoE / DynaNDE
 decoder batch -- one file (or folder) per token position, ``token_id`` = the
 request in the batch.  DynaNDE: ``Decoder_Batch_x/{1st,2nd,...}/Layer_N/*.csv``
-(position = the number in the first folder below the root, layer = the number
+(position = the number in the innermost folder that is not ``Layer_N``, layer = the number
 in the ``Layer_N`` folder / ``layerN`` file name, ``layer_id`` 0 in each);
 NeuPIMs: one file per iteration (``iter0.csv``, ``iter1.csv``, ... holding
 every ``layer_id``).  Request ``s`` at position ``t`` becomes token ``t`` of
@@ -461,11 +461,11 @@ def _layer_number(f: str, root: str | None) -> int | None:
 
 
 def _position_number(f: str, root: str | None) -> int | None:
-  """The token position of a decoder-batch file: the number in the first folder
-  below the root that is not a ``Layer_N`` folder (DynaNDE: ``1st``, ``2nd``,
-  ``10th``), else the last number in the file name outside ``layerN``."""
+  """The token position of a decoder-batch file: the number in the innermost
+  folder below the root that is not a ``Layer_N`` folder (DynaNDE: ``1st``,
+  ``2nd``, ``10th``), else the last number in the file name outside ``layerN``."""
   parts = _rel_parts(f, root)
-  for part in parts[:-1]:
+  for part in reversed(parts[:-1]):
     if not _LAYER_RE.search(part):
       m = _NUM_RE.findall(part)
       if m:
@@ -614,7 +614,8 @@ def _load_decoder_batch(paths, root, top_k, num_layers, prompt_len, tokens_per_s
     if key in seen:
       raise ConfigError(f"{p} and {seen[key]} both hold position {pos[fi]}"
                         + (f", layer {lay[fi]}" if lay[fi] is not None else "")
-                        + "; keep one file per position and layer")
+                        + "; keep one file per position and layer, and give the batch "
+                        "folder itself (its subfolders 1st, 2nd, ... are the positions)")
     seen[key] = p
     if lay[fi] is not None:
       if (layer != layer[0]).any():
