@@ -146,9 +146,11 @@ def autotune_alpha(system, model, profile, *, batch_size: int = 1,
   act_p = _mean_activated(pre, batch_size, model.num_experts)
   act_d = _mean_activated(dec, batch_size, model.num_experts, per_token=True)
   cand = {"prefill": alpha_candidates(act_p, share), "decode": alpha_candidates(act_d, share)}
-  # Padded to a multiple of 16 candidates: calls on other hardware (another
-  # link share) then mostly reuse the compiled program instead of retracing.
-  n = -(-max(len(c) for c in cand.values()) // 16) * 16
+  # Padded to the most candidates this routing can have (H = 0 .. activated),
+  # rounded up to a multiple of 16: independent of the hardware, so calls on
+  # other hardware (another link share) reuse the compiled program.
+  most = max(max(int(round(a)), 1) + 1 for a in (act_p, act_d))
+  n = -(-most // 16) * 16
   pad = {k: np.concatenate([c, np.full(n - len(c), c[-1])]) for k, c in cand.items()}
   base_params = policy_params if policy_params is not None else pb.PolicyParams()
 
