@@ -325,3 +325,13 @@ def test_probe_model():
   assert rc == 2 and out == "" and err.count("\n") == 1 and "qwen3-30b-a3b" in err
   rc, _, err = _run_probe(["model", "--model=olmoe-1b-7b", "--expert_dtype=int2"])
   assert rc == 2 and "--expert_dtype" in err
+
+
+def test_get_model_accepts_the_paths_its_error_offers():
+  """The unknown-name error offers a path; get_model takes one (issue 12)."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).parent / "data" / "exp_tiny_model.json"
+  assert m.get_model(str(path)).name == "exp-tiny-moe"
+  assert m.get_model(str(path.parent / "hf_mixtral_config.json")).num_experts == 8
+  with pytest.raises(ConfigError, match="does not exist"):
+    m.get_model(str(path.parent / "no_such_model.json"))

@@ -594,10 +594,16 @@ MODEL_SOURCES: dict[str, str] = {
 
 
 def get_model(name: str) -> MoeModelSpec:
-  """Zoo entry by registry name (case-insensitive)."""
+  """Zoo entry by registry name (case-insensitive), or -- as the error message
+  offers -- a model from a path (model .json, HuggingFace config.json or its
+  folder; :func:`ndpsim.workload.model_io.model_from_any`)."""
   key = str(name).lower()
   if key in MODELS:
     return MODELS[key]
+  import os  # pylint: disable=import-outside-toplevel
+  if str(name).endswith(".json") or os.sep in str(name) or os.path.exists(str(name)):
+    from ndpsim.workload import model_io  # pylint: disable=import-outside-toplevel
+    return model_io.model_from_any(name)
   close = difflib.get_close_matches(key, list(MODELS), n=1, cutoff=0.4)
   hint = f" (did you mean {close[0]!r}?)" if close else ""
   raise ConfigError(f"unknown model {name!r}{hint}; write one of {sorted(MODELS)} "
