@@ -69,7 +69,7 @@ flags.DEFINE_integer("num_seqs", None, "sequences per cell (default 8, or the tr
                      "evaluation half); more narrows the 95% intervals")
 flags.DEFINE_string("routing", "mixtral_8x7b",
                     "routing preset name (ndpsim.workload.routing.PRESETS) or a "
-                    ".npz/.csv trace file")
+                    ".npz/.csv trace file, or a folder or glob of per-layer CSV files")
 flags.DEFINE_integer("seed", 0, "seed of the evaluation routing (MoNDE's profile uses "
                      "fold_in(seed, 1))")
 flags.DEFINE_string("out_dir", "ndpsim_results", "folder for results, plots and cells")

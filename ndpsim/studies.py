@@ -51,6 +51,7 @@ on; a resumed run reuses the cells whose fingerprint matches.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -163,24 +164,34 @@ def _flag_error(flag: str, e: Exception) -> ConfigError:
 
 
 def _is_trace(name: str) -> bool:
-  return name.endswith((".npz", ".csv"))
+  """A trace (file, per-layer folder or glob) rather than a routing preset."""
+  return name not in R.PRESETS and traces.is_trace_path(name)
 
 
 def routing_label(name: str) -> str:
-  return pathlib.Path(name).name if _is_trace(name) else name
+  """Short name of a routing source: the preset, a file's or folder's name, or
+  a glob's pattern (``Path('d/*.csv').name`` alone would be ``*.csv``)."""
+  if not _is_trace(name):
+    return name
+  p = pathlib.Path(name)
+  return str(p) if glob.has_magic(name) else p.name
 
 
-def _load_trace(path: str, prompt_len, output_len):
-  if not os.path.isfile(path):
-    raise ConfigError(f"--routing: trace file {path!r} does not exist; give an "
-                      f"existing .npz/.csv trace or one of {list(R.PRESETS)}")
+def _load_trace(path: str, prompt_len, output_len, top_k=None):
+  """One trace for ``--routing``: ``.npz``, or CSV(s) -- one file, a folder of
+  per-layer files or a glob (``traces.load_csv``); dense-probability rows take
+  the top ``top_k`` (the models' shared top-k, when known)."""
   try:
     if path.endswith(".npz"):
+      if not os.path.isfile(path):
+        raise ConfigError(f"trace file {path!r} does not exist; give an existing "
+                          f".npz/.csv trace, a folder or glob of per-layer CSVs, or one "
+                          f"of {list(R.PRESETS)}")
       return traces.load_npz(path)
     if prompt_len is None or output_len is None:
       raise ConfigError("a CSV trace needs --prompt_len and --output_len (tokens "
                         "per sequence = their sum)")
-    return traces.load_csv(path, prompt_len=prompt_len,
+    return traces.load_csv(path, top_k=top_k, prompt_len=prompt_len,
                            tokens_per_sequence=prompt_len + output_len)
   except ConfigError as e:
     raise _flag_error("routing", e) from None
@@ -247,7 +258,8 @@ def resolve(cfg: StudyConfig) -> Resolved:
   sources: dict[str, Any] = {}
   P, T, S = cfg.prompt_len, cfg.output_len, cfg.num_seqs
   if _is_trace(cfg.routing):
-    tr = _load_trace(cfg.routing, P, T)
+    ks = {models[n].top_k for n in head_models + sweep_models}
+    tr = _load_trace(cfg.routing, P, T, top_k=ks.pop() if len(ks) == 1 else None)
     tp, tt, ts = (tr.prefill_ids.shape[1], tr.decode_ids.shape[1],
                   tr.prefill_ids.shape[0])
     for flag, given, have in (("prompt_len", P, tp), ("output_len", T, tt)):
@@ -275,8 +287,9 @@ def resolve(cfg: StudyConfig) -> Resolved:
   elif cfg.routing in R.PRESETS:
     sources[cfg.routing] = None
   else:
-    raise ConfigError(f"--routing: {cfg.routing!r} is neither a preset nor a .npz/.csv "
-                      f"trace; write one of {list(R.PRESETS)} or a trace path")
+    raise ConfigError(f"--routing: {cfg.routing!r} is neither a preset nor a trace "
+                      f"(.npz/.csv file, folder or glob of per-layer CSVs); write one of "
+                      f"{list(R.PRESETS)} or a trace path")
   P, T, S = P or 512, T or 512, S or 8
   if S % cfg.batch_size:
     raise ConfigError(f"--num_seqs: {S} is not a multiple of --batch_size "
@@ -389,7 +402,7 @@ def make_workload(res: Resolved, model: str, routing: str) -> Workload:
   L, E, k = M.num_moe_layers(spec), spec.num_experts, spec.top_k
   src = res.routing_sources[routing]
   if src is not None:  # trace file: first half profiles, the rest evaluates
-    tr = _load_trace(src, res.prompt_len, res.output_len)
+    tr = _load_trace(src, res.prompt_len, res.output_len, top_k=k)
     h = tr.prefill_ids.shape[0] // 2
     pre, dec = np.asarray(tr.prefill_ids), np.asarray(tr.decode_ids)
     prof = _counts([pre[:h], dec[:h]], L, E)
@@ -442,7 +455,7 @@ def make_training(res: Resolved, model: str, routing: str) -> R.Routing:
   n, B = res.config.tune_num_seqs, res.config.batch_size
   src = res.routing_sources[routing]
   if src is not None:
-    tr = _load_trace(src, res.prompt_len, res.output_len)
+    tr = _load_trace(src, res.prompt_len, res.output_len, top_k=k)
     h = tr.prefill_ids.shape[0] // 2
     n = min(n, h) // B * B
     if n < 1:

@@ -371,3 +371,35 @@ def test_tuned_is_not_a_budget_sweep_policy():
     studies.resolve(_tiny_config(studies=("prefetch",), prefetch_policies=("tuned",)))
   with pytest.raises(ConfigError, match="--tune_num_seqs"):
     studies.resolve(_tiny_config(tune_num_seqs=3, batch_size=2))
+
+
+def _write_layer_folder(folder, num_layers=4, num_experts=8, seqs=4, tokens=P + T, seed=0):
+  """A FLAME/DynaNDE-style trace for the tiny model: one CSV per layer (layer
+  number in the file name), dense router probabilities (top-k taken on load)."""
+  rng = np.random.default_rng(seed)
+  folder.mkdir()
+  for layer in range(num_layers):
+    rows = ["layer_id,token_id," + ",".join(f"expert_{e}" for e in range(num_experts))]
+    for t in range(seqs * tokens):
+      p = rng.random(num_experts)
+      p[np.argsort(p)[:num_experts - 3]] = 0.0  # three non-zero scores per token
+      rows.append(f"0,{t}," + ",".join(f"{x:.6f}" for x in p / p.sum()))
+    (folder / f"tiny_layer{layer}_encoder.csv").write_text("\n".join(rows) + "\n\n")
+
+
+def test_routing_takes_a_folder_or_glob_of_per_layer_files(tmp_path):
+  """--routing accepts the per-layer folders public simulators ship (issue 12):
+  resolved as a trace, its dense rows cut to the model's top-k, labelled by
+  the folder (or the glob), with the trace's sequences split profile/evaluate."""
+  folder = tmp_path / "layers"
+  _write_layer_folder(folder)
+  for src, label in ((str(folder), "layers"), (str(folder / "*.csv"), str(folder / "*.csv"))):
+    res = studies.resolve(_tiny_config(routing=src, num_seqs=None))
+    assert res.routing_sources == {label: src}, res.routing_sources
+    assert res.num_seqs == 2 and (res.prompt_len, res.output_len) == (P, T)
+    wl = studies.make_workload(res, "exp-tiny-moe", label)
+    assert wl.prefill_ids.shape == (2, P, 4, 2)
+    ids = np.concatenate([wl.prefill_ids.reshape(-1, 2), wl.decode_ids.reshape(-1, 2)])
+    assert np.all(ids[:, 0] != ids[:, 1])  # top-2 of each row, distinct
+  with pytest.raises(ConfigError, match="--routing: "):
+    studies.resolve(_tiny_config(routing=str(tmp_path / "no_such_folder")))
