@@ -318,6 +318,12 @@ def _progress(ev: dict) -> None:
   if ev["event"] == "start":
     print(f"ndpsim-experiment: {ev['total']} cells, {ev['skipped']} already finished",
           file=sys.stderr, flush=True)
+    bad = ev.get("distrusted") or []
+    if bad:
+      print(f"ndpsim-experiment: {len(bad)} cell file(s) not trusted, recomputed: "
+            + "; ".join(f"{name}: {why}" for name, why in bad[:5])
+            + (f"; and {len(bad) - 5} more" if len(bad) > 5 else ""),
+            file=sys.stderr, flush=True)
     return
   if ev["event"] == "tuned":
     f = ev["fit"]

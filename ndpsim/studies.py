@@ -565,24 +565,52 @@ def cell_fingerprint(res: Resolved, cell: Cell) -> str:
 
 
 
-def load_cell(out_dir, res: Resolved, cell: Cell) -> dict | None:
-  """A finished cell's row if its file exists and its fingerprint matches."""
+def row_digest(row: dict) -> str:
+  """sha256 of a row's canonical JSON (sorted keys): stored beside the row in
+  its cell file so that an edited number is detected on ``--resume``."""
+  blob = json.dumps(row, sort_keys=True, default=str, allow_nan=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_cell(out_dir, res: Resolved, cell: Cell) -> tuple[dict | None, str | None]:
+  """(row, None) for a finished cell whose file reads, whose fingerprint
+  (settings, model, hardware, cell) matches and whose row matches its digest;
+  else (None, why) -- why is None when there is simply no file."""
   p = cell_path(out_dir, cell)
+  if not p.exists():
+    return None, None
   try:
     obj = json.loads(p.read_text())
-  except (OSError, json.JSONDecodeError):
-    return None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    return None, f"unreadable ({type(e).__name__})"
+  if not isinstance(obj, dict) or not isinstance(obj.get("row"), dict):
+    return None, "not a cell file (no row object)"
   if obj.get("fingerprint") != cell_fingerprint(res, cell):
-    return None
-  return obj.get("row")
+    return None, "computed under other settings"
+  if obj.get("row_digest") != row_digest(obj["row"]):
+    return None, "row does not match its digest (edited or damaged)"
+  return obj["row"], None
+
+
+def load_cell(out_dir, res: Resolved, cell: Cell) -> dict | None:
+  """A finished cell's row if it can be trusted (:func:`read_cell`), else None."""
+  return read_cell(out_dir, res, cell)[0]
 
 
 def check_resume(out_dir, res: Resolved) -> None:
-  """--resume over a run with other settings is an error naming the setting."""
+  """--resume over a run with other settings is an error naming the setting.
+
+  An unreadable ``run_settings.json`` is not: every cell carries the
+  fingerprint of its settings, so mismatched cells are recomputed anyway."""
   p = pathlib.Path(out_dir) / "run_settings.json"
   if not p.is_file():
     return
-  old = json.loads(p.read_text())
+  try:
+    old = json.loads(p.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return
+  if not isinstance(old, dict):
+    return
   new = json.loads(json.dumps(fingerprint_fields(res)))
   for k, v in new.items():
     if old.get(k) != v:
@@ -611,6 +639,10 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
   """
   tuned_fits = {} if tuned_fits is None else tuned_fits
   out_dir = pathlib.Path(out_dir)
+  for p, what in ((out_dir, "--out_dir"), (out_dir / "cells", "its cells folder")):
+    if p.exists() and not p.is_dir():
+      raise ConfigError(f"--out_dir: {what} {str(p)!r} is a file, not a folder; move it "
+                        "away or give another --out_dir")
   if resume:
     check_resume(out_dir, res)
   if write:
@@ -619,16 +651,20 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
   cells = res.all_cells()
   rows: dict[Cell, dict] = {}
   todo: dict[tuple, list[Cell]] = {}
+  distrusted: list[tuple[Cell, str]] = []
   for c in cells:
-    row = load_cell(out_dir, res, c) if resume else None
+    row, why = read_cell(out_dir, res, c) if resume else (None, None)
     if row is not None:
       rows[c] = row
     else:
+      if why is not None and why != "computed under other settings":
+        distrusted.append((c, why))
       todo.setdefault((c.model, c.routing, c.num_ndp_units, c.policy), []).append(c)
   total, done = len(cells), len(rows)
   t_start = time.perf_counter()
   if progress:
-    progress({"event": "start", "total": total, "skipped": done})
+    progress({"event": "start", "total": total, "skipped": done,
+              "distrusted": [(cell_path(out_dir, c).name, why) for c, why in distrusted]})
   for c in cells:
     key = (c.model, c.routing, c.num_ndp_units)
     if c.policy == TUNED and key not in tuned_fits:
@@ -664,7 +700,8 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
       rows[c] = row
       if write:
         write_atomic(cell_path(out_dir, c), json.dumps(
-            {"fingerprint": cell_fingerprint(res, c), "row": row}, indent=1))
+            {"fingerprint": cell_fingerprint(res, c), "row_digest": row_digest(row),
+             "row": row}, indent=1))
       done += 1
       if progress:
         progress({"event": "cell", "cell": c, "row": row, "done": done, "total": total,

@@ -260,7 +260,7 @@ def test_resume_in_process_recomputes_only_unfinished_cells(tmp_path):
   assert len(list((tmp_path / "cells").glob("*.json"))) == 1
   events.clear()
   rows = studies.run_cells(res, tmp_path, resume=True, progress=events.append)
-  assert events[0] == {"event": "start", "total": 2, "skipped": 1}
+  assert events[0] == {"event": "start", "total": 2, "skipped": 1, "distrusted": []}
   assert [e["cell"].policy for e in events[1:]] == ["tp_lb_prefetch"]
   again = studies.run_cells(res, tmp_path / "fresh")  # same flags and seed
   for a, b in zip(rows, again):
@@ -403,3 +403,37 @@ def test_routing_takes_a_folder_or_glob_of_per_layer_files(tmp_path):
     assert np.all(ids[:, 0] != ids[:, 1])  # top-2 of each row, distinct
   with pytest.raises(ConfigError, match="--routing: "):
     studies.resolve(_tiny_config(routing=str(tmp_path / "no_such_folder")))
+
+
+def test_resume_recomputes_tampered_or_unreadable_cells_and_reports_them(tmp_path):
+  """Issue 13: a cell whose numbers were edited, or that is junk, is never
+  trusted on --resume (nor a reason to crash): recomputed, and reported."""
+  import json as _json  # pylint: disable=import-outside-toplevel
+  res = studies.resolve(_tiny_config())
+  first = studies.run_cells(res, tmp_path)
+  files = sorted((tmp_path / "cells").glob("*.json"))
+  assert len(files) == 2
+  obj = _json.loads(files[0].read_text())
+  obj["row"]["e2e_latency_s_mean"] *= 10  # an edited number, digest left as it was
+  files[0].write_text(_json.dumps(obj))
+  files[1].write_text("[]")                # junk
+  (tmp_path / "run_settings.json").write_text('{"seed": ')  # truncated
+  events = []
+  again = studies.run_cells(res, tmp_path, resume=True, progress=events.append)
+  start = events[0]
+  assert start["skipped"] == 0, start
+  why = dict(start["distrusted"])
+  assert "digest" in why[files[0].name] and "no row" in why[files[1].name], why
+  assert [e["cell"].policy for e in events[1:]] == [c.policy for c in res.all_cells()]
+  for a, b in zip(first, again):
+    assert a["e2e_latency_s_mean"] == b["e2e_latency_s_mean"]
+  # Rewritten cells are trusted again.
+  events.clear()
+  studies.run_cells(res, tmp_path, resume=True, progress=events.append)
+  assert events[0]["skipped"] == 2 and events[0]["distrusted"] == []
+  # A plain file where the cells folder belongs: one line naming --out_dir.
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "cells").write_text("not a folder")
+  with pytest.raises(ConfigError, match=r"^--out_dir: its cells folder .* is a file"):
+    studies.run_cells(res, other, resume=True)
