@@ -99,7 +99,7 @@ def interrupted_run(tmp_path_factory):
   first = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in cells.glob("*.json")}
   r2 = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True,
                       timeout=120)
-  return dict(out=out, rc1=proc.returncode, err1=err1, first=first, r2=r2)
+  return dict(out=out, rc1=proc.returncode, err1=err1, first=first, r2=r2, cache=cache)
 
 
 def test_interrupted_run_keeps_cells_and_resume_skips_them(interrupted_run):
@@ -116,6 +116,25 @@ def test_interrupted_run_keeps_cells_and_resume_skips_them(interrupted_run):
     assert (cells / name).read_text() == text
   assert len(list(cells.glob("*.json"))) == len(POLS)
   assert not list(cells.glob(".*tmp"))  # no half-written files left behind
+
+
+def test_two_runs_write_byte_identical_results(interrupted_run, tmp_path):
+  """Issue 13: the same settings give byte-identical results.json and
+  results.csv -- here an interrupted-then-resumed run against a fresh one
+  (the JAX cache of the first makes the second cheap); wall times live in
+  timing.json."""
+  first = interrupted_run["out"]
+  out = tmp_path / "again"
+  cmd = _binary() + TINY_FLAGS + [f"--out_dir={out}",
+                                  f"--cache_dir={interrupted_run['cache']}"]
+  r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  for name in ("results.json", "results.csv"):
+    assert (out / name).read_bytes() == (first / name).read_bytes(), name
+  timing = json.loads((out / "timing.json").read_text())
+  assert timing["total_wall_s"] > 0 and len(timing["cells"]) == len(POLS)
+  assert all(c["wall_s"] > 0 for c in timing["cells"])
+  assert "wall_s" not in (out / "results.csv").read_text().splitlines()[0].split(",")
 
 
 def test_binary_files_schema_and_numbers(interrupted_run, direct):
@@ -352,7 +371,7 @@ def test_tuned_policy_fits_on_training_set_and_evaluates_at_its_knobs(tmp_path):
                              rtol=1e-6)
 
   # results.json lists the fit per model; the report prints it.
-  doc = experiment.build_document(res, rows, None, 0.0, fits)
+  doc = experiment.build_document(res, rows, None, fits)
   assert doc["tuned"]["exp-tiny-moe"][0]["knobs"] == k
   assert "## tuned: knobs fitted" in experiment.format_tables(doc)
   json.dumps(doc)
