@@ -141,10 +141,21 @@ def read_json_object(path, what: str = "a JSON object") -> dict:
   the file (and line) otherwise."""
   where = str(path)
   try:
-    obj = json.loads(pathlib.Path(path).read_text())
+    raw = pathlib.Path(path).read_bytes()
+  except OSError as e:
+    raise ConfigError(f"{where}: cannot be read ({e.strerror}); give a readable "
+                      ".json file") from None
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}, line {line}); give a "
+                      "JSON text file, not a binary one") from None
+  try:
+    obj = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); "
-                      "fix the syntax") from None
+    raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                      f"{e.colno}); fix the syntax") from None
   if not isinstance(obj, dict):
     raise ConfigError(f"{where}: top level must be {what}")
   return obj

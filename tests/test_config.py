@@ -193,6 +193,17 @@ def test_malformed_files(tmp_path):
   assert path in msg and "not valid JSON" in msg and "line 1" in msg
   path = _write(tmp_path, "[1, 2]", "list.json")
   assert "top level must be a JSON object" in _err("link", path)
+  # Binary garbage and an empty file: one line naming the file, not a traceback.
+  garbage = tmp_path / "garbage.json"
+  garbage.write_bytes(b"{\n\x89PNG\r\n\x1a\n\xff\xfe")
+  msg = _err("link", str(garbage))
+  assert str(garbage) in msg and "not UTF-8" in msg and "line 2" in msg and "\n" not in msg
+  empty = tmp_path / "empty.json"
+  empty.write_text("")
+  assert "not valid JSON" in _err("gpu", str(empty))
+  from ndpsim.workload import model_io  # pylint: disable=import-outside-toplevel
+  with pytest.raises(base.ConfigError, match="not UTF-8"):
+    model_io.model_from_any(str(garbage))
   obj = _raw("link", "pcie5_x16")
   obj["spec"] = [1]
   assert "field 'spec' must be a JSON object" in _err("link", obj)
