@@ -427,9 +427,15 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", FLAGS.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   if FLAGS.distributed:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    try:
+      jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                 num_processes=FLAGS.num_processes,
+                                 process_id=FLAGS.process_id)
+    except (ValueError, RuntimeError) as e:
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      _fail(f"--distributed: jax.distributed.initialize failed ({first[:200]}); give "
+            "--coordinator_address=HOST:PORT, --num_processes and --process_id, or run "
+            "under a cluster manager JAX detects (SLURM, Cloud TPU)")
   signal.signal(signal.SIGINT, _on_sigint)
   try:
     run_experiment(FLAGS)

@@ -241,6 +241,7 @@ def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
 @pytest.mark.parametrize("args, flag, says", [
     (["--out_dir="], "--out_dir", "empty"),
     (["--set=system.num_ndp_units=3", "--out_dir=out"], "--set", "--num_ndp_units=3"),
+    (["--distributed", "--out_dir=out"], "--distributed", "--coordinator_address"),
 ])
 def test_binary_refuses_silent_fallbacks(args, flag, says, tmp_path):
   """An empty --out_dir would write into the current folder, and --set
