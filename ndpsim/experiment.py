@@ -441,6 +441,9 @@ def main(argv: list[str]) -> None:
     run_experiment(FLAGS)
   except ConfigError as e:
     _fail(str(e).splitlines()[0])
+  except OSError as e:  # results, cells or plots could not be written
+    _fail(f"--out_dir: cannot write {e.filename or FLAGS.out_dir!r} ({e.strerror or e}); "
+          "give a folder you can write to")
   except KeyboardInterrupt:
     print(f"interrupted: finished cells are in {FLAGS.out_dir}/cells; rerun with "
           "--resume to continue", file=sys.stderr)

@@ -242,6 +242,7 @@ def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
     (["--out_dir="], "--out_dir", "empty"),
     (["--set=system.num_ndp_units=3", "--out_dir=out"], "--set", "--num_ndp_units=3"),
     (["--distributed", "--out_dir=out"], "--distributed", "--coordinator_address"),
+    (["--out_dir=/proc/ndpsim_cannot_write_here"], "--out_dir", "cannot write"),
 ])
 def test_binary_refuses_silent_fallbacks(args, flag, says, tmp_path):
   """An empty --out_dir would write into the current folder, and --set
