@@ -86,6 +86,24 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any], Any]:
   return sub, args, module
 
 
+def _first_non_finite(obj, path: str = "") -> str | None:
+  """Dotted path of the first inf/NaN number in a JSON-able result, or None."""
+  import math  # pylint: disable=import-outside-toplevel
+  if isinstance(obj, float):
+    return None if math.isfinite(obj) else (path or "the result")
+  if isinstance(obj, dict):
+    items = obj.items()
+  elif isinstance(obj, (list, tuple)):
+    items = ((str(i), v) for i, v in enumerate(obj))
+  else:
+    return None
+  for k, v in items:
+    bad = _first_non_finite(v, f"{path}.{k}" if path else str(k))
+    if bad is not None:
+      return bad
+  return None
+
+
 _HELP = ("-h", "--help", "--helpfull")
 
 
@@ -117,11 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     _sub, args, module = parse(argv)
-    out = module.probe(args)
+    import warnings  # pylint: disable=import-outside-toplevel
+    with warnings.catch_warnings():  # overflow is reported below, in one line
+      warnings.simplefilter("ignore", RuntimeWarning)
+      out = module.probe(args)
+    bad = _first_non_finite(out)
+    if bad is not None:
+      raise ConfigError(f"{bad} is not finite: an argument is beyond what the model can "
+                        "carry (float32 ranges to about 3e38); give smaller values")
   except (UsageError, ConfigError) as e:
     print(f"ndpsim.probe: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(out, indent=None, sort_keys=True))
+  print(json.dumps(out, indent=None, sort_keys=True, allow_nan=False))
   return 0
 
 

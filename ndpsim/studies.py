@@ -74,7 +74,7 @@ from ndpsim.workload import routing as R
 from ndpsim.workload import traces
 from ndpsim.sharding import (SEQ_AXIS, device_mesh, shard_sequences,  # noqa: F401
                              simulate_sharded, to_host)
-from ndpsim.study_io import (Cell, add_speedups, cell_path, make_row,  # noqa: F401
+from ndpsim.study_io import (Cell, add_speedups, cell_path, check_finite, make_row,  # noqa: F401
                              select, speedup_summary, write_atomic)
 
 DEFAULT_SYSTEM = "paper_rtx5080_ndp_dimm"
@@ -695,6 +695,7 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
     wall = (time.perf_counter() - t0) / len(group)
     for c, r in zip(group, outs):
       row = make_row(c, r, wall)
+      check_finite(row)
       if alpha is not None:
         row.update(alpha)
       rows[c] = row

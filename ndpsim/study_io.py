@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ndpsim import results
+from ndpsim.base import ConfigError
 
 BASELINE = "monde"
 
@@ -46,6 +47,19 @@ def make_row(cell: Cell, r: results.SimResult, wall_s: float) -> dict[str, Any]:
       "num_seq_groups": int(e2e.size), "wall_s": wall_s,
       "e2e_latency_s_per_group": e2e.tolist(),
   }
+
+
+def check_finite(row: dict[str, Any]) -> None:
+  """Every number of a row is finite, or one ConfigError naming the cell and
+  the first quantity that is not (float32 could not carry a setting)."""
+  for k, v in row.items():
+    vals = v if isinstance(v, list) else [v]
+    if any(isinstance(x, float) and not np.isfinite(x) for x in vals):
+      raise ConfigError(
+          f"{row['model']} {row['policy']} N={row['num_ndp_units']}: {k} is not finite "
+          f"({vals[0] if len(vals) == 1 else 'inf/NaN in the list'}): a setting is beyond "
+          "what the float32 engine can carry (e.g. a bandwidth near 0 or a time near "
+          "1e38); check the --set values and their units")
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:

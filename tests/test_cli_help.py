@@ -63,3 +63,11 @@ def test_tune_runs_on_a_model_path_with_progress():
   assert "held-out hard-mode means" in r.stdout
   row = [ln for ln in r.stdout.splitlines() if ln.startswith("| exp-tiny-moe |")]
   assert len(row) == 1 and "/ 275 |" in row[0], r.stdout
+
+
+def test_probe_refuses_to_print_non_finite_numbers():
+  r = _run("ndpsim.probe", "link", "--bytes=1e300", "--count=1e18")
+  assert r.returncode == 2, r.stdout
+  lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+  assert len(lines) == 1 and "is not finite" in lines[0], r.stderr
+  assert "Infinity" not in r.stdout and "NaN" not in r.stdout

@@ -458,3 +458,14 @@ def test_resume_recomputes_tampered_or_unreadable_cells_and_reports_them(tmp_pat
   (other / "cells").write_text("not a folder")
   with pytest.raises(ConfigError, match=r"^--out_dir: its cells folder .* is a file"):
     studies.run_cells(res, other, resume=True)
+
+
+def test_a_result_float32_cannot_carry_stops_the_run_in_one_line(tmp_path):
+  """Issue 13: a setting the float64 validator accepts but the float32 engine
+  cannot carry (a link of 1e-40 GB/s) gives inf/NaN latencies; the run stops
+  with one line naming the cell and the quantity instead of writing them."""
+  res = studies.resolve(_tiny_config(overrides=("link.bandwidth_gbps=1e-40",)))
+  with pytest.raises(ConfigError, match=r"^exp-tiny-moe .* N=2: \w+ is not finite") as e:
+    studies.run_cells(res, tmp_path)
+  assert "\n" not in str(e.value)
+  assert not list((tmp_path / "cells").glob("*.json"))
