@@ -351,8 +351,11 @@ def resolve(cfg: StudyConfig) -> Resolved:
   pairs = {(c.model, c.num_ndp_units) for c in res.all_cells()}
   if "sensitivity" in cfg.studies:
     pairs.add((sweep_models[0], n0))
-  for m, n in sorted(pairs):
-    check_fits(res, m, n)
+  problems = [p for m, n in sorted(pairs) if (p := fit_problem(res, m, n))]
+  if problems:  # every pair that does not fit, at once, each with its fix
+    flag = "num_ndp_units" if all("NDP units (" in p for p in problems) else "models"
+    raise ConfigError(f"--{flag}: platform {res.config.system!r} cannot run: "
+                      + "; ".join(problems))
   return res
 
 
@@ -369,8 +372,11 @@ def _system_flag(name: str, n: int, over: dict, units_flag: str) -> str:
   return "set" if over else "system"
 
 
-def check_fits(res: Resolved, model: str, n: int) -> None:
-  """The engine's own size and capacity checks, before any compile."""
+def fit_problem(res: Resolved, model: str, n: int) -> str | None:
+  """Why ``model`` cannot run on ``n`` NDP units (the engine's own size and
+  capacity checks, before any compile), with a fix that can be followed; None
+  if it fits."""
+  from ndpsim.hw import ndp as ndp_mod  # pylint: disable=import-outside-toplevel
   spec, sysp = res.models[model], res.systems[n]
   L, k, B = M.num_moe_layers(spec), spec.top_k, res.config.batch_size
   row = np.arange(k, dtype=np.int32)  # k distinct experts: a legal top-k row
@@ -379,9 +385,28 @@ def check_fits(res: Resolved, model: str, n: int) -> None:
   try:
     engine.validate(sysp.spec, sysp.params, spec, pre, dec, B)
   except ConfigError as e:
-    flag = "num_ndp_units" if "NDP units" in str(e) else "models"
-    raise ConfigError(f"--{flag}: platform {res.config.system!r} with {n} NDP units "
-                      f"cannot run {model!r}: {e}") from None
+    msg = str(e).splitlines()[0]
+    if "NDP units" not in msg:
+      return f"{model!r} with {n} NDP units: {msg}"
+    per_unit = ndp_mod.capacity_bytes(sysp.spec.ndp)
+    need = -(-int(M.expert_bytes_total(spec)) // int(per_unit))
+    src = ("--num_ndp_units" if n in res.config.num_ndp_units else "--sweep_ndp_units")
+    fix = f"write {src} >= {need}"
+    if need > sysp.spec.max_ndp_units:
+      fix += (f" (the platform allows up to {sysp.spec.max_ndp_units}: raise it with "
+              f"--set system.max_ndp_units={need}, or use NDP units with more capacity)")
+    return (f"{model!r} at {n} NDP units ({src}) needs "
+            f"{M.expert_bytes_total(spec) / 1e9:.1f} GB of experts but they hold "
+            f"{n * per_unit / 1e9:.1f} GB; {fix}")
+  return None
+
+
+def check_fits(res: Resolved, model: str, n: int) -> None:
+  """ConfigError if ``model`` does not fit ``n`` NDP units (:func:`fit_problem`)."""
+  p = fit_problem(res, model, n)
+  if p:
+    flag = "num_ndp_units" if "NDP units (" in p else "models"
+    raise ConfigError(f"--{flag}: platform {res.config.system!r} cannot run {p}")
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import os
 import pathlib
 import signal
@@ -469,3 +470,25 @@ def test_a_result_float32_cannot_carry_stops_the_run_in_one_line(tmp_path):
     studies.run_cells(res, tmp_path)
   assert "\n" not in str(e.value)
   assert not list((tmp_path / "cells").glob("*.json"))
+
+
+def test_every_model_that_does_not_fit_is_reported_at_once_with_a_fix_that_works():
+  """Issue 12: all pairs that do not fit in one line, each with the unit count
+  it needs and, past the platform's limit, the override that raises it -- and
+  following the advice makes the configuration resolve."""
+  kw = dict(models=("mixtral-8x7b", "phi-3.5-moe"), num_ndp_units=(1,))
+  with pytest.raises(ConfigError) as e:
+    studies.resolve(_tiny_config(**kw))
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith("--num_ndp_units: ")
+  assert "'mixtral-8x7b' at 1 NDP units" in msg and "'phi-3.5-moe' at 1 NDP units" in msg
+  need = int(re.search(r"'mixtral-8x7b'.*?write --num_ndp_units >= (\d+)", msg).group(1))
+  studies.resolve(_tiny_config(**{**kw, "num_ndp_units": (need,)}))
+  capped = dict(models=("mixtral-8x7b",), num_ndp_units=(1,),
+                overrides=("system.max_ndp_units=1",))
+  with pytest.raises(ConfigError) as e:
+    studies.resolve(_tiny_config(**capped))
+  fix = re.search(r"--set (system\.max_ndp_units=\d+)", str(e.value))
+  assert fix, str(e.value)
+  studies.resolve(_tiny_config(**{**capped, "num_ndp_units": (need,),
+                                  "overrides": (fix.group(1),)}))
