@@ -81,6 +81,8 @@ flags.DEFINE_multi_string("set", [], "hardware override component.field=value, e
 flags.DEFINE_string("dtype", "", "storage dtype of every weight group (bf16, fp8, int4, "
                     "...); empty keeps each model's own")
 flags.DEFINE_boolean("resume", False, "reuse the finished cells in --out_dir")
+flags.DEFINE_boolean("overwrite", False, "replace the results of an earlier run in "
+                     "--out_dir (without it, or --resume, such a folder is refused)")
 flags.DEFINE_boolean("plots", True, "write the PNG plots")
 flags.DEFINE_string("cache_dir", "", "persistent JAX compilation cache folder (speeds up "
                     "re-runs and --resume); empty = none")
@@ -374,6 +376,14 @@ def run_experiment(fl=FLAGS) -> dict:
   cfg = config_from_flags(fl)
   res = studies.resolve(cfg)
   out_dir = pathlib.Path(fl.out_dir)
+  if fl.resume and fl.overwrite:
+    raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "
+                      "the earlier run, --overwrite replaces it)")
+  earlier = [p for p in ("results.json", "run_settings.json") if (out_dir / p).exists()]
+  if out_dir.is_dir() and (earlier or any((out_dir / "cells").glob("*.json"))) \
+      and not (fl.resume or fl.overwrite):
+    raise ConfigError(f"--out_dir: {str(out_dir)!r} holds an earlier run; add --resume to "
+                      "continue it, --overwrite to replace it, or give another --out_dir")
   lead = jax.process_index() == 0
   tuned_fits: dict = {}
   rows = studies.run_cells(res, out_dir, resume=fl.resume,

@@ -138,6 +138,19 @@ def test_two_runs_write_byte_identical_results(interrupted_run, tmp_path):
   assert "wall_s" not in (out / "results.csv").read_text().splitlines()[0].split(",")
 
 
+def test_an_earlier_run_is_not_overwritten_silently(interrupted_run):
+  """Issue 12: a folder holding an earlier run needs --resume or --overwrite."""
+  out = interrupted_run["out"]
+  before = (out / "results.json").read_bytes()
+  for extra, says in (([], "holds an earlier run"), (["--resume", "--overwrite"], "keep one")):
+    r = subprocess.run(_binary() + TINY_FLAGS + [f"--out_dir={out}"] + extra, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0], r.stderr
+  assert (out / "results.json").read_bytes() == before
+
+
 def test_binary_files_schema_and_numbers(interrupted_run, direct):
   out = interrupted_run["out"]
   assert interrupted_run["r2"].returncode == 0
