@@ -212,6 +212,9 @@ def test_npz_errors_name_file_and_row(tmp_path):
   assert "bad.npz" in msg and "disagree" in msg
   msg = _error(traces.load_npz, _npz_with(tmp_path, format=np.array("other")))
   assert "format" in msg
+  cgates = np.array(r.decode_gates).astype(np.complex64)  # issue 13: was accepted
+  msg = _error(traces.load_npz, _npz_with(tmp_path, decode_gates=cgates))
+  assert "bad.npz" in msg and "decode_gates has dtype complex64" in msg
 
 
 def test_save_rejections_and_model_check(tmp_path):

@@ -108,12 +108,16 @@ def make_routing(prefill_ids, prefill_gates, decode_ids, decode_gates):
              decode_gates=jnp.asarray(decode_gates, jnp.float32))
 
 
-def _arrays(routing) -> dict[str, np.ndarray]:
-  """The four arrays as NumPy; gates widened to float32 (bf16/fp16 allowed)."""
+def _arrays(routing, where: str = "routing") -> dict[str, np.ndarray]:
+  """The four arrays as NumPy; gates widened to float32 (bf16/fp16 allowed;
+  complex, bool or text gates refused, naming ``where``)."""
   out = {}
   for ph in _PHASES:
     out[f"{ph}_ids"] = np.asarray(getattr(routing, f"{ph}_ids"))
     gates = np.asarray(getattr(routing, f"{ph}_gates"))
+    if gates.dtype.kind in "cbOUSM":  # complex, bool, objects, text, datetimes
+      raise ConfigError(f"{where}: {ph}_gates has dtype {gates.dtype}; write real "
+                        "(float) gate weights")
     out[f"{ph}_gates"] = gates.astype(np.float32) if gates.dtype != np.float64 else gates
   return out
 
@@ -122,7 +126,7 @@ def check_routing(routing, where: str = "routing", num_experts: int | None = Non
                   top_k: int | None = None, num_layers: int | None = None) -> None:
   """Validates any object with the four routing fields; ConfigError names
   ``where`` and the first bad entry as ``phase[sequence, token, layer]``."""
-  a = _arrays(routing)
+  a = _arrays(routing, where)
   shapes = {}
   for ph in _PHASES:
     ids, gates = a[f"{ph}_ids"], a[f"{ph}_gates"]
