@@ -98,6 +98,10 @@ def _ensure_kinds_loaded() -> None:
 def config_root() -> pathlib.Path:
   env = os.environ.get("NDPSIM_HW_CONFIGS")
   if env:
+    if not pathlib.Path(env).is_dir():
+      raise ConfigError(f"$NDPSIM_HW_CONFIGS is {env!r}, which is not a folder; point it "
+                        "at a folder laid out like hw_configs/ (gpu/, link/, ndp/, dram/, "
+                        "systems/) or unset it to use the shipped presets")
     return pathlib.Path(env)
   return pathlib.Path(__file__).resolve().parent.parent / "hw_configs"
 

@@ -256,6 +256,10 @@ def test_config_root_env_var(tmp_path, monkeypatch):
   assert config.available("link") == ["my_link"]
   assert float(config.load("link", "my_link").params.latency_ns) == 123.0
   assert "unknown link preset 'pcie5_x16'" in _err("link", "pcie5_x16")
+  # A folder that does not exist is named, not listed as "write one of []".
+  monkeypatch.setenv("NDPSIM_HW_CONFIGS", str(tmp_path / "missing"))
+  msg = _err("link", "pcie5_x16")
+  assert "$NDPSIM_HW_CONFIGS" in msg and "not a folder" in msg and "[]" not in msg
 
 
 def test_specs_frozen_and_params_are_pytrees():
