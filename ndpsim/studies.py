@@ -401,14 +401,6 @@ def fit_problem(res: Resolved, model: str, n: int) -> str | None:
   return None
 
 
-def check_fits(res: Resolved, model: str, n: int) -> None:
-  """ConfigError if ``model`` does not fit ``n`` NDP units (:func:`fit_problem`)."""
-  p = fit_problem(res, model, n)
-  if p:
-    flag = "num_ndp_units" if "NDP units (" in p else "models"
-    raise ConfigError(f"--{flag}: platform {res.config.system!r} cannot run {p}")
-
-
 # ---------------------------------------------------------------------------
 # Workloads and sharded simulation.
 

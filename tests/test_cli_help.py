@@ -12,7 +12,7 @@ import pytest
 DATA = pathlib.Path(__file__).parent / "data"
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=900):  # hang guard
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                         timeout=timeout, check=False)
 
@@ -57,7 +57,7 @@ def test_probe_help_lists_subcommands_and_flags():
 def test_tune_runs_on_a_model_path_with_progress():
   r = _run("ndpsim.tune", f"--models={DATA / 'exp_tiny_model.json'}", "--num_seqs=1",
            "--prompt_len=4", "--output_len=2", "--steps=2", "--num_ndp_units=2",
-           timeout=600)
+           timeout=900)  # hang guard
   assert r.returncode == 0, r.stderr[-2000:]
   assert "[1/1] exp-tiny-moe: fitting (2 Adam steps" in r.stderr
   assert "held-out hard-mode means" in r.stdout

@@ -80,7 +80,7 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
              MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4")
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, str(TWIN)], env=env, cwd=str(tmp_path),
-                        capture_output=True, text=True, timeout=900, check=False)
+                        capture_output=True, text=True, timeout=900, check=False)  # hang guard
   assert proc.returncode == 0, proc.stderr[-3000:]
   for f in FIGURES:
     assert (tmp_path / f).stat().st_size > 10_000, f
@@ -112,7 +112,7 @@ def _regenerate() -> None:
   import nbformat  # pylint: disable=import-outside-toplevel
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
   nb = build_notebook(TWIN.read_text())
-  NotebookClient(nb, timeout=600, kernel_name="python3",
+  NotebookClient(nb, timeout=600, kernel_name="python3",  # hang guard
                  resources={"metadata": {"path": str(NB_DIR)}}).execute()
   for c in nb.cells:
     if c.cell_type == "code":
