@@ -325,16 +325,13 @@ def _on_sigint(signum, frame) -> None:  # pylint: disable=unused-argument
   raise KeyboardInterrupt
 
 
-def _check_interrupt(ev: dict) -> None:
+def _check_interrupt(ev: dict, lead: bool) -> None:
+  """run_cells' progress callback: stops at a cell boundary after Ctrl-C; the
+  lead process prints the event."""
   if _INTERRUPTED:
     raise KeyboardInterrupt
-  if _lead():
+  if lead:
     _progress(ev)
-
-
-def _lead() -> bool:
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.process_index() == 0
 
 
 def _progress(ev: dict) -> None:
@@ -379,15 +376,15 @@ def run_experiment(fl=FLAGS) -> dict:
   if fl.resume and fl.overwrite:
     raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "
                       "the earlier run, --overwrite replaces it)")
-  earlier = [p for p in ("results.json", "run_settings.json") if (out_dir / p).exists()]
-  if out_dir.is_dir() and (earlier or any((out_dir / "cells").glob("*.json"))) \
-      and not (fl.resume or fl.overwrite):
+  earlier = (any((out_dir / p).exists() for p in ("results.json", "run_settings.json"))
+             or any((out_dir / "cells").glob("*.json")))
+  if out_dir.is_dir() and earlier and not (fl.resume or fl.overwrite):
     raise ConfigError(f"--out_dir: {str(out_dir)!r} holds an earlier run; add --resume to "
                       "continue it, --overwrite to replace it, or give another --out_dir")
   lead = jax.process_index() == 0
   tuned_fits: dict = {}
   rows = studies.run_cells(res, out_dir, resume=fl.resume,
-                           progress=_check_interrupt, write=lead,
+                           progress=lambda ev: _check_interrupt(ev, lead), write=lead,
                            tuned_fits=tuned_fits)
   sens = None
   if "sensitivity" in cfg.studies:
