@@ -33,11 +33,22 @@ non-positive values are all rejected the same way.  A field of a spec or
 params may name another preset (e.g. an NDP unit's ``dram`` part); builders
 resolve those with :func:`load`.
 
+Every numeric field has a :class:`Range` (a table per kind, ``RANGES`` beside
+its dataclasses, registered with :func:`register_ranges`): a *hard* range the
+float32 engine can carry (outside it the value is always refused) and a
+*plausible* range for real hardware in the field's unit (outside it the value
+is refused with a "did you mean" hint naming the likely unit slip, e.g. GB
+written as bytes, unless ``allow_implausible=True`` is given to :func:`load`
+or the load runs inside :func:`allowing_implausible`; the binary's flag is
+``--allow_implausible``).  Zero passes both where a field allows it.
+
 Presets are found by name in ``hw_configs/`` beside the package (or in the
 folder named by ``$NDPSIM_HW_CONFIGS``), or given as a path to a ``.json`` file.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import json
@@ -165,12 +176,18 @@ def read_json_object(path, what: str = "a JSON object") -> dict:
   return obj
 
 
-def load(kind: str, name_or_path: str | dict, overrides: dict | None = None) -> Preset:
+def load(kind: str, name_or_path: str | dict, overrides: dict | None = None, *,
+         allow_implausible: bool | None = None) -> Preset:
   """Loads and validates a preset of ``kind`` by name, path or inline dict.
 
   ``overrides`` maps field names to values applied before validation (the
   ``--set`` mechanism); unknown names are rejected like unknown JSON keys.
+  ``allow_implausible``: accept values outside a field's plausible range (not
+  its hard range); None keeps the enclosing :func:`allowing_implausible`.
   """
+  if allow_implausible is not None:
+    with allowing_implausible(allow_implausible):
+      return load(kind, name_or_path, overrides)
   _ensure_kinds_loaded()
   if kind not in _KINDS:
     raise ConfigError(f"unknown hardware kind {kind!r}; write one of {sorted(_KINDS)}")
@@ -301,6 +318,7 @@ def take_fields(section: dict, cls: type, where: str, section_name: str,
   >= 0).  Every message names ``where``, the field and what to write.
   """
   hints = typing.get_type_hints(cls)
+  ranges = _RANGES.get(cls, {})
   names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
   defaults = dict(defaults or {})
   for f in dataclasses.fields(cls):
@@ -323,11 +341,11 @@ def take_fields(section: dict, cls: type, where: str, section_name: str,
                         f"({_type_name(tp)}); add \"{name}\": <value>")
     out[name] = _check_value(section[name], tp, where, f"{section_name}.{name}",
                              positive and name not in allow_zero,
-                             name in allow_zero)
+                             name in allow_zero, ranges.get(name))
   return out
 
 
-def _check_value(v, tp, where, field, positive, nonneg):
+def _check_value(v, tp, where, field, positive, nonneg, rng=None):
   origin = typing.get_origin(tp)
   if origin in (typing.Union, types.UnionType):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -339,7 +357,7 @@ def _check_value(v, tp, where, field, positive, nonneg):
     (inner, *_rest) = typing.get_args(tp)
     if not isinstance(v, list):
       raise ConfigError(f"{where}: field {field} must be a list of {_type_name(inner)}")
-    return tuple(_check_value(x, inner, where, f"{field}[{i}]", positive, nonneg)
+    return tuple(_check_value(x, inner, where, f"{field}[{i}]", positive, nonneg, rng)
                  for i, x in enumerate(v))
   if tp is bool:
     if not isinstance(v, bool):
@@ -366,6 +384,8 @@ def _check_value(v, tp, where, field, positive, nonneg):
     raise ConfigError(f"{where}: field {field} is {v}; it must be > 0")
   if nonneg and v < 0:
     raise ConfigError(f"{where}: field {field} is {v}; it must be >= 0")
+  if rng is not None:
+    check_range(float(v), rng, where, field, zero_ok=nonneg)
   return v
 
 
@@ -373,6 +393,151 @@ def require(cond: bool, where: str, message: str) -> None:
   """Raises ConfigError(f"{where}: {message}") unless ``cond``."""
   if not cond:
     raise ConfigError(f"{where}: {message}")
+
+
+# ---------------------------------------------------------------------------
+# Ranges: what the float32 engine can carry and what real hardware looks like.
+
+class Range(NamedTuple):
+  """Allowed values of one numeric field.
+
+  unit: the field's unit, for messages ("GB/s", "bytes", "MHz", ...).
+  hard: (lo, hi) the float32 engine carries without overflow or underflow in
+    any result or gradient; outside it the value is always refused.
+  plausible: (lo, hi) real hardware lies in; outside it the value is refused
+    unless implausible values are allowed (:func:`allowing_implausible`).
+  slips: unit mistakes tried in order, (factor, label): a value outside the
+    plausible range that ``value * factor`` brings into it gets the hint
+    "did you mean {value * factor} ({label})?".
+  note: said when no slip fits (e.g. "count clock cycles of tCK, not ns").
+  hard_what: what the hard range is, for messages.
+  """
+  unit: str
+  hard: tuple[float, float]
+  plausible: tuple[float, float]
+  slips: tuple[tuple[float, str], ...] = ()
+  note: str = ""
+  hard_what: str = "what the float32 engine can carry"
+
+
+# Unit slips per unit, most likely first.
+BYTES_SLIPS = ((1e9, "GB given as bytes"), (2.0 ** 30, "GiB given as bytes"),
+               (1e6, "MB given as bytes"), (2.0 ** 20, "MiB given as bytes"),
+               (1e3, "kB given as bytes"), (2.0 ** 10, "KiB given as bytes"))
+GBPS_SLIPS = ((1e-9, "B/s given as GB/s"), (1e-6, "kB/s given as GB/s"),
+              (1e-3, "MB/s given as GB/s"), (1e3, "TB/s given as GB/s"),
+              (1.0 / 8.0, "Gbit/s given as GB/s"))
+MHZ_SLIPS = ((1e3, "GHz given as MHz"), (1e-6, "Hz given as MHz"),
+             (1e-3, "kHz given as MHz"))
+NS_SLIPS = ((1e-3, "ps given as ns"), (1e9, "s given as ns"), (1e3, "us given as ns"),
+            (1e6, "ms given as ns"))
+US_SLIPS = ((1e6, "s given as us"), (1e3, "ms given as us"), (1e-3, "ns given as us"))
+FRACTION_SLIPS = ((1e-2, "a percentage given as a fraction"),)
+
+# Common ranges.  Hard limits keep every time, byte count and derivative of a
+# whole run (up to ~1e14 bytes moved, ~1e16 FLOP) inside float32 (3.4e38, with
+# normal numbers from 1.2e-38); plausible limits span today's parts with a
+# wide margin (decades beyond the shipped presets).
+def bandwidth_range(plausible=(0.01, 1e5)) -> Range:
+  return Range("GB/s", (1e-6, 1e9), plausible, GBPS_SLIPS)
+
+
+def clock_range(plausible=(10.0, 1e4)) -> Range:
+  return Range("MHz", (1e-3, 1e7), plausible, MHZ_SLIPS)
+
+
+def bytes_range(plausible, hard=(1.0, 1e15)) -> Range:
+  return Range("bytes", hard, plausible, BYTES_SLIPS)
+
+
+def fraction_range(plausible=(0.01, 1.0)) -> Range:
+  return Range("", (1e-6, 1.0), plausible, FRACTION_SLIPS,
+               hard_what="a fraction in (0, 1] the float32 engine can carry")
+
+
+def count_range(plausible, hard=(1.0, 2.0 ** 24), unit="count") -> Range:
+  return Range(unit, hard, plausible)
+
+
+_RANGES: dict[type, dict[str, Range]] = {}
+
+
+def register_ranges(cls: type, table: dict[str, Range]) -> None:
+  """Declares the ranges of the numeric fields of dataclass ``cls``."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(table) - names)
+  if unknown:
+    raise ValueError(f"ranges of {cls.__name__} name unknown fields {unknown}")
+  _RANGES[cls] = dict(table)
+
+
+def ranges_of(cls: type) -> dict[str, Range]:
+  """The registered ranges of ``cls``'s fields ({} if none)."""
+  return dict(_RANGES.get(cls, {}))
+
+
+_ALLOW_IMPLAUSIBLE = contextvars.ContextVar("ndpsim_allow_implausible", default=False)
+
+
+@contextlib.contextmanager
+def allowing_implausible(allow: bool = True):
+  """Within the block, values outside a field's plausible range (but inside its
+  hard range) are accepted (``--allow_implausible``)."""
+  token = _ALLOW_IMPLAUSIBLE.set(bool(allow))
+  try:
+    yield
+  finally:
+    _ALLOW_IMPLAUSIBLE.reset(token)
+
+
+def implausible_allowed() -> bool:
+  return _ALLOW_IMPLAUSIBLE.get()
+
+
+def fmt_number(x: float) -> str:
+  """A short number for messages: 1.5e9, 0.416, 2617."""
+  s = f"{x:.4g}"
+  if "e" in s:
+    mant, exp = s.split("e")
+    s = f"{mant}e{int(exp)}"
+  return s
+
+
+def _span(lo_hi: tuple[float, float], unit: str) -> str:
+  return f"{fmt_number(lo_hi[0])} to {fmt_number(lo_hi[1])}" + (f" {unit}" if unit else "")
+
+
+def _slip_hint(v: float, rng: Range) -> str:
+  lo, hi = rng.plausible
+  for factor, label in rng.slips:
+    if (v < lo and factor > 1) or (v > hi and factor < 1):
+      w = v * factor
+      if lo <= w <= hi:
+        return f"did you mean {fmt_number(w)} ({label})?"
+  return ""
+
+
+def check_range(v: float, rng: Range, where: str, field: str,
+                zero_ok: bool = False) -> None:
+  """Refuses ``v`` outside ``rng``'s hard range, or outside its plausible range
+  unless implausible values are allowed; one line naming the field, the value,
+  the range and the likely unit slip."""
+  if zero_ok and v == 0:
+    return
+  hint = _slip_hint(v, rng)
+  hint = f"; {hint} Else" if hint else (f"; {rng.note};" if rng.note else ";")
+  zero = " or 0" if zero_ok else ""
+  lo, hi = rng.hard
+  if not lo <= v <= hi:
+    raise ConfigError(f"{where}: field {field} is {fmt_number(v)}, outside "
+                      f"{rng.hard_what} ({_span(rng.hard, rng.unit)}{zero})"
+                      f"{hint} write a value in that range")
+  lo, hi = rng.plausible
+  if not lo <= v <= hi and not implausible_allowed():
+    raise ConfigError(f"{where}: field {field} is {fmt_number(v)}, implausible"
+                      f"{' for ' + rng.unit if rng.unit else ''} (plausible {_span(rng.plausible, rng.unit)}{zero})"
+                      f"{hint} write a plausible value, or give --allow_implausible "
+                      "(Python: allow_implausible=True) to keep it")
 
 
 def parse_set_overrides(items: list[str]) -> dict[str, dict[str, Any]]:

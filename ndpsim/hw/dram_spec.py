@@ -137,6 +137,46 @@ class DramParams:
   t_rtrs_cycles: Any
 
 
+# Ranges of the numeric fields (config.Range: unit, hard, plausible, unit slips).
+def _org(plausible, unit, hard_hi=2 ** 24):
+  return config.count_range(plausible, hard=(1, hard_hi), unit=unit)
+
+
+RANGES = {
+    "channels": _org((1, 256), "channels"),
+    "ranks": _org((1, 16), "ranks"),
+    "bank_groups": _org((1, 64), "bank groups"),
+    "banks_per_group": _org((1, 64), "banks"),
+    "rows_per_bank": _org((64, 2 ** 22), "rows"),
+    "row_bytes": _org((64, 2 ** 16), "bytes"),
+    "bus_bits": _org((4, 2048), "bits"),
+    "device_bits": _org((1, 1024), "bits"),
+    "burst_length": _org((1, 64), "beats"),
+    "transfers_per_clock": _org((1, 32), "beats per clock"),
+    "transaction_bytes": _org((4, 4096), "bytes"),
+    "transaction_queue_depth": _org((1, 4096), "entries"),
+    "bank_queue_depth": _org((1, 4096), "entries"),
+}
+_CYCLES_NOTE = "count clock cycles of tCK, not ns"
+
+
+def _cycles(plausible):
+  return config.Range("cycles", (1e-3, 1e9), plausible, note=_CYCLES_NOTE)
+
+
+PARAMS_RANGES = {
+    "tck_ns": config.Range("ns", (1e-4, 1e6), (0.1, 20.0), config.NS_SLIPS),
+    **{f: _cycles((1.0, 1e3)) for f in (
+        "cl_cycles", "t_rcd_cycles", "t_rp_cycles", "t_ras_cycles", "t_ccd_s_cycles",
+        "t_ccd_l_cycles", "t_rrd_s_cycles", "t_rrd_l_cycles", "t_faw_cycles",
+        "t_rtp_cycles", "t_rtrs_cycles")},
+    "t_rfc_cycles": _cycles((10.0, 1e5)),
+    "t_refi_cycles": _cycles((100.0, 1e6)),
+}
+config.register_ranges(DramSpec, RANGES)
+config.register_ranges(DramParams, PARAMS_RANGES)
+
+
 def _is_pow2(n: int) -> bool:
   return n > 0 and n & (n - 1) == 0
 

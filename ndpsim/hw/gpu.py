@@ -110,6 +110,31 @@ class GpuParams:
   queued_launch_us: Any
 
 
+# Ranges of the numeric fields (config.Range: unit, hard, plausible, unit slips).
+_SIZE = config.count_range((1, 4096), hard=(1, 2 ** 20))
+RANGES = {
+    "num_sms": config.count_range((1, 1024), hard=(1, 2 ** 20), unit="SMs"),
+    "tile_m": _SIZE, "tile_n": _SIZE, "mma_m": _SIZE, "min_k_per_split": _SIZE,
+    "attention_block_q": _SIZE,
+}
+PARAMS_RANGES = {
+    "clock_mhz": config.clock_range((100.0, 1e4)),
+    "tensor_flops_per_cycle_per_sm": config.count_range(
+        (1.0, 1e6), hard=(1e-3, 1e12), unit="FLOP/cycle/SM"),
+    "vector_flops_per_cycle_per_sm": config.count_range(
+        (1.0, 1e5), hard=(1e-3, 1e12), unit="FLOP/cycle/SM"),
+    "memory_bandwidth_gbps": config.bandwidth_range((1.0, 1e5)),
+    "memory_capacity_bytes": config.bytes_range((1e8, 1e14)),
+    "achievable_compute_fraction": config.fraction_range((0.05, 1.0)),
+    "achievable_bandwidth_fraction": config.fraction_range((0.05, 1.0)),
+    "l2_bytes": config.bytes_range((1e4, 1e10)),
+    "kernel_launch_us": config.Range("us", (1e-6, 1e9), (1e-3, 1e5), config.US_SLIPS),
+    "queued_launch_us": config.Range("us", (1e-6, 1e9), (1e-3, 1e5), config.US_SLIPS),
+}
+config.register_ranges(GpuSpec, RANGES)
+config.register_ranges(GpuParams, PARAMS_RANGES)
+
+
 def memory_capacity_bytes(params: GpuParams):
   """Device memory, bytes (traced scalar)."""
   return params.memory_capacity_bytes
@@ -332,9 +357,12 @@ def build(obj: dict, where: str) -> tuple[GpuSpec, GpuParams]:
     config.require(dt in DTYPES, where,
                    f"params.tensor_flops_per_cycle_per_sm has unknown dtype {dt!r}; "
                    f"write dtypes from {DTYPES}")
-    config.require(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+    config.require(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                   and v != float("inf"),
                    where, f"params.tensor_flops_per_cycle_per_sm.{dt} is {v!r}; write "
                    "a number > 0")
+    config.check_range(float(v), PARAMS_RANGES["tensor_flops_per_cycle_per_sm"], where,
+                       f"params.tensor_flops_per_cycle_per_sm.{dt}")
   p = config.take_fields(obj["params"], GpuParams, where, "params",
                          skip=("tensor_flops_per_cycle_per_sm",),
                          allow_zero=("kernel_launch_us", "queued_launch_us"))

@@ -88,6 +88,23 @@ class LinkParams:
   latency_ns: Any
 
 
+# Ranges of the numeric fields (config.Range: unit, hard, plausible, unit slips).
+# generation is checked against PCIE_GENERATIONS / CXL_PHY instead.
+RANGES = {
+    "lanes": config.count_range((1, 64), hard=(1, 1024), unit="lanes"),
+}
+PARAMS_RANGES = {
+    "bandwidth_gbps": config.bandwidth_range((0.01, 1e4)),
+    "protocol_efficiency": config.fraction_range((0.1, 1.0)),
+    "per_transfer_overhead_us": config.Range("us", (1e-6, 1e9), (1e-3, 1e5),
+                                             config.US_SLIPS),
+    "message_overhead_us": config.Range("us", (1e-6, 1e9), (1e-3, 1e5), config.US_SLIPS),
+    "latency_ns": config.Range("ns", (1e-3, 1e12), (1.0, 1e8), config.NS_SLIPS),
+}
+config.register_ranges(LinkSpec, RANGES)
+config.register_ranges(LinkParams, PARAMS_RANGES)
+
+
 def line_rate_gbps(protocol: str, generation: int, lanes: int) -> float:
   """Per-direction data rate after line encoding of a PCIe/CXL link, 1e9 B/s.
 

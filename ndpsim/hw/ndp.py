@@ -80,6 +80,24 @@ class NdpParams:
   pipeline_fill_cycles: Any
 
 
+# Ranges of the numeric fields (config.Range: unit, hard, plausible, unit slips).
+RANGES = {
+    "dram_parts": config.count_range((1, 64), hard=(1, 2 ** 16), unit="parts"),
+    "num_pes": config.count_range((1, 2 ** 20), hard=(1, 2 ** 24), unit="PEs"),
+}
+PARAMS_RANGES = {
+    "clock_mhz": config.clock_range((10.0, 1e4)),
+    "macs_per_cycle": config.count_range((1.0, 1e7), hard=(1e-3, 1e12),
+                                         unit="MAC/cycle"),
+    "buffer_bytes": config.bytes_range((64.0, 1e11), hard=(1.0, 1e15)),
+    "host_bus_bandwidth_gbps": config.bandwidth_range((0.1, 1e4)),
+    "pipeline_fill_cycles": config.count_range((1.0, 1e5), hard=(1e-3, 1e9),
+                                               unit="cycles"),
+}
+config.register_ranges(NdpSpec, RANGES)
+config.register_ranges(NdpParams, PARAMS_RANGES)
+
+
 def level_units(spec: NdpSpec) -> int:
   """Number of DRAM units at ``spec.pe_level`` in the whole NDP unit (static)."""
   d = spec.dram

@@ -63,6 +63,19 @@ class SystemParams:
   gpu_reserved_bytes: Any
 
 
+# Ranges of the numeric fields (config.Range: unit, hard, plausible, unit slips).
+# num_ndp_units is checked against min_ndp_units .. max_ndp_units instead.
+RANGES = {
+    "min_ndp_units": config.count_range((1, 64), hard=(1, 1024), unit="NDP units"),
+    "max_ndp_units": config.count_range((1, 64), hard=(1, 1024), unit="NDP units"),
+}
+PARAMS_RANGES = {
+    "gpu_reserved_bytes": config.bytes_range((1e6, 1e13)),
+}
+config.register_ranges(SystemSpec, RANGES)
+config.register_ranges(SystemParams, PARAMS_RANGES)
+
+
 class SystemPreset(NamedTuple):
   """A loaded system: spec, params and info (names, sources, provenance)."""
   name: str
@@ -178,7 +191,8 @@ config.register_kind("system", SystemSpec, SystemParams, build)
 
 
 def load_system(name_or_path: str | dict, num_ndp_units: int | None = None,
-                overrides: dict[str, dict] | None = None) -> SystemPreset:
+                overrides: dict[str, dict] | None = None, *,
+                allow_implausible: bool | None = None) -> SystemPreset:
   """Loads a system preset by name, path or inline dict.
 
   num_ndp_units: replaces the preset's unit count (must lie in its range).
@@ -186,6 +200,9 @@ def load_system(name_or_path: str | dict, num_ndp_units: int | None = None,
     "system": {...}} of field values, as from ``--set gpu.memory_bandwidth_gbps=800``
     (see ``config.parse_set_overrides``).  Unknown groups or fields raise
     ConfigError.
+  allow_implausible: accept values outside a field's plausible range (never
+    outside its hard range; see ``config.Range``); None keeps the enclosing
+    ``config.allowing_implausible``.
   Returns a SystemPreset(name, spec, params, info); info holds the source,
   path, part names and every part's provenance.
   """
@@ -217,7 +234,8 @@ def load_system(name_or_path: str | dict, num_ndp_units: int | None = None,
                         f"{sys_over['num_ndp_units']} disagree; give the unit count once "
                         "(num_ndp_units=...)")
     sys_over["num_ndp_units"] = num_ndp_units
-  pre = config.load("system", name_or_path, overrides=sys_over or None)
+  pre = config.load("system", name_or_path, overrides=sys_over or None,
+                    allow_implausible=allow_implausible)
   spec = pre.spec
   prov = {"system": pre.provenance}
   for part, name in (("gpu", spec.gpu_name), ("ndp", spec.ndp_name),
