@@ -189,9 +189,10 @@ def _attention_layer_map(model, idx):
 
 
 def step_overhead_s(ss, sp, model, q_tokens, context_len, batch, lm_head_tokens):
-  """GPU time outside the MoE layers: leading dense layers and the LM head."""
+  """GPU time outside the MoE layers: dense layers (leading and interleaved,
+  each with its own attention window) and the LM head."""
   t = jnp.zeros(())
-  for l in range(model.first_dense_layers):
+  for l in M.dense_layer_indices(model):
     t = t + _attention_block_s(ss, sp, model, l, q_tokens, context_len, batch)
     t = t + _ffn_s(ss, sp, model, q_tokens * batch, model.dense_ffn_size,
                    model.dense_dtype)

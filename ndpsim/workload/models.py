@@ -16,10 +16,11 @@ static argument of ``jax.jit``.  Byte counts use the dtype of each tensor
 group (:data:`DTYPE_BITS`; block-scaled formats include their scales).
 
 What is not modelled: rotary tables and other non-persistent buffers, the
-multi-token-prediction heads some checkpoints ship, per-layer mixed
-precision, and non-gated (two-matrix) expert FFNs.  A layer is either dense
-(the first ``first_dense_layers``) or MoE; interleaved MoE placements
-(``decoder_sparse_step`` > 1) are rejected by the loaders.
+multi-token-prediction heads some checkpoints ship (standard decoding does not
+run them; the HuggingFace loader reports them), per-layer mixed precision,
+non-gated (two-matrix) expert FFNs and state-space (Mamba) layers.  A layer is
+either dense (the first ``first_dense_layers`` plus any listed in
+``interleaved_dense_layers``) or MoE.
 
 Parameter-count conventions of the published figures differ: most model
 cards count the input embedding table in "active" parameters, OpenAI's
@@ -60,9 +61,17 @@ _DTYPE_FIELDS = ("expert_dtype", "attention_dtype", "dense_dtype",
 class MoeModelSpec:
   """Static shape of one MoE LLM.  All sizes are element counts.
 
-  Layers ``0 .. first_dense_layers-1`` have a dense SwiGLU FFN of width
-  ``dense_ffn_size``; the rest are MoE layers with ``num_experts`` routed
-  experts (``top_k`` per token) plus ``num_shared_experts`` always-on experts.
+  Layers ``0 .. first_dense_layers-1`` and the layers listed in
+  ``interleaved_dense_layers`` (indices > ``first_dense_layers``, e.g. every
+  other layer of Llama-4 Maverick or Qwen's ``mlp_only_layers``) have a dense
+  SwiGLU FFN of width ``dense_ffn_size``; the rest are MoE layers with
+  ``num_experts`` routed experts (``top_k`` per token) plus
+  ``num_shared_experts`` always-on experts.  How dense layers are costed:
+  every dense layer (leading or interleaved) runs on the GPU in the per-step
+  overhead (:func:`ndpsim.costs.step_overhead_s`: its attention, with its own
+  window, and its FFN), serially with the MoE-layer scan; its position in the
+  stack only selects its attention window, and the link does not prefetch
+  during it.
   Attention: ``mha``/``gqa`` use ``num_q_heads``, ``num_kv_heads`` and
   ``head_dim``; ``mla`` uses the ``*_lora_rank`` and ``*_head_dim`` fields
   (``head_dim`` = 0).  ``sliding_window`` (tokens, 0 = none) applies to the
@@ -101,6 +110,7 @@ class MoeModelSpec:
   shared_expert_gate: bool = False
   first_dense_layers: int = 0
   dense_ffn_size: int = 0
+  interleaved_dense_layers: tuple[int, ...] = ()
   expert_bias: bool = False
   router_bias: bool = False
   norm_bias: bool = False
@@ -152,12 +162,23 @@ def validate_fields(d: dict[str, Any], where: str) -> None:
   if d["top_k"] > d["num_experts"]:
     bad("top_k", f"is {d['top_k']} but num_experts is {d['num_experts']}; "
         "top_k must be <= num_experts")
-  if d["first_dense_layers"] >= d["num_layers"]:
-    bad("first_dense_layers", f"is {d['first_dense_layers']}; it must be < "
+  first, inter = d["first_dense_layers"], tuple(d.get("interleaved_dense_layers", ()))
+  if first >= d["num_layers"]:
+    bad("first_dense_layers", f"is {first}; it must be < "
         f"num_layers ({d['num_layers']}) so that at least one layer is MoE")
-  if (d["first_dense_layers"] > 0) != (d["dense_ffn_size"] > 0):
+  if list(inter) != sorted(set(inter)):
+    bad("interleaved_dense_layers", "must be strictly increasing layer indices")
+  if inter and not first < inter[0] <= inter[-1] < d["num_layers"]:
+    bad("interleaved_dense_layers", f"is {list(inter)}; its layers must lie in "
+        f"{first + 1}..{d['num_layers'] - 1} (after layer first_dense_layers = "
+        f"{first}, which must stay MoE: a dense run from layer 0 is "
+        "first_dense_layers)")
+  if first + len(inter) >= d["num_layers"]:
+    bad("interleaved_dense_layers", f"makes every one of the {d['num_layers']} "
+        "layers dense; at least one layer must be MoE")
+  if (first + len(inter) > 0) != (d["dense_ffn_size"] > 0):
     bad("dense_ffn_size", f"is {d['dense_ffn_size']} with first_dense_layers = "
-        f"{d['first_dense_layers']}; give both > 0 or both 0")
+        f"{first} and {len(inter)} interleaved dense layers; give both > 0 or both 0")
   if (d["num_shared_experts"] > 0) != (d["shared_expert_ffn_size"] > 0):
     bad("shared_expert_ffn_size", f"is {d['shared_expert_ffn_size']} with "
         f"num_shared_experts = {d['num_shared_experts']}; give both > 0 or both 0")
@@ -210,14 +231,26 @@ def validate_fields(d: dict[str, Any], where: str) -> None:
 # ---------------------------------------------------------------------------
 # Layer structure.
 
+def num_dense_layers(spec: MoeModelSpec) -> int:
+  """Number of dense-FFN layers (leading plus interleaved)."""
+  return spec.first_dense_layers + len(spec.interleaved_dense_layers)
+
+
 def num_moe_layers(spec: MoeModelSpec) -> int:
-  """Number of MoE layers (all layers after the leading dense ones)."""
-  return spec.num_layers - spec.first_dense_layers
+  """Number of MoE layers (every layer that is not dense)."""
+  return spec.num_layers - num_dense_layers(spec)
+
+
+def dense_layer_indices(spec: MoeModelSpec) -> tuple[int, ...]:
+  """Global layer index of each dense layer, increasing."""
+  return tuple(range(spec.first_dense_layers)) + tuple(spec.interleaved_dense_layers)
 
 
 def moe_layer_indices(spec: MoeModelSpec) -> tuple[int, ...]:
   """Global layer index of each MoE layer; routing axis L follows this order."""
-  return tuple(range(spec.first_dense_layers, spec.num_layers))
+  dense = set(spec.interleaved_dense_layers)
+  return tuple(i for i in range(spec.first_dense_layers, spec.num_layers)
+               if i not in dense)
 
 
 def _check_layer(spec: MoeModelSpec, layer: int) -> None:
@@ -341,7 +374,7 @@ def _nbytes(parts) -> float:
 
 
 def _non_expert_parts(spec, input_table: bool = True):
-  n_moe, n_dense = num_moe_layers(spec), spec.first_dense_layers
+  n_moe, n_dense = num_moe_layers(spec), num_dense_layers(spec)
   per_layer = _attention_parts(spec) + _norm_parts(spec)
   parts = list(_embedding_parts(spec, input_table))
   parts += [(n * spec.num_layers, dt) for n, dt in per_layer]
@@ -366,7 +399,7 @@ def shared_expert_bytes(spec: MoeModelSpec) -> float:
 
 
 def dense_ffn_bytes_per_layer(spec: MoeModelSpec) -> float:
-  """Bytes of one leading dense layer's FFN (0 if there is none)."""
+  """Bytes of one dense layer's FFN (0 if there is none)."""
   return _nbytes(_dense_ffn_parts(spec))
 
 
@@ -524,7 +557,7 @@ def flops_per_token(spec: MoeModelSpec, context_len=1) -> dict[str, Any]:
       "routed_experts": n_moe * spec.top_k * expert_flops_per_token(spec),
       "shared_experts": 2.0 * n_moe * spec.num_shared_experts * 3 * spec.hidden_size
                         * spec.shared_expert_ffn_size,
-      "dense_ffn": 2.0 * spec.first_dense_layers * 3 * spec.hidden_size
+      "dense_ffn": 2.0 * num_dense_layers(spec) * 3 * spec.hidden_size
                    * spec.dense_ffn_size,
       "lm_head": 2.0 * spec.vocab_size * spec.hidden_size,
   }
