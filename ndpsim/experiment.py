@@ -86,6 +86,10 @@ flags.DEFINE_boolean("overwrite", False, "replace the results of an earlier run 
 flags.DEFINE_boolean("plots", True, "write the PNG plots")
 flags.DEFINE_string("cache_dir", "", "persistent JAX compilation cache folder (speeds up "
                     "re-runs and --resume); empty = none")
+flags.DEFINE_boolean("allow_implausible", False, "accept hardware values (presets, --set) "
+                     "outside their plausible range for the unit, e.g. a 2.6 MHz GPU "
+                     "clock; never outside what the float32 engine can carry (README "
+                     "'Validation')")
 flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() first "
                      "(one process per host; see docs/results.md)")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed)")
@@ -371,7 +375,9 @@ def run_experiment(fl=FLAGS) -> dict:
     raise ConfigError("--out_dir: empty; write a folder for the results, e.g. "
                       "--out_dir=ndpsim_results (--out_dir=. for the current folder)")
   cfg = config_from_flags(fl)
-  res = studies.resolve(cfg)
+  from ndpsim import config  # pylint: disable=import-outside-toplevel
+  with config.allowing_implausible(fl.allow_implausible):
+    res = studies.resolve(cfg)
   out_dir = pathlib.Path(fl.out_dir)
   if fl.resume and fl.overwrite:
     raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "
@@ -423,12 +429,30 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return []
 
 
+def _check_cache_dir(path: str) -> None:
+  """--cache_dir must be a folder this process can create and write (JAX itself
+  only logs a multi-line warning and runs uncached)."""
+  p = pathlib.Path(path)
+  if p.exists() and not p.is_dir():
+    _fail(f"--cache_dir: {path!r} is a file; give a folder (it is created if missing)")
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f".ndpsim_write_test.{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    _fail(f"--cache_dir: cannot write {path!r} ({e.strerror or e}); give a folder you "
+          "can write to, or leave --cache_dir empty for no compilation cache")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected argument {argv[1]!r}; every setting is a --flag=value "
           "(see --helpfull)")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if FLAGS.cache_dir:
+    _check_cache_dir(FLAGS.cache_dir)
   import jax  # pylint: disable=import-outside-toplevel
   if FLAGS.cache_dir:
     jax.config.update("jax_compilation_cache_dir", FLAGS.cache_dir)
