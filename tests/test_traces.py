@@ -413,7 +413,7 @@ def test_trace_shape_against_model_before_simulating():
   msg = _error(traces.load, NPZ, model=models.replace(spec, num_layers=6))
   assert "small_trace.npz" in msg and "'toy'" in msg and "3 layers" in msg and "5 MoE" in msg
   msg = _error(traces.load, NPZ, model=models.replace(spec, num_experts=6))
-  assert "over 6 experts" in msg
+  assert "selects expert 7" in msg and "out of range for E=6 experts" in msg
   # Dense probabilities take the model's top-k.
   r = traces.load(PUB / "neupims_dense_probs.csv",
                   model=models.replace(spec, num_layers=2, first_dense_layers=1))

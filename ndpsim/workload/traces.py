@@ -173,6 +173,32 @@ def check_against_model(routing, spec, where: str = "routing") -> None:
                 num_layers=models.num_moe_layers(spec))
 
 
+def check_model_shape(routing, model, where: str = "routing") -> None:
+  """A trace against a ``models.MoeModelSpec``: an expert id beyond the model's
+  experts first (a CSV trace's id is its column: ``expert_8`` is id 8), then
+  layers x top-k; one ConfigError naming ``where`` and the model."""
+  from ndpsim.workload import models  # pylint: disable=import-outside-toplevel
+  a = _arrays(routing, where)
+  e = model.num_experts
+  for ph in _PHASES:
+    ids = a[f"{ph}_ids"].astype(np.int64)
+    if ids.ndim == 4 and (ids >= e).any():
+      s, t, l, j = (int(x) for x in np.argwhere(ids >= e)[0])
+      i = int(ids[s, t, l, j])
+      raise ConfigError(
+          f"{where}: {ph}[sequence {s}, token {t}, layer {l}] selects expert {i} (column "
+          f"expert_{i} of a CSV trace), out of range for E={e} experts of model "
+          f"{model.name!r} (ids 0..{e - 1}); give the model the trace was recorded on, "
+          f"or a trace with columns expert_0..expert_{e - 1}")
+  shape = tuple(a["prefill_ids"].shape[2:])
+  want_l = models.num_moe_layers(model)
+  if shape != (want_l, model.top_k):
+    raise ConfigError(
+        f"{where}: trace has {shape[0]} layers x top-{shape[1]} but model {model.name!r} "
+        f"needs {want_l} MoE layers x top-{model.top_k}; give a model that matches the "
+        "trace")
+
+
 def sort_by_gate(routing):
   """The routing with each token's k experts ordered by decreasing gate weight
   (ties by increasing id): the canonical order of a CSV-loaded trace."""
@@ -755,7 +781,6 @@ def load(path, *, model=None, top_k: int | None = None, num_layers: int | None =
   num_layers when not given, and the trace is checked against it: a trace of
   another shape is one ConfigError naming the trace, the model and the
   mismatch, before anything is simulated."""
-  from ndpsim.workload import models  # pylint: disable=import-outside-toplevel
   if model is not None:
     top_k = top_k or model.top_k
     num_experts = num_experts or model.num_experts
@@ -771,16 +796,7 @@ def load(path, *, model=None, top_k: int | None = None, num_layers: int | None =
     r = load_csv(path, top_k=top_k, prompt_len=prompt_len, num_experts=num_experts,
                  tokens_per_sequence=tokens_per_sequence, layout=layout)
   if model is not None:
-    shape = tuple(np.asarray(r.prefill_ids).shape[2:])
-    ids_max = max(int(np.asarray(r.prefill_ids).max(initial=-1)),
-                  int(np.asarray(r.decode_ids).max(initial=-1)))
-    want_l = num_layers or models.num_moe_layers(model)
-    if shape != (want_l, model.top_k) or ids_max >= model.num_experts:
-      raise ConfigError(
-          f"{where}: trace has {shape[0]} layers x top-{shape[1]} (expert ids up to "
-          f"{ids_max}) but model {model.name!r} needs {want_l} MoE layers x "
-          f"top-{model.top_k} over {model.num_experts} experts; give a model that "
-          "matches the trace")
+    check_model_shape(r, model, where)
     check_against_model(r, model, where)
   else:
     check_routing(r, where, num_experts=num_experts, top_k=top_k, num_layers=num_layers)
