@@ -276,13 +276,7 @@ def resolve(cfg: StudyConfig) -> Resolved:
     P, T, S = tp, tt, S or avail
     for name in set(head_models + sweep_models):
       spec = models[name]
-      L, E, k = M.num_moe_layers(spec), spec.num_experts, spec.top_k
-      if tr.prefill_ids.shape[2:] != (L, k) or int(max(tr.prefill_ids.max(),
-                                                       tr.decode_ids.max())) >= E:
-        raise ConfigError(
-            f"--routing: trace {cfg.routing!r} has {tr.prefill_ids.shape[2]} layers x "
-            f"top-{tr.prefill_ids.shape[3]} but model {name!r} needs {L} x top-{k} over "
-            f"{E} experts; give --models that match the trace")
+      traces.check_model_shape(tr, spec, f"--routing: trace {cfg.routing!r}")
     sources[routing_label(cfg.routing)] = cfg.routing
   elif cfg.routing in R.PRESETS:
     sources[cfg.routing] = None
