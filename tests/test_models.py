@@ -15,6 +15,7 @@ import pytest
 
 from ndpsim import probe
 from ndpsim.base import ConfigError
+from ndpsim.workload import model_io
 from ndpsim.workload import models as m
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -242,25 +243,39 @@ def _hf_variant(tmp_path, drop=(), **changes) -> pathlib.Path:
   return p
 
 
-@pytest.mark.parametrize("field", ["num_experts_per_tok", "num_hidden_layers",
-                                   "moe_intermediate_size", "vocab_size"])
-def test_hf_config_missing_field_is_named(tmp_path, field):
+@pytest.mark.parametrize("field,default", [("num_experts_per_tok", 8),
+                                           ("num_hidden_layers", 24),
+                                           ("moe_intermediate_size", 768),
+                                           ("vocab_size", 151936)])
+def test_hf_config_absent_key_takes_transformers_default_and_says_so(tmp_path, field,
+                                                                     default):
+  """Absent keys load as transformers' Qwen3MoeConfig defaults, named in the
+  warning (issue 12: a trimmed config is not refused, nor silently filled)."""
   p = _hf_variant(tmp_path, drop=[field])
-  if field == "moe_intermediate_size":
-    p = _hf_variant(tmp_path, drop=[field, "intermediate_size"])
+  with pytest.warns(model_io.HfConfigWarning, match=f"{field}={default}"):
+    s = m.load_hf_config(p)
+  got = {"num_experts_per_tok": s.top_k, "num_hidden_layers": s.num_layers,
+         "moe_intermediate_size": s.expert_ffn_size, "vocab_size": s.vocab_size}
+  assert got[field] == default
+
+
+def test_hf_config_key_without_default_is_named(tmp_path):
+  cfg = json.loads((DATA / "hf_deepseek_v2_lite_config.json").read_text())
+  del cfg["num_experts_per_tok"]  # DeepseekV2Config defaults it to None
+  p = tmp_path / "config.json"
+  p.write_text(json.dumps(cfg))
   with pytest.raises(ConfigError) as e:
     m.load_hf_config(p)
-  assert str(p) in str(e.value) and f"missing field {field!r}" in str(e.value)
+  msg = str(e.value)
+  assert str(p) in msg and "'num_experts_per_tok' (model_type 'deepseek_v2') is " \
+      "missing" in msg and "\n" not in msg
 
 
 def test_hf_config_rejections(tmp_path):
-  with pytest.raises(ConfigError, match="'tie_word_embeddings'"):
-    m.load_hf_config(_hf_variant(tmp_path, drop=["tie_word_embeddings"],
-                                 model_type="some_new_moe"))
-  with pytest.raises(ConfigError, match="mlp_only_layers"):
-    m.load_hf_config(_hf_variant(tmp_path, mlp_only_layers=[0, 1]))
-  with pytest.raises(ConfigError, match="decoder_sparse_step"):
-    m.load_hf_config(_hf_variant(tmp_path, decoder_sparse_step=2))
+  with pytest.raises(ConfigError, match="model_type 'some_new_moe' is not supported"):
+    m.load_hf_config(_hf_variant(tmp_path, model_type="some_new_moe"))
+  with pytest.raises(ConfigError, match="key 'use_mamba' .*may change the layer"):
+    m.load_hf_config(_hf_variant(tmp_path, use_mamba=True))
   with pytest.raises(ConfigError, match="quant_method 'awq'.*expert_dtype="):
     m.load_hf_config(_hf_variant(tmp_path, quantization_config={"quant_method": "awq"}))
   with pytest.raises(ConfigError, match="top_k is 200 but num_experts is 128"):
@@ -270,6 +285,28 @@ def test_hf_config_rejections(tmp_path):
   assert q.expert_dtype == "int4_g128" and q.attention_dtype == "bf16"
   f8 = m.load_hf_config(_hf_variant(tmp_path, quantization_config={"quant_method": "fp8"}))
   assert (f8.expert_dtype, f8.attention_dtype, f8.embedding_dtype) == ("fp8", "fp8", "bf16")
+
+
+def test_hf_config_dense_layouts_are_modelled(tmp_path):
+  """mlp_only_layers and decoder_sparse_step place dense layers (width
+  intermediate_size) among the MoE ones instead of being refused."""
+  s = m.load_hf_config(_hf_variant(tmp_path, mlp_only_layers=[0, 1, 7]))
+  assert (s.first_dense_layers, s.interleaved_dense_layers, s.dense_ffn_size) == \
+      (2, (7,), 6144)
+  assert m.num_moe_layers(s) == 45 and 7 not in m.moe_layer_indices(s)
+  s = m.load_hf_config(_hf_variant(tmp_path, decoder_sparse_step=2))
+  assert s.first_dense_layers == 1 and s.interleaved_dense_layers == tuple(range(2, 48, 2))
+  assert m.moe_layer_indices(s) == tuple(range(1, 48, 2))
+  base = m.get_model("qwen3-30b-a3b")
+  assert m.total_params(s) == m.total_params(base) - 24 * (
+      128 * m.expert_params(base) + 2048 * 128) + 24 * 3 * 2048 * 6144
+  assert model_io.load_model_json(_save(tmp_path, s)) == s
+
+
+def _save(tmp_path, spec):
+  p = tmp_path / "spec.json"
+  m.save_model_json(p, spec)
+  return p
 
 
 def test_model_json_roundtrip_and_rejections(tmp_path):

@@ -420,6 +420,15 @@ def total_params(spec: MoeModelSpec) -> int:
       expert_params(spec)
 
 
+def moe_layer_params(spec: MoeModelSpec) -> int:
+  """Elements of one MoE decoder layer: attention, its two norms, router,
+  shared experts and all routed experts (what a DeepSeek-style
+  multi-token-prediction module repeats, less its small projection)."""
+  parts = (_attention_parts(spec) + _norm_parts(spec) + _router_parts(spec)
+           + _shared_parts(spec))
+  return _count(parts) + spec.num_experts * expert_params(spec)
+
+
 def active_params(spec: MoeModelSpec, *, count_input_embedding: bool = True) -> int:
   """Parameters used per token: all non-routed ones plus ``top_k`` experts per
   MoE layer.  ``count_input_embedding=False`` drops the input embedding table
