@@ -35,7 +35,7 @@ def _active(spec, convention: str) -> int:
     return M.active_params(spec)
   got = M.active_params(spec, count_input_embedding=False)
   if convention == "without_embeddings":  # neither table (tied: the one table)
-    got -= spec.vocab_size * spec.hidden_size * (1 if spec.tie_embeddings else 1)
+    got -= spec.vocab_size * spec.hidden_size  # the LM head (or the tied table)
   else:
     assert convention == "without_input_embedding", convention
   return got
