@@ -6,8 +6,11 @@ tokens, ten policies, routing from the ``mixtral_8x7b`` calibrated
 preset; plus the NDP-unit sweep (2-6) and the prefetch-budget sweep on the
 first model.  It prints a table and writes into ``--out_dir``:
 ``results.json`` (resolved configuration, rows, speedup summaries),
-``results.csv`` (the rows), PNG plots, and ``cells/`` (one file per finished
-cell: ``--resume`` skips those).
+``results.csv`` (the rows), ``requests.csv`` (one row per cell and sequence
+group: TTFT, TPOT, e2e, bytes, hits), ``report.md`` (the printed tables under
+a line stating the workload), ``timing.json`` (wall times), PNG plots, and
+``cells/`` (one file per finished cell: ``--resume`` skips those).  Progress
+lines on stderr end in an estimate of the time left.
 
 This is the only module that reads absl FLAGS; the work is in
 :mod:`ndpsim.studies` and :mod:`ndpsim.plots`.  Bad flags print one line
@@ -70,6 +73,13 @@ flags.DEFINE_integer("num_seqs", None, "sequences per cell (default 8, or the tr
 flags.DEFINE_string("routing", "mixtral_8x7b",
                     "routing preset name (ndpsim.workload.routing.PRESETS) or a "
                     ".npz/.csv trace file, or a folder or glob of per-layer CSV files")
+flags.DEFINE_enum("routing_layout", "sequences", ["sequences", "decoder_batch"],
+                  "how a CSV --routing trace maps to sequences: 'sequences' (token_id "
+                  "counts one layer's tokens; sequences of prompt_len + output_len tokens "
+                  "end to end) or 'decoder_batch' (NeuPIMs-MoE/DynaNDE decoder folders: "
+                  "one folder or file per token position, token_id = request in the "
+                  "batch; request s, position t -> sequence s, token t); see "
+                  "docs/routing.md 'Trace formats'")
 flags.DEFINE_integer("seed", 0, "seed of the evaluation routing (MoNDE's profile uses "
                      "fold_in(seed, 1))")
 flags.DEFINE_string("out_dir", "ndpsim_results", "folder for results, plots and cells")
@@ -122,7 +132,7 @@ def config_from_flags(fl=FLAGS):
                "studies"):
     kw[name] = _typed_list(name, list(fl[name].value))
   for name in ("system", "headline_budget", "prompt_len", "output_len", "batch_size",
-               "num_seqs", "routing", "seed", "dtype", "tune_num_seqs"):
+               "num_seqs", "routing", "seed", "dtype", "tune_num_seqs", "routing_layout"):
     kw[name] = fl[name].value
   kw["overrides"] = tuple(fl["set"].value)
   return studies.StudyConfig(**kw)
@@ -131,11 +141,44 @@ def config_from_flags(fl=FLAGS):
 # ---------------------------------------------------------------------------
 # Output.
 
+def _units_text(units) -> str:
+  """``4`` / ``2-6`` / ``2,4,8``: a list of unit counts, short."""
+  us = sorted({int(u) for u in units})
+  if len(us) > 2 and us == list(range(us[0], us[-1] + 1)):
+    return f"{us[0]}-{us[-1]}"
+  return ",".join(str(u) for u in us)
+
+
+def workload_text(cfg: dict, num_ndp_units=None) -> str:
+  """One line stating the workload of a run from results.json's ``config``:
+  system and its parts, NDP units (``num_ndp_units``: the units of one figure;
+  default the headline's), prompt/output lengths, routing, sequences, batch."""
+  f = cfg["flags"]
+  units = f["num_ndp_units"] if num_ndp_units is None else (
+      num_ndp_units if isinstance(num_ndp_units, (list, tuple)) else [num_ndp_units])
+  sysd = next(iter(cfg.get("systems", {}).values()), {})
+  parts = sysd.get("parts", {})
+  hw = (f" ({parts['gpu']} + {parts['ndp']} over {parts['link']})"
+        if {"gpu", "ndp", "link"} <= set(parts) else "")
+  routing = f["routing"]
+  is_trace = any(v.get("kind") == "trace" for v in cfg.get("routing", {}).values())
+  layout = f.get("routing_layout", "sequences")
+  rt = (f"routing trace {routing}" + (f" ({layout} layout)" if layout != "sequences" else "")
+        if is_trace else f"routing preset {routing}, seed {f['seed']}")
+  extra = "".join(f", --set {o}" for o in f.get("overrides", []))
+  extra += f", dtype {f['dtype']}" if f.get("dtype") else ""
+  return (f"{f['system']}{hw}, {_units_text(units)} NDP units; {f['prompt_len']} prompt "
+          f"+ {f['output_len']} output tokens; {rt}; {f['num_seqs']} sequences per "
+          f"cell, batch {f['batch_size']}{extra}")
+
+
 def format_tables(doc: dict) -> str:
-  """The printed report: headline table, per-policy summary, sweeps."""
+  """The printed report: the workload, headline table, per-policy summary,
+  the comparison with the paper (headline study only), sweeps."""
   rows = doc["rows"]
   out = io.StringIO()
   st = doc["config"]["studies"]
+  out.write(f"Workload: {workload_text(doc['config'])}.\n\n")
   head = _rows_of(rows, st.get("headline", []))
   if head:
     out.write("## Headline: end-to-end latency and speedup over monde\n\n")
@@ -143,11 +186,7 @@ def format_tables(doc: dict) -> str:
     for n, summ in doc["summary_by_num_ndp_units"].items():
       out.write(f"\n## Speedup over monde per policy (N = {n}, over models)\n\n")
       out.write(_summary_table(summ))
-    s = doc["summary"].get("tp_lb_prefetch")
-    if s:
-      out.write(f"\ntp_lb_prefetch (the paper's framework): mean {s['mean_speedup']:.2f}x, "
-                f"max {s['max_speedup']:.2f}x ({s['max_model']}); paper: 2.41x mean, "
-                "2.56x max\n")
+    out.write(paper_comparison(doc))
   for name, key, label in (("ndp_units", "num_ndp_units", "N"),
                            ("prefetch", "prefetch_budget", "budget")):
     rs = [r for r in _rows_of(rows, st.get(name, []))
@@ -178,6 +217,26 @@ def format_tables(doc: dict) -> str:
     for k, v in items:
       out.write(f"| {k} | {sens['values'][k]:.4g} | {v:+.4g} |\n")
   return out.getvalue()
+
+
+def paper_comparison(doc: dict) -> str:
+  """The paragraph comparing the headline's ``tp_lb_prefetch`` speedup with the
+  paper's (empty when the headline did not run both it and monde): what is
+  compared, this run's mean and max over its models, the paper's numbers."""
+  st = doc["config"]["studies"]
+  s = doc.get("summary", {}).get("tp_lb_prefetch")
+  if not st.get("headline") or not s:
+    return ""
+  f = doc["config"]["flags"]
+  p = doc.get("paper", {})
+  return (f"\n## Comparison with the paper\n\n"
+          f"`tp_lb_prefetch` (the paper's framework) over `monde`, mean e2e speedup over "
+          f"the {s['num_models']} headline model(s) at {f['num_ndp_units'][0]} NDP units on "
+          f"this workload: mean {s['mean_speedup']:.2f}x, max {s['max_speedup']:.2f}x "
+          f"({s['max_model']}).  The paper (arXiv 2601.03992) reports "
+          f"{p.get('tp_lb_prefetch_mean_speedup', 2.41)}x mean and "
+          f"{p.get('tp_lb_prefetch_max_speedup', 2.56)}x max on its own models and "
+          "workload; the two are comparable only as far as the workloads are.\n")
 
 
 def _rows_of(rows, cells):
@@ -238,6 +297,20 @@ def rows_csv(rows: list[dict]) -> str:
   return buf.getvalue()
 
 
+def requests_csv(requests: list[dict]) -> str:
+  """requests.csv: one line per (cell, sequence group) of
+  :func:`ndpsim.studies.split_requests`, a fixed header even when empty."""
+  from ndpsim import results, studies  # pylint: disable=import-outside-toplevel
+  keys = [*studies.REQUEST_CELL_KEYS, "sequence_group", "sequences",
+          *results.REQUEST_FIELDS]
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+  w.writeheader()
+  for r in requests:
+    w.writerow({k: r[k] for k in keys})
+  return buf.getvalue()
+
+
 def build_document(res, rows: list[dict], sens: dict | None,
                    tuned_fits: dict | None = None) -> dict:
   """results.json: configuration, rows and summaries; ``tuned``: per model the
@@ -288,24 +361,32 @@ def split_timing(rows: list[dict], tuned_fits: dict) -> tuple[list[dict], dict, 
 
 
 def write_plots(doc: dict, out_dir: pathlib.Path) -> list[str]:
+  """The PNG plots of results.json ``doc``; every title states its workload
+  (:func:`workload_text` at the figure's NDP units).  Returns their paths."""
   from ndpsim import plots  # pylint: disable=import-outside-toplevel
-  rows, st = doc["rows"], doc["config"]["studies"]
+  rows, cfg = doc["rows"], doc["config"]
+  st = cfg["studies"]
   head = _rows_of(rows, st.get("headline", []))
-  n0 = doc["config"]["flags"]["num_ndp_units"][0]
+  n0 = cfg["flags"]["num_ndp_units"][0]
   head0 = [r for r in head if r["num_ndp_units"] == n0]
+  swept = _rows_of(rows, st.get("ndp_units", []))
+  at_n0 = workload_text(cfg, n0)
+  sens = doc.get("sensitivity")
   made = [
       plots.speedup_bars(head0, out_dir / "speedup.png",
-                         f"Speedup over MoNDE, {n0} NDP units"),
-      plots.lane_breakdown(head0, out_dir / "lane_breakdown.png"),
-      plots.speedup_lines(_rows_of(rows, st.get("ndp_units", [])),
-                          out_dir / "speedup_vs_ndp_units.png", "num_ndp_units",
-                          "NDP-DIMMs", "Speedup over MoNDE vs NDP units"),
+                         f"Speedup over MoNDE, {n0} NDP units", workload=at_n0),
+      plots.lane_breakdown(head0, out_dir / "lane_breakdown.png", workload=at_n0),
+      plots.speedup_lines(swept, out_dir / "speedup_vs_ndp_units.png", "num_ndp_units",
+                          "NDP-DIMMs", "Speedup over MoNDE vs NDP units",
+                          workload=workload_text(cfg, [r["num_ndp_units"] for r in swept])),
       plots.speedup_lines([r for r in _rows_of(rows, st.get("prefetch", []))
                            if r["policy"] != "monde"],
                           out_dir / "speedup_vs_prefetch_budget.png", "prefetch_budget",
                           "prefetch budget (fraction of GPU memory left for experts)",
-                          "Speedup over MoNDE vs prefetch budget"),
-      plots.sensitivity_bars(doc.get("sensitivity"), out_dir / "sensitivity.png"),
+                          "Speedup over MoNDE vs prefetch budget", workload=at_n0),
+      plots.sensitivity_bars(sens, out_dir / "sensitivity.png",
+                             workload=workload_text(cfg, sens["num_ndp_units"])
+                             if sens else ""),
   ]
   return [p for p in made if p]
 
@@ -338,6 +419,24 @@ def _check_interrupt(ev: dict, lead: bool) -> None:
     _progress(ev)
 
 
+def _clock(seconds: float) -> str:
+  """``m:ss`` (``h:mm:ss`` from an hour on)."""
+  s = max(int(round(seconds)), 0)
+  h, m = divmod(s // 60, 60)
+  return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+def eta_text(done: int, total: int, skipped: int, elapsed_s: float) -> str:
+  """Estimated time left, ``~m:ss``: the cells still to run times the mean
+  wall time of the cells this run computed so far (``done - skipped`` in
+  ``elapsed_s``).  Rough: the first cells of each model and policy carry their
+  compile, later ones reuse it -- hence the ``~``."""
+  computed = done - skipped
+  if computed <= 0:
+    return "~?"
+  return "~" + _clock(elapsed_s / computed * max(total - done, 0))
+
+
 def _progress(ev: dict) -> None:
   if ev["event"] == "start":
     print(f"ndpsim-experiment: {ev['total']} cells, {ev['skipped']} already finished",
@@ -360,7 +459,8 @@ def _progress(ev: dict) -> None:
     return
   c, r = ev["cell"], ev["row"]
   t = ev["elapsed_s"]
-  print(f"[{ev['done']:3d}/{ev['total']} {int(t) // 60:d}:{int(t) % 60:02d}] {c.model} "
+  eta = eta_text(ev["done"], ev["total"], ev.get("skipped", 0), t)
+  print(f"[{ev['done']:3d}/{ev['total']} {_clock(t)} ETA {eta}] {c.model} "
         f"{c.policy} N={c.num_ndp_units} budget={c.prefetch_budget:g} {c.routing}: e2e "
         f"{r['e2e_latency_s_mean']:.4g} s ±{r['e2e_latency_s_ci95']:.2g} "
         f"({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
@@ -398,6 +498,7 @@ def run_experiment(fl=FLAGS) -> dict:
       print("ndpsim-experiment: sensitivity (forward-mode derivatives)...",
             file=sys.stderr, flush=True)
     sens = studies.sensitivity(res)
+  rows, requests = studies.split_requests(rows, cfg.batch_size)
   rows, fits, timing = split_timing(rows, tuned_fits)
   doc = build_document(res, rows, sens, fits)
   if lead:
@@ -406,11 +507,13 @@ def run_experiment(fl=FLAGS) -> dict:
     timing["total_wall_s"] = time.perf_counter() - t0
     studies.write_atomic(out_dir / "results.json", json.dumps(doc, indent=1, default=str))
     studies.write_atomic(out_dir / "results.csv", rows_csv(rows))
+    studies.write_atomic(out_dir / "requests.csv", requests_csv(requests))
     studies.write_atomic(out_dir / "timing.json", json.dumps(timing, indent=1))
     tables = format_tables(doc)
     studies.write_atomic(out_dir / "report.md", tables + "\n")
     print(tables)
-    print(f"wrote {out_dir}/results.json, results.csv, report.md, timing.json"
+    print(f"wrote {out_dir}/results.json, results.csv, requests.csv, report.md, "
+          "timing.json"
           + "".join(f", {p}" for p in doc.get("plots", []))
           + f" in {timing['total_wall_s']:.0f} s", file=sys.stderr)
   return doc

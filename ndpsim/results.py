@@ -148,3 +148,15 @@ def breakdown_table(rows: dict[str, SimResult]) -> str:
                  f"{b['ndp_lane_frac']:.0%} | {b['link_to_gpu_frac']:.0%} | "
                  f"{b['link_to_ndp_frac']:.0%} |")
   return "\n".join(lines)
+
+
+# Request-level quantities: what a serving simulator reports per request.
+REQUEST_FIELDS = ("ttft_s", "tpot_s", "e2e_s", "bytes_to_gpu", "bytes_to_ndp",
+                  "prefetched_bytes", "gpu_hits", "gpu_misses")
+
+
+def per_group(result: SimResult) -> dict[str, list[float]]:
+  """Each of :data:`REQUEST_FIELDS` per sequence group (G floats each, in group
+  order): latencies in s, bytes, hit/miss counts of the group's decode."""
+  return {f: [float(x) for x in np.asarray(getattr(result, f), np.float64).reshape(-1)]
+          for f in REQUEST_FIELDS}

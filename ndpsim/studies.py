@@ -66,7 +66,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import ndpsim
-from ndpsim import config, engine, policies
+from ndpsim import config, engine, policies, results
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
@@ -101,6 +101,10 @@ class StudyConfig:
   dtype: storage dtype of every weight group ("" keeps each model's own).
   tune_num_seqs: training sequences of each ``tuned`` fit (a multiple of
     batch_size).
+  routing_layout: how a CSV trace's files map to sequences
+    (``traces.LAYOUTS``): "sequences" (token_id counts one layer's tokens,
+    sequences end to end) or "decoder_batch" (NeuPIMs/DynaNDE decoder folders:
+    one file per token position, token_id = request in the batch).
   """
   system: str = DEFAULT_SYSTEM
   models: tuple[str, ...] = DEFAULT_MODELS
@@ -122,6 +126,7 @@ class StudyConfig:
   overrides: tuple[str, ...] = ()
   dtype: str = ""
   tune_num_seqs: int = 2
+  routing_layout: str = "sequences"
 
 
 class Workload(NamedTuple):
@@ -177,10 +182,11 @@ def routing_label(name: str) -> str:
   return str(p) if glob.has_magic(name) else p.name
 
 
-def _load_trace(path: str, prompt_len, output_len, top_k=None):
+def _load_trace(path: str, prompt_len, output_len, top_k=None, layout="sequences"):
   """One trace for ``--routing``: ``.npz``, or CSV(s) -- one file, a folder of
   per-layer files or a glob (``traces.load_csv``); dense-probability rows take
-  the top ``top_k`` (the models' shared top-k, when known)."""
+  the top ``top_k`` (the models' shared top-k, when known); ``layout``: the
+  CSV layout (``--routing_layout``)."""
   try:
     if path.endswith(".npz"):
       if not os.path.isfile(path):
@@ -192,9 +198,10 @@ def _load_trace(path: str, prompt_len, output_len, top_k=None):
       raise ConfigError("a CSV trace needs --prompt_len and --output_len (tokens "
                         "per sequence = their sum)")
     return traces.load_csv(path, top_k=top_k, prompt_len=prompt_len,
-                           tokens_per_sequence=prompt_len + output_len)
+                           tokens_per_sequence=prompt_len + output_len, layout=layout)
   except ConfigError as e:
-    raise _flag_error("routing", e) from None
+    msg = str(e).replace("pass layout='decoder_batch'", "give --routing_layout=decoder_batch")
+    raise _flag_error("routing", ConfigError(msg)) from None
 
 
 def resolve(cfg: StudyConfig) -> Resolved:
@@ -227,6 +234,14 @@ def resolve(cfg: StudyConfig) -> Resolved:
       if not (isinstance(b, (int, float)) and 0.0 <= b <= 1.0):
         raise ConfigError(f"--{flag}: {b!r} is outside [0, 1]; write fractions of the "
                           "GPU memory left for experts, e.g. 0,0.25,0.5,1")
+  if cfg.routing_layout not in traces.LAYOUTS:
+    raise ConfigError(f"--routing_layout: {cfg.routing_layout!r} is not a layout; write "
+                      f"one of {list(traces.LAYOUTS)}")
+  if cfg.routing_layout != "sequences" and not (
+      _is_trace(cfg.routing) and not cfg.routing.endswith(".npz")):
+    raise ConfigError(f"--routing_layout: {cfg.routing_layout!r} applies to CSV traces "
+                      f"but --routing is {cfg.routing!r}; drop --routing_layout or give a "
+                      "CSV trace folder")
   if "prefetch" in cfg.studies and not cfg.prefetch_budgets:
     raise ConfigError("--prefetch_budgets: empty; write e.g. 0,0.25,0.5,1")
   dtype = cfg.dtype
@@ -259,7 +274,8 @@ def resolve(cfg: StudyConfig) -> Resolved:
   P, T, S = cfg.prompt_len, cfg.output_len, cfg.num_seqs
   if _is_trace(cfg.routing):
     ks = {models[n].top_k for n in head_models + sweep_models}
-    tr = _load_trace(cfg.routing, P, T, top_k=ks.pop() if len(ks) == 1 else None)
+    tr = _load_trace(cfg.routing, P, T, top_k=ks.pop() if len(ks) == 1 else None,
+                     layout=cfg.routing_layout)
     tp, tt, ts = (tr.prefill_ids.shape[1], tr.decode_ids.shape[1],
                   tr.prefill_ids.shape[0])
     for flag, given, have in (("prompt_len", P, tp), ("output_len", T, tt)):
@@ -413,7 +429,8 @@ def make_workload(res: Resolved, model: str, routing: str) -> Workload:
   L, E, k = M.num_moe_layers(spec), spec.num_experts, spec.top_k
   src = res.routing_sources[routing]
   if src is not None:  # trace file: first half profiles, the rest evaluates
-    tr = _load_trace(src, res.prompt_len, res.output_len, top_k=k)
+    tr = _load_trace(src, res.prompt_len, res.output_len, top_k=k,
+                     layout=res.config.routing_layout)
     h = tr.prefill_ids.shape[0] // 2
     pre, dec = np.asarray(tr.prefill_ids), np.asarray(tr.decode_ids)
     prof = _counts([pre[:h], dec[:h]], L, E)
@@ -466,7 +483,8 @@ def make_training(res: Resolved, model: str, routing: str) -> R.Routing:
   n, B = res.config.tune_num_seqs, res.config.batch_size
   src = res.routing_sources[routing]
   if src is not None:
-    tr = _load_trace(src, res.prompt_len, res.output_len, top_k=k)
+    tr = _load_trace(src, res.prompt_len, res.output_len, top_k=k,
+                     layout=res.config.routing_layout)
     h = tr.prefill_ids.shape[0] // 2
     n = min(n, h) // B * B
     if n < 1:
@@ -560,7 +578,10 @@ def fingerprint_fields(res: Resolved) -> dict[str, Any]:
   return {"system": c.system, "set": list(c.overrides), "dtype": c.dtype,
           "prompt_len": res.prompt_len, "output_len": res.output_len,
           "batch_size": c.batch_size, "num_seqs": res.num_seqs, "seed": c.seed,
-          "routing": c.routing, "ndpsim_version": ndpsim.__version__}
+          "routing": c.routing, "ndpsim_version": ndpsim.__version__,
+          # only when not the default, so that earlier runs' cells stay valid
+          **({"routing_layout": c.routing_layout}
+             if c.routing_layout != "sequences" else {})}
 
 
 def cell_fingerprint(res: Resolved, cell: Cell) -> str:
@@ -600,6 +621,8 @@ def read_cell(out_dir, res: Resolved, cell: Cell) -> tuple[dict | None, str | No
     return None, "computed under other settings"
   if obj.get("row_digest") != row_digest(obj["row"]):
     return None, "row does not match its digest (edited or damaged)"
+  if not isinstance(obj["row"].get(REQUESTS_KEY), dict):
+    return None, "no per-sequence values (written by an earlier ndpsim)"
   return obj["row"], None
 
 
@@ -672,6 +695,7 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
         distrusted.append((c, why))
       todo.setdefault((c.model, c.routing, c.num_ndp_units, c.policy), []).append(c)
   total, done = len(cells), len(rows)
+  skipped = done
   t_start = time.perf_counter()
   if progress:
     progress({"event": "start", "total": total, "skipped": done,
@@ -707,6 +731,7 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
     for c, r in zip(group, outs):
       row = make_row(c, r, wall)
       check_finite(row)
+      row[REQUESTS_KEY] = results.per_group(r)  # requests.csv; split off for results
       if alpha is not None:
         row.update(alpha)
       rows[c] = row
@@ -717,8 +742,39 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
       done += 1
       if progress:
         progress({"event": "cell", "cell": c, "row": row, "done": done, "total": total,
-                  "elapsed_s": time.perf_counter() - t_start})
+                  "skipped": skipped, "elapsed_s": time.perf_counter() - t_start})
   return add_speedups([rows[c] for c in cells])
+
+
+# The per-sequence-group values a cell's row carries (in its cell file, so that
+# --resume keeps them); split off before results.json / results.csv.
+REQUESTS_KEY = "per_sequence_group"
+REQUEST_CELL_KEYS = ("model", "policy", "num_ndp_units", "prefetch_budget", "routing")
+
+
+def split_requests(rows: list[dict], batch_size: int) -> tuple[list[dict], list[dict]]:
+  """(rows without their per-sequence values, the request rows of requests.csv).
+
+  One request row per (cell, sequence group), cells in row order, groups in
+  order: the cell's keys, ``sequence_group``, ``sequences`` (the evaluation
+  sequences it holds: ``"3"`` at batch 1, ``"4-7"`` at batch 4) and
+  :data:`ndpsim.results.REQUEST_FIELDS` (latencies every request of the group
+  sees, s; the group's bytes and decode hits/misses).  A row without the
+  values (none computed) adds no request rows.
+  """
+  out_rows, req = [], []
+  for r in rows:
+    per = r.get(REQUESTS_KEY)
+    out_rows.append({k: v for k, v in r.items() if k != REQUESTS_KEY})
+    if not isinstance(per, dict):
+      continue
+    n = len(per[results.REQUEST_FIELDS[0]])
+    for g in range(n):
+      lo, hi = g * batch_size, (g + 1) * batch_size - 1
+      req.append({**{k: r[k] for k in REQUEST_CELL_KEYS}, "sequence_group": g,
+                  "sequences": str(lo) if lo == hi else f"{lo}-{hi}",
+                  **{f: per[f][g] for f in results.REQUEST_FIELDS}})
+  return out_rows, req
 
 
 def tuned_summary(tuned_fits: dict) -> dict[str, list[dict]]:
@@ -747,7 +803,7 @@ def resolved_config(res: Resolved) -> dict[str, Any]:
       routing[name] = {"kind": "preset", "params": {
           k: float(v) for k, v in dataclasses.asdict(R.preset(name, 2, 1)).items()}}
     else:
-      routing[name] = {"kind": "trace", "path": str(src)}
+      routing[name] = {"kind": "trace", "path": str(src), "layout": c.routing_layout}
   systems = {str(n): {"name": s.name, **s.info} for n, s in res.systems.items()}
   return {
       "ndpsim_version": ndpsim.__version__, "jax_version": jax.__version__,

@@ -111,6 +111,9 @@ def test_interrupted_run_keeps_cells_and_resume_skips_them(interrupted_run):
   r2 = run["r2"]
   assert r2.returncode == 0, r2.stderr[-3000:]
   assert f"{len(POLS)} cells, {len(run['first'])} already finished" in r2.stderr
+  # Issue 12: progress lines carry an estimate of the time left.
+  assert re.search(rf"\[\s*{len(POLS)}/{len(POLS)} \d+:\d\d ETA ~0:00\] ", r2.stderr), \
+      r2.stderr[-2000:]
   cells = run["out"] / "cells"
   for name, (mtime, text) in run["first"].items():  # skipped, not rewritten
     assert (cells / name).stat().st_mtime_ns == mtime
@@ -130,7 +133,7 @@ def test_two_runs_write_byte_identical_results(interrupted_run, tmp_path):
                                   f"--cache_dir={interrupted_run['cache']}"]
   r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)  # hang guard
   assert r.returncode == 0, r.stderr[-2000:]
-  for name in ("results.json", "results.csv"):
+  for name in ("results.json", "results.csv", "requests.csv", "report.md"):
     assert (out / name).read_bytes() == (first / name).read_bytes(), name
   timing = json.loads((out / "timing.json").read_text())
   assert timing["total_wall_s"] > 0 and len(timing["cells"]) == len(POLS)
@@ -196,6 +199,86 @@ def test_binary_files_schema_and_numbers(interrupted_run, direct):
   assert "tp_lb_prefetch" in interrupted_run["r2"].stdout  # the printed table
 
 
+WORKLOAD_WORDS = ("paper_rtx5080_ndp_dimm", f"{N} NDP units", f"{P} prompt + {T} output tokens",
+                  "routing preset mixtral_8x7b", f"{S} sequences per cell, batch 1")
+
+
+def test_report_and_plot_titles_state_the_workload(interrupted_run):
+  """Issue 12 item 5: report.md and every plot title say what was simulated;
+  the paper's number comes in its own section saying what it compares."""
+  from ndpsim import experiment, plots  # pylint: disable=import-outside-toplevel
+  out = interrupted_run["out"]
+  report = (out / "report.md").read_text()
+  first = report.splitlines()[0]
+  assert first.startswith("Workload: ")
+  for w in WORKLOAD_WORDS:
+    assert w in first, (w, first)
+  assert "## Comparison with the paper" in report and "over `monde`" in report
+  doc = json.loads((out / "results.json").read_text())
+  for png in doc["plots"]:
+    title = plots.png_title(out / png)
+    for w in WORKLOAD_WORDS:
+      assert w in title, (png, w, title)
+  # Without the headline study there is no paper paragraph.
+  sweep_only = {**doc, "config": {**doc["config"], "studies": {"ndp_units": doc["config"][
+      "studies"]["headline"]}}, "summary": {}, "summary_by_num_ndp_units": {}}
+  text = experiment.format_tables(sweep_only)
+  assert text.startswith("Workload: ") and "Comparison with the paper" not in text
+  assert "2.41" not in text
+  assert "Study ndp_units" in text
+
+
+def test_requests_csv_has_one_row_per_cell_and_sequence(interrupted_run, direct):
+  """Issue 12 item 5: requests.csv beside results.csv, one row per (cell,
+  sequence) with TTFT, TPOT, e2e, bytes and hits -- the engine's own
+  per-sequence values, averaging to the cell rows."""
+  out = interrupted_run["out"]
+  with open(out / "requests.csv") as f:
+    req = list(csv.DictReader(f))
+  assert list(req[0]) == ["model", "policy", "num_ndp_units", "prefetch_budget", "routing",
+                          "sequence_group", "sequences", "ttft_s", "tpot_s", "e2e_s",
+                          "bytes_to_gpu", "bytes_to_ndp", "prefetched_bytes", "gpu_hits",
+                          "gpu_misses"]
+  assert [(r["policy"], r["sequences"]) for r in req] == [
+      (p, str(i)) for p in POLS for i in range(S)]
+  rows = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+  for pol in POLS:
+    mine = [r for r in req if r["policy"] == pol]
+    e2e = np.array([float(r["e2e_s"]) for r in mine])
+    np.testing.assert_allclose(e2e, direct[pol], rtol=1e-5)
+    for r in mine:
+      assert float(r["e2e_s"]) == pytest.approx(float(r["ttft_s"]) + T * float(r["tpot_s"]),
+                                                rel=1e-5)
+    assert np.mean([float(r["ttft_s"]) for r in mine]) == pytest.approx(
+        rows[pol]["ttft_s_mean"], rel=1e-6)
+    assert np.mean([float(r["bytes_to_gpu"]) for r in mine]) == pytest.approx(
+        rows[pol]["bytes_to_gpu_mean"], rel=1e-6)
+    assert all(float(r["gpu_hits"]) + float(r["gpu_misses"]) > 0 for r in mine)
+  # The per-sequence values stay out of results.json / results.csv.
+  assert studies.REQUESTS_KEY not in (out / "results.json").read_text()
+  assert studies.REQUESTS_KEY not in (out / "results.csv").read_text()
+
+
+def test_split_requests_names_the_sequences_of_each_batch():
+  per = {f: [1.0, 2.0] for f in ("ttft_s", "tpot_s", "e2e_s", "bytes_to_gpu",
+                                 "bytes_to_ndp", "prefetched_bytes", "gpu_hits",
+                                 "gpu_misses")}
+  row = {"model": "m", "policy": "p", "num_ndp_units": 2, "prefetch_budget": 1.0,
+         "routing": "r", "e2e_latency_s_mean": 1.5, studies.REQUESTS_KEY: per}
+  rows, req = studies.split_requests([row], batch_size=4)
+  assert rows == [{k: v for k, v in row.items() if k != studies.REQUESTS_KEY}]
+  assert [(r["sequence_group"], r["sequences"], r["e2e_s"]) for r in req] == [
+      (0, "0-3", 1.0), (1, "4-7", 2.0)]
+
+
+def test_eta_is_the_mean_cell_time_times_the_cells_left():
+  from ndpsim import experiment  # pylint: disable=import-outside-toplevel
+  assert experiment.eta_text(done=2, total=10, skipped=0, elapsed_s=20.0) == "~1:20"
+  assert experiment.eta_text(done=5, total=10, skipped=4, elapsed_s=3.0) == "~0:15"
+  assert experiment.eta_text(done=3, total=3, skipped=3, elapsed_s=0.0) == "~?"
+  assert experiment.eta_text(done=1, total=400, skipped=0, elapsed_s=30.0) == "~3:19:30"
+
+
 # ---------------------------------------------------------------------------
 # Bad input fails fast, with one line naming the flag.
 
@@ -219,6 +302,8 @@ def test_binary_files_schema_and_numbers(interrupted_run, direct):
     (dict(prompt_len=-1), "--prompt_len"),
     (dict(dtype="fp7"), "--dtype"),
     (dict(system="rtx9090_box"), "--system"),
+    (dict(routing_layout="decoder_batch"), "--routing_layout"),
+    (dict(routing_layout="rows"), "--routing_layout"),
 ])
 def test_bad_config_is_one_line_naming_the_flag(kw, flag):
   with pytest.raises(ConfigError) as e:
@@ -241,6 +326,7 @@ def test_platform_that_cannot_hold_the_model_says_so():
     (["--num_seqs=abc"], "--num_seqs"),
     (["--models=olmoe-1b-7b,no-such-model"], "--models"),
     (["--num_ndp_units=2,x"], "--num_ndp_units"),
+    (["--routing_layout=rows"], "--routing_layout"),
 ])
 def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
   r = subprocess.run(_binary() + args + [f"--out_dir={tmp_path}"], env=_env(),
@@ -508,3 +594,60 @@ def test_every_model_that_does_not_fit_is_reported_at_once_with_a_fix_that_works
   assert fix, str(e.value)
   studies.resolve(_tiny_config(**{**capped, "num_ndp_units": (need,),
                                   "overrides": (fix.group(1),)}))
+
+
+DECODER_BATCH = DATA / "traces" / "dynande_decoder_batch"
+
+
+def _decoder_batch_model(tmp_path) -> str:
+  """The tiny model reshaped to the shipped decoder-batch example: 2 MoE
+  layers, 16 experts, top-3."""
+  spec = json.loads(pathlib.Path(TINY).read_text())
+  spec.update(name="exp-tiny-moe-16x3", num_layers=2, num_experts=16, top_k=3)
+  path = tmp_path / "tiny16x3.json"
+  path.write_text(json.dumps(spec))
+  return str(path)
+
+
+def test_routing_layout_decides_how_a_decoder_batch_folder_loads(tmp_path):
+  """Issue 12: --routing_layout=decoder_batch reads the DynaNDE decoder folder
+  (one folder per token position, token_id = request) as requests x positions;
+  under the default layout the same folder is refused naming the flag."""
+  from ndpsim.workload import traces  # pylint: disable=import-outside-toplevel
+  model = _decoder_batch_model(tmp_path)
+  kw = dict(models=(model,), routing=str(DECODER_BATCH), prompt_len=2, output_len=1,
+            num_seqs=None)
+  with pytest.raises(ConfigError) as e:
+    studies.resolve(_tiny_config(**kw))
+  assert str(e.value).startswith("--routing: ") and "--routing_layout=decoder_batch" in str(
+      e.value), str(e.value)
+  res = studies.resolve(_tiny_config(**kw, routing_layout="decoder_batch"))
+  assert res.num_seqs == 2 and (res.prompt_len, res.output_len) == (2, 1)  # 4 requests
+  assert studies.fingerprint_fields(res)["routing_layout"] == "decoder_batch"
+  label = studies.routing_label(str(DECODER_BATCH))
+  wl = studies.make_workload(res, "exp-tiny-moe-16x3", label)
+  tr = traces.load_csv(str(DECODER_BATCH), top_k=3, prompt_len=2, layout="decoder_batch")
+  # Requests 2, 3 evaluate (0, 1 profile MoNDE); position t of request s is token t.
+  np.testing.assert_array_equal(wl.prefill_ids, np.asarray(tr.prefill_ids)[2:])
+  np.testing.assert_array_equal(wl.decode_ids, np.asarray(tr.decode_ids)[2:])
+  assert wl.prefill_ids.shape == (2, 2, 2, 3) and wl.decode_ids.shape == (2, 1, 2, 3)
+  assert studies.resolved_config(res)["routing"][label]["layout"] == "decoder_batch"
+  # The default layout keeps earlier runs' fingerprints.
+  assert "routing_layout" not in studies.fingerprint_fields(studies.resolve(_tiny_config()))
+
+
+def test_binary_routing_layout_flag_reaches_the_trace_reader(tmp_path):
+  """The flag, end to end up to the point a run would start: the default
+  layout refuses the decoder folder naming the flag; with it the trace loads
+  (4 requests: 2 evaluation sequences, so --num_seqs=3 is refused by count)."""
+  model = _decoder_batch_model(tmp_path)
+  base = _binary() + [f"--models={model}", f"--routing={DECODER_BATCH}", "--prompt_len=2",
+                      "--output_len=1", "--policies=monde", "--num_ndp_units=2",
+                      "--studies=headline", "--num_seqs=3", f"--out_dir={tmp_path / 'o'}"]
+  for extra, says in (([], "--routing_layout=decoder_batch"),
+                      (["--routing_layout=decoder_batch"], "holds 2 evaluation sequences")):
+    r = subprocess.run(base + extra, env=_env(), capture_output=True, text=True,
+                       timeout=900)  # hang guard
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0], r.stderr
