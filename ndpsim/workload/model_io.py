@@ -691,6 +691,9 @@ def inspect_hf_config(path: str | pathlib.Path, name: str | None = None, *,
       raise ConfigError(f"{where}: key {k!r} (model_type {mt!r}) describes a hybrid "
                         "state-space (Mamba) model; only attention+MoE decoders are "
                         "modelled, so this config is refused")
+  if not mt:
+    raise ConfigError(f"{where}: key 'model_type' is missing; add \"model_type\": one "
+                      f"of {', '.join(sorted(HF_FAMILIES))} (as in the model's repo)")
   if mt not in HF_FAMILIES:
     raise ConfigError(f"{where}: model_type {mt!r} is not supported (supported: "
                       f"{', '.join(sorted(HF_FAMILIES))}); describe the model in a "
@@ -854,6 +857,7 @@ def probe(args: dict) -> dict:
       "model": spec.name,
       "dtypes": {k: getattr(spec, k) for k in _DTYPE_FIELDS},
       "num_layers": spec.num_layers, "num_moe_layers": M.num_moe_layers(spec),
+      "dense_layers": list(M.dense_layer_indices(spec)),
       "num_experts": spec.num_experts, "top_k": spec.top_k,
       "attention_kind": spec.attention_kind,
       "total_params": M.total_params(spec), "active_params": M.active_params(spec),
