@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import pathlib
 from typing import Any, NamedTuple
 
 import jax
@@ -118,11 +120,14 @@ def hard_batch(system, model, routing, points, batch_size=1):
 
 
 def fit(system, model, routing, config: TuneConfig = TuneConfig(), *,
-        batch_size: int = 1, reference: tuple = (1.0, 1.0, 1.0)) -> FitResult:
+        batch_size: int = 1, reference: tuple = (1.0, 1.0, 1.0),
+        progress=None) -> FitResult:
   """Fits the ``tuned`` knobs on ``routing`` (training sequences).
 
   ``reference``: the heuristic's own knobs (``tp_lb_prefetch`` defaults),
-  scored in hard mode alongside the iterates.
+  scored in hard mode alongside the iterates.  ``progress``: called after each
+  Adam step with ``{"step", "steps", "relaxed_e2e_s", "knobs"}`` (knobs by
+  name, before the step's update).
   """
   c = config
   engine.validate(system[0], system[1], model, routing.prefill_ids, routing.decode_ids,
@@ -150,6 +155,9 @@ def fit(system, model, routing, config: TuneConfig = TuneConfig(), *,
     evals += 1
     hist["knobs"].append([float(x) for x in knobs_of(u)])
     hist["relaxed_e2e_s"].append(float(val))
+    if progress is not None:
+      progress({"step": i + 1, "steps": c.steps, "relaxed_e2e_s": float(val),
+                "knobs": dict(zip(KNOBS, hist["knobs"][-1]))})
     scale = scale or float(val)
     if (i + 1) % c.hard_every == 0 or i == c.steps - 1:
       candidates.append(np.asarray([float(x) for x in knobs_of(u)], np.float32))
@@ -205,15 +213,15 @@ def evaluate(system, model, routing, params: PolicyParams, policy: str = "tuned"
 
 
 def compare(system, model, train, test, config: TuneConfig = TuneConfig(), *,
-            batch_size: int = 1) -> dict:
+            batch_size: int = 1, progress=None) -> dict:
   """Tuner vs heuristic vs grid: fitted on ``train``, scored (hard) on ``test``.
 
   Returns held-out mean e2e of ``tp_lb_prefetch`` (its default knobs),
   ``tuned``, the grid point best on ``train`` and the grid point best on
   ``test`` (an upper bound on what the grid can reach), evaluation counts and
-  the fitted knobs.
+  the fitted knobs (lists in :data:`KNOBS` order); ``progress``: :func:`fit`'s.
   """
-  f = fit(system, model, train, config, batch_size=batch_size)
+  f = fit(system, model, train, config, batch_size=batch_size, progress=progress)
   g = grid(system, model, train, batch_size=batch_size)
   kn = lambda p: [p.resident_fraction, p.gpu_bias, p.ndp_bias]  # noqa: E731
   heur, tuned, grid_train = hard_batch(system, model, test,
@@ -260,7 +268,37 @@ def _cli_parser():
   p.add_argument("--heldout_seed", type=int, default=1, help="held-out routing seed")
   p.add_argument("--steps", type=int, default=TuneConfig().steps,
                  help="Adam steps of the fit; default %(default)s")
+  p.add_argument("--out", default=None, metavar="PATH",
+                 help="also write the result as JSON to PATH: per model the knobs by "
+                 "name (tuned, grid best on training / held-out), the held-out mean "
+                 "e2e latencies, evaluations, and the workload")
   return p
+
+
+def knobs_by_name(values) -> dict[str, float]:
+  """[resident_fraction, gpu_bias, ndp_bias] -> {name: value}."""
+  return {k: float(f"{float(v):.7g}") for k, v in zip(KNOBS, values)}  # float32 digits
+
+
+def result_document(workload: dict, results: list[dict]) -> dict:
+  """The ``--out`` JSON: the workload and, per model, the knobs by name and the
+  held-out mean e2e latencies of :func:`compare` (history left out)."""
+  models = []
+  for c in results:
+    models.append({
+        "model": c["model"],
+        "knobs": {k: knobs_by_name(v) for k, v in c["knobs"].items()},
+        "heldout_mean_e2e_s": {k: float(v) for k, v in c["heldout_e2e_s"].items()},
+        "tuned_vs_heuristic": float(c["tuned_vs_heuristic"]),
+        "tuned_vs_grid_best_on_heldout": float(c["tuned_vs_grid_best"]),
+        "evaluations": c["evaluations"], "wall_s": c.get("wall_s")})
+  return {"workload": workload, "models": models,
+          "heldout_mean_e2e_s": "mean end-to-end latency, s, of the hard engine over the "
+          "held-out sequences (seed heldout_seed), never the training ones (seed "
+          "train_seed): tp_lb_prefetch at its default knobs, tuned at the knobs fitted "
+          "on training, the grid point best on training, and the grid point best on "
+          "the held-out set itself (a bound on what the grid can reach, not a fair "
+          "held-out number)"}
 
 
 def _main(argv=None) -> int:
@@ -289,15 +327,30 @@ def _main(argv=None) -> int:
       R.preset(a.routing, m.num_experts, m.top_k)
   except ConfigError as e:
     return err(str(e).splitlines()[0])
+  out = pathlib.Path(a.out) if a.out else None
+  if out is not None and (out.is_dir() or not out.parent.is_dir()):
+    return err(f"--out: {a.out!r} is " + ("a folder" if out.is_dir() else
+                                          "in a folder that does not exist")
+               + "; write a file path in an existing folder, e.g. --out=tune.json")
   system = (s.spec, s.params)
   cfg = dataclasses.replace(TuneConfig(), steps=a.steps)
+  workload = {"system": a.system, "num_ndp_units": int(s.spec.num_ndp_units),
+              "routing": a.routing, "prompt_len": a.prompt_len,
+              "output_len": a.output_len, "num_seqs_training": a.num_seqs,
+              "num_seqs_heldout": a.num_seqs, "train_seed": a.train_seed,
+              "heldout_seed": a.heldout_seed, "steps": a.steps, "batch_size": 1}
   print(f"# {s.spec.num_ndp_units} NDP units on {a.system}; {a.num_seqs} training "
         f"(seed {a.train_seed}) and {a.num_seqs} held-out (seed {a.heldout_seed}) "
         f"sequences of {a.prompt_len}+{a.output_len} tokens, routing {a.routing}; "
-        "latencies are held-out hard-mode means, s")
-  print("| model | tp_lb_prefetch s | tuned s | grid best s | tuned vs heuristic | "
-        "tuned vs grid | evals tuner / grid | tuned knobs | wall s |")
-  print("|---|---|---|---|---|---|---|---|---|", flush=True)
+        "latencies are held-out hard-mode means, s: every latency column is the mean "
+        "e2e over the held-out sequences, which no fit saw; 'grid, best on held-out' "
+        "picks its point on those sequences (a bound, not a fair comparison)")
+  print("| model | held-out s: tp_lb_prefetch | held-out s: tuned | held-out s: grid, "
+        "best on training | held-out s: grid, best on held-out | tuned vs heuristic | "
+        "tuned vs grid (held-out best) | evals tuner / grid | tuned knobs (fitted on "
+        "training) | wall s |")
+  print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+  done: list[dict] = []
   for i, model in enumerate(models):
     t0 = time.time()
     L = M.num_moe_layers(model)
@@ -316,14 +369,31 @@ def _main(argv=None) -> int:
     print(f"[{i + 1}/{len(models)}] {model.name}: fitting ({cfg.steps} Adam steps on the "
           f"relaxed engine), then the grid ({len(DEFAULT_GRID[0]) * len(DEFAULT_GRID[1]) * len(DEFAULT_GRID[2])} "
           "hard points) and held-out scoring...", file=sys.stderr, flush=True)
-    c = compare(system, model, rs[0], rs[1], cfg)
+    def step(ev, name=model.name):
+      k = ", ".join(f"{n} {v:.3g}" for n, v in ev["knobs"].items())
+      print(f"  {name} step {ev['step']}/{ev['steps']}: relaxed training e2e "
+            f"{ev['relaxed_e2e_s']:.4g} s at {k}", file=sys.stderr, flush=True)
+
+    c = compare(system, model, rs[0], rs[1], cfg, progress=step)
+    c["wall_s"] = time.time() - t0
     h = c["heldout_e2e_s"]
+    knobs = ", ".join(f"{n}={v:.3g}" for n, v in knobs_by_name(c["knobs"]["tuned"]).items())
     print(f"| {model.name} | {h['tp_lb_prefetch']:.4g} | {h['tuned']:.4g} | "
-          f"{h['grid_best_on_heldout']:.4g} | {c['tuned_vs_heuristic']:+.2%} | "
-          f"{c['tuned_vs_grid_best']:+.2%} | {c['evaluations']['tuner']} / "
-          f"{c['evaluations']['grid']} | "
-          f"{', '.join(f'{x:.3g}' for x in c['knobs']['tuned'])} | {time.time() - t0:.0f} |",
-          flush=True)
+          f"{h['grid_best_on_train']:.4g} | {h['grid_best_on_heldout']:.4g} | "
+          f"{c['tuned_vs_heuristic']:+.2%} | {c['tuned_vs_grid_best']:+.2%} | "
+          f"{c['evaluations']['tuner']} / {c['evaluations']['grid']} | {knobs} | "
+          f"{c['wall_s']:.0f} |", flush=True)
+    done.append(c)
+    if out is not None:  # after every model, so that an interrupted run keeps some
+      try:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result_document(workload, done), indent=1))
+        tmp.replace(out)
+      except OSError as e:
+        return err(f"--out: cannot write {a.out!r} ({e.strerror or e}); give a file "
+                   "path you can write to")
+  if out is not None:
+    print(f"wrote {out}", file=sys.stderr)
   return 0
 
 
