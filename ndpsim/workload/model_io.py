@@ -298,8 +298,7 @@ HF_IGNORED_KEYS = frozenset("""
     attention_multiplier embedding_multiplier logits_scaling residual_multiplier
     clip_qkv attn_temperature_tuning floor_scale attn_scale swiglu_alpha swiglu_limit
     for_llm_compressor use_flash_attention use_fused_rms_norm use_fused_rope
-    use_fused_swiglu freq_allocation compression_ratio quant_type is_quantized
-    qk_layernorm enable_moe_fp32_combine cla_share_factor
+    use_fused_swiglu freq_allocation enable_moe_fp32_combine cla_share_factor
     layernorm_full_attention_beta layernorm_linear_attention_beta layernorm_mlp_beta
     """.split())
 # Keys of a DBRX attn_config / ffn_config (and the PretrainedConfig fields an
