@@ -476,6 +476,25 @@ def ranges_of(cls: type) -> dict[str, Range]:
   return dict(_RANGES.get(cls, {}))
 
 
+def leaf_ranges(obj: Any, prefix: str = "") -> dict[str, Range]:
+  """{dotted path: Range} of every numeric field of a spec or params dataclass,
+  nested parts included (``ndp.dram.tck_ns``; tuple entries as ``name[i]``).
+  Fields without a registered range are left out."""
+  out: dict[str, Range] = {}
+  table = _RANGES.get(type(obj), {})
+  for f in dataclasses.fields(obj):
+    v = getattr(obj, f.name)
+    path = f"{prefix}{f.name}"
+    if dataclasses.is_dataclass(v):
+      out.update(leaf_ranges(v, path + "."))
+    elif f.name in table:
+      if isinstance(v, tuple):
+        out.update({f"{path}[{i}]": table[f.name] for i in range(len(v))})
+      else:
+        out[path] = table[f.name]
+  return out
+
+
 _ALLOW_IMPLAUSIBLE = contextvars.ContextVar("ndpsim_allow_implausible", default=False)
 
 

@@ -302,7 +302,9 @@ def read(spec: DramSpec, params: DramParams, pattern: str, region_bytes,
   time_ns = cycles * params.tck_ns
   return DramReadResult(cycles=cycles, time_ns=time_ns,
                         bandwidth_gbps=n * txn / time_ns,
-                        row_hit_rate=jnp.clip(1.0 - acts / n, 0.0, 1.0),
+                        row_hit_rate=jnp.where(  # 0 bytes: no reads, rate 1 (double
+                            n > 0,                # where: no 0/0 in value or gradient)
+                            jnp.clip(1.0 - acts / jnp.where(n > 0, n, 1.0), 0.0, 1.0), 1.0),
                         activations=acts)
 
 

@@ -12,6 +12,7 @@ bank group, ``ba`` bank, ``co`` column (in transactions), e.g.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ndpsim import base, config
@@ -245,6 +246,29 @@ def check_params(params: DramParams, where: str) -> None:
                    f"({why}); write params.{big} >= {s:g}")
 
 
+def refresh_loss_bound_cycles(spec: DramSpec, params: DramParams) -> float:
+  """Upper bound on the cycles one refresh round takes from a read pattern
+  (concrete params): tRFC, closing and re-opening rows (tRTP + tRP + tRCD) and
+  an ACT wave over a rank's banks, for every rank in turn when refresh is
+  staggered (``dram._refresh_stretch`` charges at most this per tREFI)."""
+  p = {f.name: float(getattr(params, f.name)) for f in dataclasses.fields(params)}
+  act = max(p["t_faw_cycles"] / 4.0, p["t_rrd_s_cycles"], p["t_rrd_l_cycles"])
+  one = (p["t_rfc_cycles"] + p["t_rtp_cycles"] + p["t_rp_cycles"] + p["t_rcd_cycles"]
+         + (spec.banks_per_rank - 1) * act)
+  return one * (spec.ranks if spec.refresh_mode == "staggered" else 1)
+
+
+def check_refresh(spec: DramSpec, params: DramParams, where: str) -> None:
+  """Refresh must leave the part time to read (concrete params only)."""
+  loss, refi = refresh_loss_bound_cycles(spec, params), float(params.t_refi_cycles)
+  config.require(loss < refi, where,
+                 f"refresh takes up to {loss:g} of every params.t_refi_cycles ({refi:g}) "
+                 "cycles (tRFC + tRTP + tRP + tRCD + an ACT wave over the rank's banks"
+                 f"{', per rank' if spec.refresh_mode == 'staggered' else ''}): the part "
+                 "would only refresh; write a smaller t_rfc_cycles or a larger "
+                 "t_refi_cycles")
+
+
 def build(obj: dict, where: str) -> tuple[DramSpec, DramParams]:
   """Builds (spec, params) from a preset object; raises ConfigError."""
   sk = config.take_fields(obj["spec"], DramSpec, where, "spec")
@@ -254,6 +278,7 @@ def build(obj: dict, where: str) -> tuple[DramSpec, DramParams]:
                           allow_zero=("t_rtrs_cycles",))
   params = DramParams(**pk)
   check_params(params, where)
+  check_refresh(spec, params, where)
   return spec, params
 
 
