@@ -274,20 +274,52 @@ for idx in order:
     front.append(int(idx))
     best = pr[idx, 3]
 
-fig, ax = plt.subplots(figsize=(6.5, 4.2))
+def place_labels(ax, points, texts, fontsize=7):
+  """Labels beside points, never overlapping: each tries a few offsets in turn
+  (above-right, below-left, then further out with a leader line) and keeps the
+  first whose box meets no label placed before it and stays inside the axes;
+  a label with no free spot is left out.  Returns the number placed."""
+  fig = ax.figure
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  box = ax.get_window_extent(renderer)
+  spots = [(5, 5, "left", "bottom"), (-5, -5, "right", "top"), (12, 14, "left", "bottom"),
+           (-12, -14, "right", "top"), (16, -4, "left", "top"), (-16, 6, "right", "bottom")]
+  legend = ax.get_legend()
+  placed = [legend.get_window_extent(renderer)] if legend else []
+  first = len(placed)
+  for (x, y), text in zip(points, texts):
+    for dx, dy, ha, va in spots:
+      far = abs(dx) > 8
+      a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha,
+                      va=va, fontsize=fontsize,
+                      arrowprops=dict(arrowstyle="-", lw=0.4, color="grey") if far else None)
+      bb = a.get_window_extent(renderer).expanded(1.04, 1.15)
+      inside = (bb.x0 >= box.x0 and bb.x1 <= box.x1 and bb.y0 >= box.y0
+                and bb.y1 <= box.y1)
+      if inside and not any(bb.overlaps(p) for p in placed):
+        placed.append(bb)
+        break
+      a.remove()
+  return len(placed) - first
+
+
+fig, ax = plt.subplots(figsize=(8, 5))
 sc = ax.scatter(pr[:, 2], pr[:, 3], c=pr[:, 0], cmap="viridis", s=22)
 fr = pr[front]
 ax.step(fr[:, 2], fr[:, 3], where="post", color="crimson", lw=1.2, label="Pareto front")
 ax.scatter(fr[:, 2], fr[:, 3], facecolors="none", edgecolors="crimson", s=60)
-for r in fr:
-  ax.annotate(f"{int(r[0])}x{int(r[1])}", (r[2], r[3]), fontsize=6,
-              textcoords="offset points", xytext=(3, 3))
 ax.set(xscale="log", xlabel="total NDP compute, GFLOPS (units x MAC lanes)",
-       ylabel="mean e2e latency, s", title="tp_lb_prefetch: latency vs NDP compute")
+       ylabel="mean e2e latency, s",
+       title="tp_lb_prefetch: latency vs NDP compute (labels: units x MAC lanes)")
+ax.margins(x=0.08, y=0.1)
 fig.colorbar(sc, ax=ax, label="NDP units")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper right")
 fig.tight_layout()
+n_labelled = place_labels(ax, fr[:, 2:4], [f"{int(r[0])}x{int(r[1])}" for r in fr])
 save(fig, "pareto.png")
+print(f"{n_labelled} of {len(fr)} front points labelled (the rest have no free spot; "
+      "all listed below)")
 print("Pareto front (units x MAC lanes: GFLOPS, e2e s):")
 for r in fr:
   print(f"  {int(r[0])} x {int(r[1]):3d}: {r[2]:7.0f} GFLOPS, {r[3]:.4f} s")
