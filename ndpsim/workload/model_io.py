@@ -394,7 +394,8 @@ class _HfReader:
         raise self.err(key, f"differs between layers ({_short(v)}); per-layer values "
                        "are not modelled -- write one value for every layer")
       v = v[0]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+    if (isinstance(v, bool) or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not v.is_integer())):  # also NaN, Infinity
       raise self.err(key, f"must be an integer, not {v!r}")
     return int(v)
 
@@ -612,6 +613,8 @@ def _hf_attention(r: _HfReader, hidden: int, heads: int) -> dict:
   key = "attention_head_dim" if r.has("attention_head_dim") else "head_dim"
   hd = r.get(key)
   if hd is None:
+    if heads <= 0:
+      raise r.err("num_attention_heads", f"is {heads}; write a positive integer")
     if hidden % heads:
       raise r.err("head_dim", f"is missing and hidden_size {hidden} is not a multiple "
                   f"of num_attention_heads {heads}; add \"head_dim\": <value>")
