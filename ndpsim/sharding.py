@@ -3,7 +3,15 @@
 The sequence axis is padded to a multiple of (batch x devices) by repeating
 its first rows and placed with ``NamedSharding(Mesh(devices, ("seq",)),
 PartitionSpec("seq"))``; results are gathered across processes and the
-padding dropped, so numbers do not depend on the device count.
+padding dropped, so numbers do not depend on the device count -- up to float32
+rounding: each device runs its S / devices sequences as one batch, and XLA
+vectorises a batch of 1 and a batch of 4 differently, so a long sum (a lane's
+busy time over layers and steps) may round differently.  The bound is
+:data:`DEVICE_COUNT_RTOL` on every number of a result row (measured: at most
+6e-7 relative, one field of 20 in 1 of 6 rows, on the tiny test model with 1
+vs 4 forced host devices); ``tests/test_device_count.py`` holds it.  Decisions
+(which expert goes where) are the same; a tie that one rounding flips would
+show as a larger difference and fail that test.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from ndpsim.workload import models as M
 from ndpsim.workload import routing as R
 
 SEQ_AXIS = "seq"
+DEVICE_COUNT_RTOL = 1e-5  # results on any device count agree to this (relative)
 
 
 def device_mesh() -> Mesh:
