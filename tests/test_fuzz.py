@@ -445,3 +445,21 @@ def test_binary_one_line_and_exit_2_for_each_reader(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), (extra, err[-2000:])
     assert want in lines[0], (extra, lines[0])
     assert not out.strip(), (extra, out[-500:])
+
+
+# ---------------------------------------------------------------------------
+# The probe: never Infinity or NaN on stdout; one line on stderr, exit 2.
+
+@pytest.mark.parametrize("argv,want", [
+    (["link", "--bytes=1e300", "--count=1e18"], "--bytes x --count is inf bytes"),
+    (["link", "--bytes=1e29", "--count=100"], "--bytes x --count is 1e31 bytes"),
+    (["link", "--bytes=inf"], "--bytes x --count is inf"),
+    (["link", "--bytes=nan"], "--bytes is nan"),
+    (["gpu", "--m=1e15", "--n=1e15", "--k=1e15"], "is not finite"),
+    (["ndp", "--rows=1e20", "--cols=1e20", "--tokens=1e20"], "is not finite"),
+])
+def test_probe_refuses_overflow_in_one_line(capsys, argv, want):
+  from ndpsim import probe  # pylint: disable=import-outside-toplevel
+  assert probe.main(argv) == 2
+  out, err = capsys.readouterr()
+  assert not out and err.count("\n") == 1 and want in err, err

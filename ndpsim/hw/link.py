@@ -226,6 +226,11 @@ PROBE_ARGS = {
 }
 
 
+# Beyond this many bytes in all, times (bytes / bandwidth, with bandwidths down to
+# the hard range's 1e-6 GB/s) and their derivatives leave float32.
+PROBE_MAX_BYTES = 1e30
+
+
 def probe(args: dict) -> dict:
   """Time of ``count`` transfers of ``bytes`` bytes over a link preset."""
   if not args["bytes"] >= 0:
@@ -234,9 +239,14 @@ def probe(args: dict) -> dict:
     raise ConfigError(f"--count is {args['count']}; write an integer >= 1")
   if args["kind"] not in ("bulk", "message"):
     raise ConfigError(f"--kind is {args['kind']!r}; write 'bulk' or 'message'")
+  b, n = float(args["bytes"]), int(args["count"])
+  if not b * n <= PROBE_MAX_BYTES:  # also inf and NaN
+    raise ConfigError(f"--bytes x --count is {config.fmt_number(b * n)} bytes, beyond "
+                      "what the float32 model carries (up to "
+                      f"{config.fmt_number(PROBE_MAX_BYTES)} bytes); give fewer bytes or "
+                      "transfers")
   pre = config.load("link", args["preset"])
   spec, params = pre.spec, pre.params
-  b, n = float(args["bytes"]), int(args["count"])
   if args["kind"] == "bulk":
     t = float(transfers_time_s(spec, params, b, n))
     overhead = float(params.per_transfer_overhead_us) * 1e-6
