@@ -44,6 +44,9 @@ from typing import Any
 import numpy as np
 
 ALIASES = {"tuned": "tp_lb_prefetch"}
+# The policies this reference implements (tests/test_reference.py checks each).
+POLICIES = ("gpu_offload", "ndp_ep", "monde", "monde_eq6", "dynande", "monde_resident",
+            "ndp_tp", "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "tuned", "oracle")
 # float32 like the engine; NDPSIM_REF_FLOAT64=1 evaluates everything in float64
 # instead (to measure the float32 clock error of the engine itself).
 F = np.float64 if os.environ.get("NDPSIM_REF_FLOAT64") else np.float32
@@ -301,7 +304,7 @@ def _adaptive_swap(ctx, s: _State, layer, params) -> None:
     if res[e] and score[e] < vscore:
       victim, vscore = e, score[e]
   bar = score[victim] if full else -INF
-  if not score[cand] > F(bar + F(params.adapt_margin)):
+  if not score[cand] > F(bar + F(params.own.adapt_margin)):
     return
   s.events["swaps"] += 1
   if full:  # the victim's memory is freed at once; a queued copy is cancelled
@@ -311,8 +314,59 @@ def _adaptive_swap(ctx, s: _State, layer, params) -> None:
   s.enqueue(layer, [cand], ctx["fetch_s"])
 
 
+def _dynande(ctx, s: _State, layer, sl, phase):
+  """DynaNDE: sweep j = 0..n (slots by descending tokens; prefill ties lower
+  id, decode in slot order): the first j on the GPU (sum of GPU times plus a
+  load per uncached expert), the rest EP on the units (broadcast + most
+  loaded unit + return/reduction); the smallest max wins (ties: smaller j).
+  Then the LFU cache (counts in ``s.score``) keeps the capacity most used
+  experts among cached and just loaded ones (ties: cached, then lower id)."""
+  n, N, E = len(sl["ids"]), ctx["N"], ctx["E"]
+  idx = list(range(n))
+  if phase == "prefill":
+    idx.sort(key=lambda i: (-sl["tok"][i], i))
+  order = [i for i in idx if sl["valid"][i]]
+  total = [F(0.0)] * N
+  for i in order:
+    u = sl["ids"][i] % N
+    total[u] = F(total[u] + sl["ep"][i])
+  best, best_j = INF, 0
+  g, prefix, fetched = F(0.0), [F(0.0)] * N, 0
+  for j in range(len(order) + 1):
+    if j > 0:
+      i = order[j - 1]
+      g = F(g + F(sl["gpu"][i] + (F(0.0) if sl["res"][i] else sl["fetch"])))
+      u = sl["ids"][i] % N
+      prefix[u] = F(prefix[u] + sl["ep"][i])
+      fetched += 0 if sl["res"][i] else 1
+    if fetched > math.floor(sl["room"] + 1e-6):
+      continue
+    gpu_side = F(sl["gpu_pre"] + g)
+    left = max(F(total[u] - prefix[u]) for u in range(N))
+    ndp_side = F(F(sl["bcast"] + left) + sl["post"]) if j < len(order) else F(0.0)
+    span = max(gpu_side, ndp_side)
+    if span < best:
+      best, best_j = span, j
+  on = set(order[:best_j])
+  gpu = [i in on for i in range(n)]
+  counts = s.score[layer]
+  loaded = [False] * E
+  for i, e in enumerate(sl["ids"]):
+    if sl["valid"][i]:
+      counts[e] = F(counts[e] + sl["tok"][i])
+    if gpu[i] and not sl["res"][i]:
+      loaded[e] = True
+  res = s.resident[layer]
+  key = [F(counts[e] + (F(0.5) if res[e] else F(0.0))) for e in range(E)]
+  cache = _top_m(key, s.capacity, [res[e] or loaded[e] for e in range(E)])
+  s.resident[layer] = [e in cache for e in range(E)]
+  return _placement(sl, gpu, [e % N for e in sl["ids"]])
+
+
 def _place(name, ctx, s: _State, layer, sl, params, phase):
   n, N = len(sl["ids"]), ctx["N"]
+  if name == "dynande":
+    return _dynande(ctx, s, layer, sl, phase)
   if name in ("ndp_tp", "oracle"):
     return _placement(sl, [False] * n)
   if name == "ndp_ep":
@@ -335,7 +389,7 @@ def _place(name, ctx, s: _State, layer, sl, params, phase):
     return _placement(sl, gpu)
   if name not in ("tp_lb_prefetch", "tp_lb_adaptive"):
     raise ValueError(f"reference has no policy {name!r}")
-  decay = F(params.adapt_decay)
+  decay = F(params.own.adapt_decay) if name == "tp_lb_adaptive" else None
   if phase == "prefill":
     seed = None
     if name == "tp_lb_adaptive":  # EW counts seeded by the prompt's, per token
@@ -536,9 +590,9 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
   Same arguments as :func:`ndpsim.engine.simulate`; ``policy`` is a name.
   """
   from ndpsim import costs  # pylint: disable=import-outside-toplevel
-  from ndpsim.policies.base import PolicyParams  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
-  params = params if params is not None else PolicyParams()
+  from ndpsim import policies  # pylint: disable=import-outside-toplevel
+  params = policies.resolve_params(policies.get(policy), params)
   # ``tuned`` in hard mode is tp_lb_prefetch with fitted params.
   policy = ALIASES.get(policy, policy)
   ss, sp = system[0], system[1]
@@ -558,7 +612,7 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
   over_d = np.asarray(tab.over_decode_s, np.float32)
   prof = (np.ones((L, E), np.float32) if profile_counts is None
           else np.asarray(profile_counts, np.float32))
-  mode = "ep" if policy in ("ndp_ep", "monde", "monde_eq6", "monde_resident") else "tp"
+  mode = "ep" if policy in ("ndp_ep", "monde", "monde_eq6", "monde_resident", "dynande") else "tp"
   ctx = dict(L=L, E=E, N=N, k=k, fetch_s=F(costs.fetch_s(ss, sp, model, mode)),
              capacity=F(costs.resident_capacity(ss, sp, model, P + T, B)), profile=prof,
              slots=F(costs.expert_slots(ss, sp, model, P + T, B)),

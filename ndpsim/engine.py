@@ -47,9 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ndpsim import costs, relaxed
+from ndpsim import residency as rs
 from ndpsim.base import ConfigError
 from ndpsim.policies import base as pb
-from ndpsim.policies.oracle import bound_makespan as oracle_bound
 from ndpsim.results import SimResult
 from ndpsim.workload import models as M
 
@@ -90,7 +90,8 @@ class _Carry(NamedTuple):
   link_gpu_free: jax.Array  # demand traffic on link->GPU done at, s
   link_ndp_free: jax.Array  # link->NDP free at, s
   bg_clock: jax.Array     # idle link time accounted up to, s
-  state: pb.PolicyState
+  res: rs.Residency       # GPU residency and background queue (engine-owned)
+  own: Any                # the policy's own state
   acc: _Acc
 
 
@@ -134,13 +135,6 @@ def ndp_unit_loads(mode: str, num_units: int, slots: pb.Slots, place: pb.Placeme
                              num_segments=num_units)
 
 
-def _bg_drain(state: pb.PolicyState, idle_s):
-  """Background loads progress by ``idle_s`` link seconds (queue permitting)."""
-  room = jnp.maximum(state.queued_s - state.drained_s, 0.0)
-  drained = state.drained_s + jnp.minimum(jnp.maximum(idle_s, 0.0), room)
-  return dataclasses.replace(state, drained_s=drained)
-
-
 def _issue_order(phase: str, tokens):
   """Order in which a layer's demand loads are issued: descending routed
   tokens, ties by lower slot (the load balancer's order).  Decode slots are
@@ -148,12 +142,6 @@ def _issue_order(phase: str, tokens):
   if phase != "prefill":
     return None
   return pb.count_order(tokens).order
-
-
-def _arrivals(state: pb.PolicyState, layer):
-  """Marks this layer's queued loads that have completed as resident."""
-  row = state.resident[layer] | (state.queue_end_s[layer] <= state.drained_s * (1 + 1e-7))
-  return dataclasses.replace(state, resident=state.resident.at[layer].set(row))
 
 
 class PhaseCosts(NamedTuple):
@@ -205,26 +193,26 @@ def _slots_prefill(counts):
   return jnp.arange(e, dtype=jnp.int32), counts, counts > 0
 
 
-def _oracle_end(slots, pc, n_units: int, tr):
-  """Layer end under the ``oracle`` bound: the router time plus the best split
-  with one partial-sum return and one reduction (policies/oracle.py)."""
-  span, _ = oracle_bound(slots._replace(bcast_s=pc.bcast_s), n_units,
-                         pc.ret_s[1] + pc.red_s[1])
-  return tr + span
+def _bound_end(pol: pb.Policy, ctx, slots, pc, tr):
+  """Layer end of a lower-bound policy (``Policy.layer_bound``, ``oracle``):
+  the router time plus its span, given the bare broadcast and the cheapest
+  return + reduction (one partial sum)."""
+  return tr + pol.layer_bound(ctx, slots._replace(bcast_s=pc.bcast_s),
+                              pc.ret_s[1] + pc.red_s[1])
 
 
 def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
            carry: _Carry, layer, ids, tokens, valid, attn_s, shared_s):
   """Simulates one MoE layer; returns the new carry.  tokens: int32 [n]."""
   pol, n_units = st.policy, st.num_units
-  state = carry.state
+  state = carry.res
   t0 = carry.t
   tr = t0 + attn_s
   fetch_s = ctx.fetch_s
 
   # Background loads use the idle link up to the router's decision.
   idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
-  state = _arrivals(_bg_drain(state, idle), layer)
+  state = rs.arrivals(rs.drain(state, idle), layer)
 
   # Prefill slots are the experts in id order (_slots_prefill): row reads.
   resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
@@ -243,7 +231,9 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   if soft:
     slots = slots._replace(res_w=jnp.where(valid, relaxed.slot_residency(
         state.soft, layer, ids, state.drained_s, pparams.temperature_s), 0.0))
-  place, state = pol.place(ctx, state, layer, slots, pparams, phase)
+  place, own = pol.place(ctx, state, carry.own, layer, slots, pparams, phase)
+  state = rs.apply(ctx, state, layer, place.requests)
+  carry = carry._replace(own=own)
   if st.relaxed:
     return _layer_relaxed(st, ctx, pparams, phase, pc, carry, state, layer, slots, place,
                           tr, bcast_start, attn_s, shared_s, held)
@@ -275,13 +265,13 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   # Background loads use the idle link between demand loads and the return;
   # the small partial-sum message is not queued behind a bulk copy.
   idle2 = jnp.where(has_ndp, ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free), 0.0)
-  state = _bg_drain(state, idle2)
+  state = rs.drain(state, idle2)
   ret = pc.ret_s[n_partials]
   ret_end = jnp.maximum(ndp_end, fetch_end) + ret
   red = pc.red_s[n_partials]
   end = jnp.maximum(gpu_end, jnp.where(has_ndp, ret_end, tr)) + red
-  if pol.lower_bound:
-    end = _oracle_end(slots, pc, n_units, tr)
+  if pol.layer_bound is not None:
+    end = _bound_end(pol, ctx, slots, pc, tr)
 
   link_gpu_free = jnp.where(has_ndp, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
   bg_clock = jnp.where(has_ndp, ret_end, fetch_end)
@@ -321,15 +311,15 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
       **_peaks(acc, phase, held, jnp.sum(fetch)),
   )
   return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
-                bg_clock=bg_clock, state=state, acc=acc)
+                bg_clock=bg_clock, res=state, own=carry.own, acc=acc)
 
 
-def _held(ctx: pb.Context, state: pb.PolicyState, phase: str):
+def _held(ctx: pb.Context, state: rs.Residency, phase: str):
   """Experts resident or queued for residency on the GPU now.  Counted in
   prefill (where residency is built); in decode bounded by the per-layer
   capacity every policy keeps (a scalar: no [L, E] reduction per step)."""
   if phase == "prefill":
-    return jnp.sum(state.resident | jnp.isfinite(state.queue_end_s)).astype(jnp.float32)
+    return rs.held(state)
   return ctx.num_layers * state.capacity
 
 
@@ -376,13 +366,13 @@ def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts,
   bcast = w * pc.bcast_s
   ndp_end = bcast_start + bcast + slowest
   idle2 = w * (ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free))
-  state = _bg_drain(state, idle2)
+  state = rs.drain(state, idle2)
   ret = w * pc.ret_s[n_part]
   ret_end = relaxed.smax2(ndp_end, fetch_end, temp) + ret
   red = w * pc.red_s[n_part]
   end = relaxed.smax2(gpu_end, relaxed.mix(w, ret_end, tr), temp) + red
-  if pol.lower_bound:
-    end = _oracle_end(slots, pc, n_units, tr)
+  if pol.layer_bound is not None:
+    end = _bound_end(pol, ctx, slots, pc, tr)
   link_gpu_free = relaxed.mix(w, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
   bg_clock = relaxed.mix(w, ret_end, fetch_end)
   link_ndp_free = relaxed.mix(w, bcast_start + bcast, carry.link_ndp_free)
@@ -417,11 +407,11 @@ def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts,
       **_peaks(acc, phase, held, jnp.sum(share)),
   )
   return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
-                bg_clock=bg_clock, state=state, acc=acc)
+                bg_clock=bg_clock, res=state, own=carry.own, acc=acc)
 
 
 def _with_peak(c: _Carry) -> _Carry:
-  n = jnp.sum(c.state.resident | jnp.isfinite(c.state.queue_end_s)).astype(jnp.float32)
+  n = rs.held(c.res)
   return c._replace(acc=c.acc._replace(peak_resident=jnp.maximum(c.acc.peak_resident, n)))
 
 
@@ -464,10 +454,12 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
   prefill_counts: [L, E] int32 activations of the prompt (:func:`prefill_counts`),
   if already counted; else counted here from prefill_ids."""
   L, E = ctx.num_layers, ctx.num_experts
-  state = st.policy.init(ctx, pparams)
+  start = st.policy.init(ctx, pparams)
+  res = rs.empty(L, E, start.capacity, start.resident,
+                 soft=st.relaxed and st.policy.soft_residency)
   carry = _Carry(t=tab.over_prefill_s, link_gpu_free=jnp.zeros(()),
-                 link_ndp_free=jnp.zeros(()), bg_clock=jnp.zeros(()), state=state,
-                 acc=_zero_acc(st.num_units))
+                 link_ndp_free=jnp.zeros(()), bg_clock=jnp.zeros(()), res=res,
+                 own=start.own, acc=_zero_acc(st.num_units))
 
   # Prefill: one pass over the layers with all prompt tokens of the batch.
   if prefill_counts is None:
@@ -508,7 +500,7 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
 
   carry, step_s = jax.lax.scan(step_body, carry,
                                (dec, tab.attn_decode_s, tab.over_decode_s))
-  st_ = carry.state
+  st_ = carry.res
   prefetched_bytes = jnp.sum(st_.prefetched) * ctx.expert_bytes
   used_bytes = jnp.sum(st_.used) * ctx.expert_bytes
   return dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
@@ -549,6 +541,7 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
   S, P = prefill_ids.shape[:2]
   T = decode_ids.shape[1]
   G = S // batch
+  pparams = pb.resolve_params(policy, pparams)
   st = _Static(policy=policy, num_units=ss.num_ndp_units, batch=batch,
                act_bytes_per_token=model.hidden_size * M.dtype_bytes(model.activation_dtype),
                phase_tokens=(("prefill", P * batch), ("decode", batch)), relaxed=relaxed)
@@ -604,14 +597,28 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
   from ndpsim import policies  # pylint: disable=import-outside-toplevel
   ss, sp = system[0], system[1]
   pol = policies.get(policy) if isinstance(policy, str) else policy
-  pparams = policy_params if policy_params is not None else pb.PolicyParams()
+  pparams = pb.resolve_params(pol, policy_params)
   pre, dec = routing.prefill_ids, routing.decode_ids
   if check:
+    _refuse_traced(sp, pparams, pre, dec, profile_counts)
     validate(ss, sp, model, pre, dec, batch_size)
-    pb.check_params(pparams)
+    pb.check_params(pparams, pol)
   return _simulate_jit(ss, sp, model, pol, pparams, jnp.asarray(pre, jnp.int32),
                        jnp.asarray(dec, jnp.int32), profile_counts, batch_size,
                        relaxed=relaxed)
+
+
+def _refuse_traced(*trees) -> None:
+  """``check=True`` needs concrete values; under an outer jax transformation
+  (vmap, grad, jit) they are tracers: say what to do instead of failing
+  later inside the checks."""
+  for leaf in jax.tree_util.tree_leaves(trees):
+    if isinstance(leaf, jax.core.Tracer):
+      raise ConfigError(
+          "engine.simulate was called under a jax transformation (vmap/grad/jit) with "
+          "check=True, which needs concrete values; validate once outside "
+          "(engine.validate and policies.check_params on concrete inputs), then call "
+          "simulate(..., check=False) inside the transformation")
 
 
 def validate(ss, sp, model, prefill_ids, decode_ids, batch_size: int) -> None:

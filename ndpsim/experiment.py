@@ -2,7 +2,7 @@
 
 With no flags it runs the default study on the shipped platform (RTX 5080 +
 4 NDP-DIMMs over PCIe 5.0): four MoE models, batch 1, 512 prompt + 512 output
-tokens, ten policies, routing from the ``mixtral_8x7b`` calibrated
+tokens, eleven policies, routing from the ``mixtral_8x7b`` calibrated
 preset; plus the NDP-unit sweep (2-6) and the prefetch-budget sweep on the
 first model.  It prints a table and writes into ``--out_dir``:
 ``results.json`` (resolved configuration, rows, speedup summaries),
@@ -38,8 +38,8 @@ flags.DEFINE_string("system", "paper_rtx5080_ndp_dimm",
 flags.DEFINE_list("models", ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
                              "qwen1.5-moe-a2.7b"],
                   "models: registry names, model .json files or HF config.json paths")
-flags.DEFINE_list("policies", ["monde", "monde_eq6", "monde_resident", "ndp_ep", "ndp_tp",
-                               "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "oracle",
+flags.DEFINE_list("policies", ["monde", "monde_eq6", "dynande", "monde_resident", "ndp_ep",
+                               "ndp_tp", "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "oracle",
                                "gpu_offload"],
                   "policies of the headline (monde, the speedup baseline, always runs, "
                   "its alpha auto-tuned on profiling sequences first); "
@@ -54,6 +54,9 @@ flags.DEFINE_float("headline_budget", 1.0,
                    "the GPU memory left for experts")
 flags.DEFINE_list("prefetch_budgets", ["0", "0.1", "0.25", "0.5", "0.75", "1"],
                   "budgets the prefetch study sweeps (fractions in [0, 1])")
+flags.DEFINE_multi_string("policy_module", [], "a Python file defining your own "
+                          "ndpsim.policies.Policy (repeatable); its policies can then be "
+                          "named in --policies and the sweep lists")
 flags.DEFINE_list("prefetch_policies", ["tp_lb_prefetch", "tp_lb_adaptive"],
                   "policies the prefetch study sweeps")
 flags.DEFINE_list("sweep_ndp_units", ["2", "3", "4", "5", "6"],
@@ -474,6 +477,9 @@ def run_experiment(fl=FLAGS) -> dict:
   if not (fl.out_dir or "").strip():
     raise ConfigError("--out_dir: empty; write a folder for the results, e.g. "
                       "--out_dir=ndpsim_results (--out_dir=. for the current folder)")
+  from ndpsim import policies  # pylint: disable=import-outside-toplevel
+  for path in fl.policy_module:
+    policies.load_module(path)
   cfg = config_from_flags(fl)
   from ndpsim import config  # pylint: disable=import-outside-toplevel
   with config.allowing_implausible(fl.allow_implausible):

@@ -12,7 +12,7 @@ ratio.  Everything converges to the hard engine as the temperatures fall.
 Background copies never delay demand loads (the hard engine lets demand
 loads pre-empt them), so no lane waits for a copy in flight; soft residency
 arrives through the same queue as the hard one, merged across layers by
-descending prefill counts (``tp_lb_prefetch.soft_merge_enqueue``).
+descending prefill counts (``residency.soft_merge_enqueue``).
 
 Not relaxed (piecewise linear, so gradients exist almost everywhere): the
 background queue's ``min``/``max`` bookkeeping and which of its loads have

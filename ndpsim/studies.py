@@ -81,9 +81,8 @@ DEFAULT_SYSTEM = "paper_rtx5080_ndp_dimm"
 # Models whose routed experts exceed the GPU's expert budget (the paper's
 # premise); OLMoE-1B-7B is left out: all its experts fit in 16 GB.
 DEFAULT_MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite", "qwen1.5-moe-a2.7b")
-DEFAULT_POLICIES = ("monde", "monde_eq6", "monde_resident", "ndp_ep", "ndp_tp", "tp_lb",
-                    "tp_lb_prefetch",
-                    "tp_lb_adaptive", "oracle", "gpu_offload")
+DEFAULT_POLICIES = ("monde", "monde_eq6", "dynande", "monde_resident", "ndp_ep", "ndp_tp",
+                    "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "oracle", "gpu_offload")
 STUDIES = ("headline", "ndp_units", "prefetch", "routing", "sensitivity")
 REAL_TRACE_PRESETS = ("flame_moe_290m", "mixtral_8x7b", "llama4_maverick")
 BASELINE = "monde"
@@ -589,6 +588,9 @@ def cell_fingerprint(res: Resolved, cell: Cell) -> str:
            repr(res.systems[cell.num_ndp_units].params), list(cell)]
   if cell.policy == TUNED:  # its knobs come from a fit
     parts.append(_tuned_fingerprint(res, cell.model, cell.routing, cell.num_ndp_units))
+  user = policies.user_source_digest(cell.policy)
+  if user:  # a user's policy file (--policy_module): its content
+    parts.append(user)
   blob = json.dumps(parts, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

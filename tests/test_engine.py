@@ -250,8 +250,8 @@ def test_bad_policy_params_are_rejected_with_the_field_named():
     policies.make_params(budget=0.5)
   with pytest.raises(ConfigError, match="resident_fraction"):
     policies.make_params(resident_fraction=1.5)
-  with pytest.raises(ConfigError, match="adapt_decay"):
-    U.run(MODEL, "tp_lb_adaptive", params=PolicyParams(adapt_decay=1.0))
+  with pytest.raises(ConfigError, match="tp_lb_adaptive.adapt_decay"):
+    policies.make_params(policies.get("tp_lb_adaptive"), adapt_decay=1.0)
   with pytest.raises(ConfigError, match="gpu_bias"):
     U.run(MODEL, "tp_lb", params=PolicyParams(gpu_bias=-1.0))
 

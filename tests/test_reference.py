@@ -29,6 +29,7 @@ import pytest
 
 from benchmarks import reference_engine as RE
 from ndpsim import engine, policies
+from ndpsim.policies import tp_lb_adaptive
 from ndpsim.policies.base import PolicyParams
 from ndpsim.workload import models as M
 from tests import engine_util as U
@@ -37,7 +38,8 @@ MODEL = "olmoe-1b-7b"
 # Scarce memory, fast-forgetting scores, eager swaps: every queue mechanism fires
 # (a budget of 7 experts per layer: with cheap copies the prefill balancer loads
 # about 5 top experts per layer itself, so the rest go through the queue).
-SCARCE = PolicyParams(resident_fraction=0.12, adapt_margin=0.05, adapt_decay=0.7)
+SCARCE = PolicyParams(resident_fraction=0.12,
+                      own=tp_lb_adaptive.AdaptiveParams(adapt_margin=0.05, adapt_decay=0.7))
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,9 +65,16 @@ def assert_same(res, ref, label=""):
                              rtol=1e-6, err_msg=label)
 
 
-# ``tuned`` in hard mode is tp_lb_prefetch with fitted params (same code path;
-# left out to save a compile).
-POLICIES = [p for p in policies.names() if p != "tuned"]
+# The registered policies the reference implements (a user's policy may have
+# none); ``tuned`` in hard mode is tp_lb_prefetch with fitted params (same code
+# path; left out to save a compile).
+POLICIES = [p for p in policies.names() if p in RE.POLICIES and p != "tuned"]
+
+
+def test_the_reference_covers_every_shipped_policy():
+  shipped = [p for p in policies.names()
+             if policies.get(p).place.__module__.startswith("ndpsim.policies.")]
+  assert sorted(shipped) == sorted(RE.POLICIES)
 
 
 def _tight_gpu(extra_per_layer: int = 2, spare: int = 3):

@@ -1,34 +1,41 @@
 """The policy interface: what a scheduling policy may read, return and not do.
 
-A policy is a :class:`Policy` -- a static, hashable bundle of pure functions,
-like an optax ``GradientTransformation``:
+A policy is a :class:`Policy` -- a static, hashable bundle of pure functions
+plus its own knobs, like an optax ``GradientTransformation`` or a gymnax
+environment:
 
-``init(ctx, params) -> PolicyState``
+``init(ctx, params) -> Start``
     Before prefill.  May read the static context ``ctx`` (model and system
     sizes, the traced cost scalars and the offline profile, if the policy is a
-    profiled one) and its own params.  Must not read the routing.
+    profiled one) and its params.  Must not read the routing.  Returns the
+    policy's own state (any pytree, e.g. counters; None if it keeps none),
+    the number of experts per layer it may keep resident (``capacity``) and
+    optionally the experts resident before the run.
 
-``place(ctx, state, layer, slots, params, phase) -> (Placement, PolicyState)``
-    Once per (phase, step, layer), after the router ran.  May read the state,
-    the activated experts of this layer only (``slots``: ids and token
-    counts), the per-slot costs in ``slots`` and its params.  Returns where
-    each activated expert runs and the updated state (residency changes,
-    prefetch queue additions, recency/frequency bookkeeping).  Must not read
-    future routing (only ``oracle`` is told it ignores transfers), must keep
-    the number of resident experts within ``state.capacity`` and must not
-    mark an expert resident before its load was queued on the link (the
-    engine, not the policy, decides when a queued load has arrived).
+``place(ctx, res, own, layer, slots, params, phase) -> (Placement, own)``
+    Once per (phase, step, layer), after the router ran.  May read the
+    engine's residency ``res`` (:class:`~ndpsim.residency.Residency`,
+    read-only), its own state, the activated experts of this layer only
+    (``slots``: ids and token counts), the per-slot costs in ``slots`` and its
+    params.  Returns where each activated expert runs and, in
+    ``Placement.requests``, the residency changes it asks for (keep what this
+    layer loads, evict, queue background loads: :class:`Requests`); the engine
+    applies them and decides when a queued load has arrived.  Must not read
+    future routing, must keep at most ``res.capacity`` experts per layer
+    resident or queued, and must not fetch more than ``slots.stage_room``
+    experts on demand in a layer.
+
+Params: every policy reads the shared :class:`PolicyParams` (the prefetch
+budget, the balancer biases, the relaxation temperatures); a policy's own
+knobs live in ``PolicyParams.own``, a params pytree the policy declares
+(``Policy.default_params``) with its ranges (``Policy.param_ranges``), so it
+is traced, vmappable and differentiable like the shared ones.
 
 Everything is traced: discrete choices are boolean masks and integer ranks,
 never Python branches on values.  ``phase`` is a Python string
-(``"prefill"`` or ``"decode"``), static.
-
-Residency and background loads.  ``state.resident[l, e]`` says expert ``e``
-of MoE layer ``l`` is in GPU memory now.  A policy queues a background load by
-setting ``state.queue_end_s[l, e]`` to the link-seconds position at which the
-load completes in the background queue (see :func:`enqueue`); the engine
-drains the queue with link time the demand traffic leaves idle and flips
-``resident`` when ``queue_end_s <= drained_s``.
+(``"prefill"`` or ``"decode"``), static.  ``ndpsim.policy_checks`` runs the
+properties every policy must have (a bound by ``oracle``, memory within
+capacity, no reads of future routing, batching independence).
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import jax.numpy as jnp
 
 from ndpsim import base
 from ndpsim.base import ConfigError
+from ndpsim.residency import Requests, Residency, SoftResidency  # noqa: F401 (re-exported)
 
 INF = jnp.inf
 
@@ -51,14 +59,11 @@ class PolicyParams:
   resident_fraction: fraction of the GPU's expert budget (memory left after
     non-expert weights, KV cache and reserve) that a policy may fill with
     resident experts, in [0, 1].  For ``tp_lb_prefetch`` this is the prefetch
-    budget; for ``monde`` the hot-expert set; for ``gpu_offload`` the cache.
+    budget; for ``monde_resident`` the hot-expert set; for ``gpu_offload`` and
+    ``dynande`` the cache.
   gpu_bias: multiplies the GPU-lane estimate the load balancer uses (1 =
     unbiased); ``tuned`` fits it.
   ndp_bias: multiplies the NDP-lane estimate the load balancer uses.
-  adapt_decay: per-step decay of the exponentially weighted activation count
-    used by ``tp_lb_adaptive`` (0 < decay < 1; closer to 1 = longer memory).
-  adapt_margin: a candidate replaces the weakest resident expert only when its
-    score exceeds the resident's by this margin (activations).
   temperature_s: relaxed mode only (``simulate(..., relaxed=True)``): the
     log-sum-exp temperature of every max over lanes and units and of the
     balancer's softmin over prefix splits, seconds.  Ignored in hard mode.
@@ -69,49 +74,63 @@ class PolicyParams:
     its Eq. 6 (``monde``: H = round(alpha x link share x activated experts))
     for prompt and decode batches; >= 0.  MoNDE auto-tunes it on profiling
     batches (:func:`ndpsim.policies.monde.autotune_alpha`).
+  own: the policy's own knobs (a params pytree of the policy's
+    ``default_params`` type), or None for the policy's defaults
+    (:func:`resolve_params`).
   """
   resident_fraction: Any = 1.0
   gpu_bias: Any = 1.0
   ndp_bias: Any = 1.0
-  adapt_decay: Any = 0.99
-  adapt_margin: Any = 2.0
   temperature_s: Any = 2e-5
   rank_temperature: Any = 1.0
   monde_alpha_prefill: Any = 1.0
   monde_alpha_decode: Any = 1.0
+  own: Any = None
 
 
 # (field, low, high, low inclusive, high inclusive) for concrete values.
 _PARAM_RANGES = (("resident_fraction", 0.0, 1.0, True, True),
                  ("gpu_bias", 0.0, None, False, None),
                  ("ndp_bias", 0.0, None, False, None),
-                 ("adapt_decay", 0.0, 1.0, False, False),
-                 ("adapt_margin", 0.0, None, True, None),
                  ("temperature_s", 0.0, None, False, None),
                  ("rank_temperature", 0.0, None, False, None),
                  ("monde_alpha_prefill", 0.0, None, True, None),
                  ("monde_alpha_decode", 0.0, None, True, None))
 
 
-def make_params(**kwargs) -> PolicyParams:
-  """PolicyParams from keyword arguments, rejecting unknown names (ConfigError)."""
-  names = [f.name for f in dataclasses.fields(PolicyParams)]
+def make_params(policy: "Policy | None" = None, **kwargs) -> PolicyParams:
+  """PolicyParams from keyword arguments: shared knobs by name, and the own
+  knobs of ``policy`` (if given) by their names; unknown names raise
+  ConfigError, values are range-checked."""
+  shared = [f.name for f in dataclasses.fields(PolicyParams) if f.name != "own"]
+  own_names = ([f.name for f in dataclasses.fields(policy.default_params)]
+               if policy is not None and policy.default_params is not None else [])
   for k in kwargs:
-    if k not in names:
-      raise ConfigError(f"unknown policy parameter {k!r}; write one of {names}")
-  params = PolicyParams(**kwargs)
-  check_params(params)
+    if k not in shared and k not in own_names:
+      who = f" or {policy.name!r}'s own {own_names}" if own_names else ""
+      raise ConfigError(f"unknown policy parameter {k!r}; write one of {shared}{who}")
+  own = None
+  if own_names:
+    own = dataclasses.replace(policy.default_params,
+                              **{k: v for k, v in kwargs.items() if k in own_names})
+  params = PolicyParams(**{k: v for k, v in kwargs.items() if k in shared}, own=own)
+  check_params(params, policy)
   return params
 
 
-def check_params(params: PolicyParams) -> None:
-  """Range checks of concrete (non-traced) policy params; one ConfigError each.
+def resolve_params(policy: "Policy", params: PolicyParams | None) -> PolicyParams:
+  """``params`` (defaults if None) with ``own`` set to the policy's default
+  own knobs when it is None.  Pure Python on the pytree structure."""
+  params = params if params is not None else PolicyParams()
+  if params.own is None and policy.default_params is not None:
+    params = dataclasses.replace(params, own=policy.default_params)
+  return params
 
-  Traced values (under an outer jit/vmap/grad) are skipped: check them before.
-  """
+
+def _check_ranges(obj, ranges, prefix: str) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
-  for name, lo, hi, lo_in, hi_in in _PARAM_RANGES:
-    v = getattr(params, name)
+  for name, lo, hi, lo_in, hi_in in ranges:
+    v = getattr(obj, name)
     if isinstance(v, jax.core.Tracer):
       continue
     a = np.asarray(v, np.float64)
@@ -121,61 +140,40 @@ def check_params(params: PolicyParams) -> None:
     if np.any(bad):
       lo_s = ("[" if lo_in else "(") + f"{lo:g}"
       hi_s = (f"{hi:g}" + ("]" if hi_in else ")")) if hi is not None else "inf)"
-      raise ConfigError(f"policy parameter {name} = {a.tolist()} is outside {lo_s}, "
-                        f"{hi_s}; write a value in that range")
+      raise ConfigError(f"policy parameter {prefix}{name} = {a.tolist()} is outside "
+                        f"{lo_s}, {hi_s}; write a value in that range")
 
 
-@base.params_dataclass
-class PolicyState:
-  """Per-sequence policy state; arrays are [L, E] over MoE layers x experts.
+def check_params(params: PolicyParams, policy: "Policy | None" = None) -> None:
+  """Range checks of concrete (non-traced) policy params; one ConfigError each.
 
-  resident: expert in GPU memory now (bool).
-  queue_end_s: background-queue position (link seconds) at which a queued
-    load completes; +inf when not queued.
-  queued_s: total link seconds ever queued in the background.
-  drained_s: background link seconds done so far.
-  score: policy bookkeeping (LRU time, counts, EW frequency).
-  prefetched: expert was loaded by a background transfer (bool).
-  used: a prefetched expert served at least one activation on the GPU.
-  capacity: resident experts allowed per layer (float, traced).
-  soft: None (hard residency), or a :class:`SoftResidency` -- relaxed mode
-    only, for policies with continuous residency (``tuned``); the engine then
-    reads residency weights from it instead of ``resident`` (which it still
-    keeps for statistics).
+  The own knobs are checked against ``policy.param_ranges`` when ``policy``
+  is given.  Traced values (under an outer jit/vmap/grad) are skipped: check
+  them before.
   """
-  resident: jax.Array
-  queue_end_s: jax.Array
-  queued_s: jax.Array
-  drained_s: jax.Array
-  score: jax.Array
-  prefetched: jax.Array
-  used: jax.Array
-  capacity: jax.Array
-  soft: Any = None
+  _check_ranges(params, _PARAM_RANGES, "")
+  if policy is None or policy.default_params is None:
+    return
+  own = params.own if params.own is not None else policy.default_params
+  if type(own) is not type(policy.default_params):
+    raise ConfigError(f"PolicyParams.own is a {type(own).__name__}; policy "
+                      f"{policy.name!r} takes a {type(policy.default_params).__name__} "
+                      "(pass policy.default_params with your values)")
+  _check_ranges(own, policy.param_ranges, f"{policy.name}.")
 
 
-@base.params_dataclass
-class SoftResidency:
-  """Continuous residency (relaxed mode), [L, E] arrays in [0, 1].
+class Start(NamedTuple):
+  """What a policy's ``init`` returns.
 
-  An expert's weight is the fraction of its columns in GPU memory: ``keep``
-  is resident from the start (loaded during prefill and kept), ``queued`` is
-  loaded through the background queue and arrives progressively as the
-  queue drains up to ``end_s`` (its load occupies link seconds
-  ``[end_s - queued x fetch_s, end_s]``).  Resident weight =
-  ``keep + queued x arrived fraction``.
+  own: the policy's own state (any pytree; None if it keeps none).
+  capacity: experts per layer it may keep resident or queued (float scalar,
+    traced; 0 for policies without residency).
+  resident: [L, E] bool experts in GPU memory before the run (loaded at
+    model-load time, no link time charged), or None.
   """
-  keep: jax.Array
-  queued: jax.Array
-  end_s: jax.Array
-
-
-def empty_state(num_layers: int, num_experts: int, capacity) -> PolicyState:
-  z = jnp.zeros((num_layers, num_experts))
-  return PolicyState(resident=z.astype(bool), queue_end_s=jnp.full_like(z, INF),
-                     queued_s=jnp.zeros(()), drained_s=jnp.zeros(()), score=z,
-                     prefetched=z.astype(bool), used=z.astype(bool),
-                     capacity=jnp.asarray(capacity, jnp.float32))
+  own: Any = None
+  capacity: Any = 0.0
+  resident: Any = None
 
 
 class Slots(NamedTuple):
@@ -224,10 +222,12 @@ class Placement(NamedTuple):
   fetch: the GPU part needs its weights loaded on demand (not resident).
   ep_unit: NDP unit of the expert under expert parallelism (int32); ignored
     when the policy's ``ndp_mode`` is ``"tp"``.
+  requests: residency changes for the engine (:class:`Requests`), or None.
   """
   gpu_frac: jax.Array
   fetch: jax.Array
   ep_unit: jax.Array
+  requests: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,12 +261,33 @@ class Context:
 
 
 class Policy(NamedTuple):
-  """A scheduling policy: a name, its NDP mode and two pure functions."""
+  """A scheduling policy: a name, its NDP mode, two pure functions and its own
+  knobs.
+
+  name: registry name.  ndp_mode: ``"tp"`` (every expert split over all
+  units) or ``"ep"`` (each expert whole on one unit).
+  init, place: the contract in the module docstring.
+  default_params: the policy's own knobs (a :func:`ndpsim.base.params_dataclass`
+    instance) or None; passed as ``params.own``.
+  param_ranges: ``(field, low, high, low inclusive, high inclusive)`` per own
+    knob (``high`` None = unbounded), checked once before tracing.
+  layer_bound: lower-bound policies only (``oracle``):
+    ``layer_bound(ctx, slots, post_min_s) -> span`` from the router's decision
+    to the layer's end, given the slots with ``bcast_s`` the bare activation
+    broadcast and the cheapest partial-sum return plus reduction
+    ``post_min_s``; the engine takes it as the layer's end.
+  soft_residency: relaxed mode keeps a continuous
+    :class:`~ndpsim.residency.SoftResidency` and the policy requests weights
+    (``tuned``).
+  """
   name: str
-  ndp_mode: str  # "tp" (every expert split over all units) or "ep"
-  init: Callable[[Context, PolicyParams], PolicyState]
-  place: Callable[..., tuple[Placement, PolicyState]]
-  lower_bound: bool = False  # True only for ``oracle``
+  ndp_mode: str
+  init: Callable[..., Start]
+  place: Callable[..., tuple]
+  default_params: Any = None
+  param_ranges: tuple = ()
+  layer_bound: Callable | None = None
+  soft_residency: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -383,36 +404,6 @@ def top_m_mask(score: jax.Array, m, eligible: jax.Array | None = None) -> jax.Ar
   if eligible is not None:
     mask &= eligible
   return mask
-
-
-def enqueue(state: PolicyState, layer, want: jax.Array, order_score: jax.Array,
-            fetch_s, order: jax.Array | None = None,
-            at_most_one: bool = False) -> PolicyState:
-  """Queues background loads of ``want`` [E] experts of ``layer``.
-
-  Loads join the end of the background queue in descending ``order_score``;
-  each costs ``fetch_s`` link seconds.  Already resident or queued experts
-  are skipped.  ``order``: ``argsort(-order_score, stable=True)`` if the
-  caller has it (saves a sort); ``at_most_one``: ``want`` has at most one
-  entry (static; no ranking needed).
-  """
-  row_q = state.queue_end_s[layer]
-  new = want & ~state.resident[layer] & jnp.isinf(row_q)
-  if at_most_one:
-    rank = jnp.zeros(new.shape, jnp.int32)
-  elif order is not None:
-    # Rank among the new entries = new entries before it in the full order.
-    new_sorted = jnp.take_along_axis(new, order, axis=-1).astype(jnp.int32)
-    before = jnp.cumsum(new_sorted, axis=-1) - new_sorted
-    rank = jnp.zeros_like(before).at[order].set(before, unique_indices=True)
-  else:
-    rank = rank_desc(jnp.where(new, order_score, -INF))
-  pos = state.queued_s + (rank + 1.0) * fetch_s
-  row_q = jnp.where(new, pos, row_q)
-  queued = state.queued_s + jnp.sum(new) * fetch_s
-  return dataclasses.replace(
-      state, queue_end_s=state.queue_end_s.at[layer].set(row_q), queued_s=queued,
-      prefetched=state.prefetched.at[layer].set(state.prefetched[layer] | new))
 
 
 def no_fetch_placement(slots: Slots, gpu: jax.Array) -> Placement:

@@ -44,8 +44,8 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  del params
-  return pb.empty_state(ctx.num_layers, ctx.num_experts, 0.0)
+  del ctx, params
+  return pb.Start()
 
 
 def hot_count(activated, link_share, alpha, eq6_ceil: bool = False):
@@ -79,15 +79,15 @@ def _placement(ctx, slots, alpha, eq6_ceil):
                       ep_unit=pb.ep_units(slots.ids, ctx.num_units))
 
 
-def place(ctx, state, layer, slots, params, phase):
-  del layer
+def place(ctx, res, own, layer, slots, params, phase):
+  del res, layer
   alpha = params.monde_alpha_prefill if phase == "prefill" else params.monde_alpha_decode
-  return _placement(ctx, slots, alpha, False), state
+  return _placement(ctx, slots, alpha, False), own
 
 
-def place_eq6(ctx, state, layer, slots, params, phase):
-  del layer, params, phase
-  return _placement(ctx, slots, 1.0, True), state
+def place_eq6(ctx, res, own, layer, slots, params, phase):
+  del res, layer, params, phase
+  return _placement(ctx, slots, 1.0, True), own
 
 
 POLICY = pb.Policy(name="monde", ndp_mode="ep", init=init, place=place)

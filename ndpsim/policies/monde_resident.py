@@ -16,8 +16,6 @@ It must not read the current sequence's routing to choose residents.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 from ndpsim.policies import base as pb
@@ -25,14 +23,12 @@ from ndpsim.policies import base as pb
 
 def init(ctx, params):
   cap = jnp.floor(params.resident_fraction * ctx.capacity + 1e-6)
-  st = pb.empty_state(ctx.num_layers, ctx.num_experts, cap)
-  hot = pb.top_m_mask(ctx.profile_counts, cap)
-  return dataclasses.replace(st, resident=hot)
+  return pb.Start(capacity=cap, resident=pb.top_m_mask(ctx.profile_counts, cap))
 
 
-def place(ctx, state, layer, slots, params, phase):
+def place(ctx, res, own, layer, slots, params, phase):
   p = pb.no_fetch_placement(slots, slots.resident)
-  return p._replace(ep_unit=pb.ep_units(slots.ids, ctx.num_units)), state
+  return p._replace(ep_unit=pb.ep_units(slots.ids, ctx.num_units)), own
 
 
 POLICY = pb.Policy(name="monde_resident", ndp_mode="ep", init=init, place=place)

@@ -12,12 +12,13 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  return pb.empty_state(ctx.num_layers, ctx.num_experts, 0.0)
+  del ctx, params
+  return pb.Start()
 
 
-def place(ctx, state, layer, slots, params, phase):
+def place(ctx, res, own, layer, slots, params, phase):
   p = pb.no_fetch_placement(slots, jnp.zeros_like(slots.valid))
-  return p._replace(ep_unit=pb.ep_units(slots.ids, ctx.num_units)), state
+  return p._replace(ep_unit=pb.ep_units(slots.ids, ctx.num_units)), own
 
 
 POLICY = pb.Policy(name="ndp_ep", ndp_mode="ep", init=init, place=place)

@@ -12,11 +12,12 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  return pb.empty_state(ctx.num_layers, ctx.num_experts, 0.0)
+  del ctx, params
+  return pb.Start()
 
 
-def place(ctx, state, layer, slots, params, phase):
-  return pb.no_fetch_placement(slots, jnp.zeros_like(slots.valid)), state
+def place(ctx, res, own, layer, slots, params, phase):
+  return pb.no_fetch_placement(slots, jnp.zeros_like(slots.valid)), own
 
 
 POLICY = pb.Policy(name="ndp_tp", ndp_mode="tp", init=init, place=place)

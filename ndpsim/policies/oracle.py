@@ -8,8 +8,9 @@ the bound takes the j experts cheapest on the GPU and the n - j cheapest on
 the NDP side (each at the better of its tensor-parallel slice time and 1/N of
 its whole-expert time), one partial-sum return and one reduction, and
 minimises over j.  Any real placement with j experts on the GPU is at least
-as slow in every term, so no policy can beat it.  The engine evaluates it with
-:func:`bound_makespan`; the placement returned is for statistics only.
+as slow in every term, so no policy can beat it.  The bound is the policy's
+``layer_bound`` (:func:`layer_bound`), which the engine takes as the layer's
+end; the placement returned is for statistics only.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  return pb.empty_state(ctx.num_layers, ctx.num_experts, 0.0)
+  del ctx, params
+  return pb.Start()
 
 
 def bound_makespan(slots, num_units: int, post_min_s):
@@ -50,14 +52,21 @@ def bound_makespan(slots, num_units: int, post_min_s):
   return span[best], best
 
 
-def place(ctx, state, layer, slots, params, phase):
+def place(ctx, res, own, layer, slots, params, phase):
   rank = jnp.argsort(jnp.argsort(jnp.where(slots.valid, slots.gpu_s, jnp.inf)))
   _, best = bound_makespan(slots, ctx.num_units, 0.0)
   gpu = (rank < best) & slots.valid
   p = pb.Placement(gpu_frac=gpu.astype(jnp.float32), fetch=jnp.zeros_like(gpu),
                    ep_unit=jnp.zeros_like(slots.ids))
-  return p, state
+  return p, own
+
+
+def layer_bound(ctx, slots, post_min_s):
+  """The layer's span from the router's decision (the contract's
+  ``Policy.layer_bound``)."""
+  span, _ = bound_makespan(slots, ctx.num_units, post_min_s)
+  return span
 
 
 POLICY = pb.Policy(name="oracle", ndp_mode="tp", init=init, place=place,
-                   lower_bound=True)
+                   layer_bound=layer_bound)

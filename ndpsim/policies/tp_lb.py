@@ -16,12 +16,13 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  return pb.empty_state(ctx.num_layers, ctx.num_experts, 0.0)
+  del ctx, params
+  return pb.Start()
 
 
-def place(ctx, state, layer, slots, params, phase):
+def place(ctx, res, own, layer, slots, params, phase):
   gpu = balance.greedy_split(slots, params.gpu_bias, params.ndp_bias)
-  return pb.no_fetch_placement(slots, gpu), state
+  return pb.no_fetch_placement(slots, gpu), own
 
 
 POLICY = pb.Policy(name="tp_lb", ndp_mode="tp", init=init, place=place)

@@ -22,13 +22,11 @@ Relaxed mode (``simulate(..., relaxed=True)``), used only to fit the knobs:
   balancer already loaded (its GPU share) is kept at once; the rest joins
   the background queue with a load of ``weight x T_w`` link seconds,
   merged into the loads not started yet by descending prefill counts as in
-  ``tp_lb_prefetch`` (:func:`tp_lb_prefetch.soft_merge_enqueue`), and
+  ``tp_lb_prefetch`` (:func:`ndpsim.residency.soft_merge_enqueue`), and
   arrives progressively as the queue drains (never delaying a demand load).
 Both converge to the hard policy as the temperatures fall.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -37,15 +35,8 @@ from ndpsim.policies import balance
 from ndpsim.policies import base as pb
 from ndpsim.policies import tp_lb_prefetch
 
-KNOBS = ("resident_fraction", "gpu_bias", "ndp_bias")
-
-
 def init(ctx, params):
-  state = tp_lb_prefetch.init(ctx, params)
-  if ctx.relaxed:
-    z = jnp.zeros((ctx.num_layers, ctx.num_experts))
-    state = dataclasses.replace(state, soft=pb.SoftResidency(keep=z, queued=z, end_s=z))
-  return state
+  return tp_lb_prefetch.init(ctx, params)
 
 
 def soft_top_m(counts, m, temperature):
@@ -55,8 +46,8 @@ def soft_top_m(counts, m, temperature):
   return jnp.where(counts > 0, w, 0.0), rank
 
 
-def _soft_choose(ctx, state, layer, slots, gfrac, params):
-  """Relaxed :func:`tp_lb_prefetch.choose_from_prefill`."""
+def _soft_choose(ctx, slots, gfrac, params):
+  """Relaxed :func:`tp_lb_prefetch.choose_from_prefill`: soft requests."""
   E = ctx.num_experts
   counts = jnp.zeros((E,)).at[slots.ids].add(jnp.where(slots.valid, slots.tokens, 0.0))
   m = params.resident_fraction * ctx.capacity
@@ -65,39 +56,24 @@ def _soft_choose(ctx, state, layer, slots, gfrac, params):
   loaded = jnp.zeros((E,)).at[slots.ids].max(
       jnp.where(slots.valid, gfrac * (1.0 - res_w), 0.0))
   keep = jnp.minimum(want, loaded)
-  queued = want - keep
   # Merged into the loads not started yet by descending prefill counts (ties:
   # queued first, then lower id), each load taking its weight x T_w link
-  # seconds: the relaxed tp_lb_prefetch.merge_enqueue.
-  order = jnp.argsort(rank)
-  end, queued_s, score = tp_lb_prefetch.soft_merge_enqueue(ctx, state, layer, queued,
-                                                           counts, order)
-  soft = state.soft
-  soft = pb.SoftResidency(keep=soft.keep.at[layer].set(keep),
-                          queued=soft.queued.at[layer].set(queued), end_s=end)
-  # Boolean bookkeeping (statistics and the staging room only): rounded
-  # weights; earlier layers' queued loads follow their merged positions.
-  kept_b, queued_b = keep >= 0.5, (queued >= 0.5) & ~(keep >= 0.5)
-  q = state.queue_end_s
-  q = jnp.where(jnp.isfinite(q) & (q > 0), end, q)
-  row_q = jnp.where(kept_b, 0.0, jnp.where(queued_b, end[layer], q[layer]))
-  return dataclasses.replace(
-      state, soft=soft, queued_s=queued_s, score=score,
-      resident=state.resident.at[layer].set(state.resident[layer] | kept_b),
-      queue_end_s=q.at[layer].set(row_q),
-      prefetched=state.prefetched.at[layer].set(state.prefetched[layer] | kept_b | queued_b))
+  # seconds: the relaxed merge (residency.soft_merge_enqueue).
+  return pb.Requests(keep=keep, load=want - keep, load_key=counts,
+                     load_order=jnp.argsort(rank), merge=True, keep_is_prefetch=True)
 
 
-def place(ctx, state, layer, slots, params, phase):
+def place(ctx, res, own, layer, slots, params, phase):
   if not ctx.relaxed:
-    return tp_lb_prefetch.place(ctx, state, layer, slots, params, phase)
+    return tp_lb_prefetch.place(ctx, res, own, layer, slots, params, phase)
   gfrac = balance.soft_split(slots, params.gpu_bias, params.ndp_bias,
                              params.temperature_s)
-  if phase == "prefill":
-    state = _soft_choose(ctx, state, layer, slots, gfrac, params)
   p = pb.Placement(gpu_frac=gfrac, fetch=(gfrac > 0) & ~slots.resident & slots.valid,
                    ep_unit=jnp.zeros_like(slots.ids))
-  return p, state
+  if phase == "prefill":
+    p = p._replace(requests=_soft_choose(ctx, slots, gfrac, params))
+  return p, own
 
 
-POLICY = pb.Policy(name="tuned", ndp_mode="tp", init=init, place=place)
+POLICY = pb.Policy(name="tuned", ndp_mode="tp", init=init, place=place,
+                   soft_residency=True)

@@ -1,0 +1,300 @@
+"""GPU residency and the background copy queue: owned by the engine.
+
+Policies never write these arrays.  They read a :class:`Residency` (what is in
+GPU memory, what is queued, how far the queue has drained) and *request*
+changes through :class:`Requests` in their placement; the engine applies the
+requests with :func:`apply` right after ``place`` and moves queued loads into
+GPU memory as the link drains them (:func:`drain`, :func:`arrivals`).
+
+Arrays are [L, E] over MoE layers x routed experts.  Queue positions are link
+seconds in the background queue: a load with ``queue_end_s = q`` is resident
+once ``drained_s >= q``.
+
+Requests of one (layer, step), applied in this order:
+
+1. ``evict`` [E] bool: drop from GPU memory (resident or queued).
+2. ``keep`` [E] bool: resident from now on -- experts whose weights this layer
+   brings to the GPU anyway (on demand) and the policy keeps afterwards.
+   ``keep_is_prefetch`` (static) counts them as prefetched in the statistics
+   (``tp_lb_prefetch``: budget experts the prefill balancer loaded); an LRU
+   cache that keeps what it fetched does not.
+3. ``load`` [E] bool: queue a background load, each of ``ctx.fetch_s`` link
+   seconds, skipping resident or queued experts.  ``merge`` (static) False:
+   appended to the queue in descending ``load_key`` (ties: lower id); True:
+   merged into the loads not started yet by descending key (ties: queued
+   first, then lower id) -- the keys of earlier requests are remembered in
+   ``queue_key``.  ``load_order`` may give ``argsort(-load_key, stable)``;
+   ``at_most_one`` (static) says ``load`` has at most one entry.
+
+Relaxed mode with soft residency (``Residency.soft`` set; ``tuned``): ``keep``
+and ``load`` are weights in [0, 1] (fractions of an expert's columns) and
+``merge`` must be True; see :func:`_apply_soft`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ndpsim import base
+
+INF = jnp.inf
+
+
+@base.params_dataclass
+class SoftResidency:
+  """Continuous residency (relaxed mode), [L, E] arrays in [0, 1].
+
+  An expert's weight is the fraction of its columns in GPU memory: ``keep``
+  is resident from the start (loaded during prefill and kept), ``queued`` is
+  loaded through the background queue and arrives progressively as the
+  queue drains up to ``end_s`` (its load occupies link seconds
+  ``[end_s - queued x fetch_s, end_s]``).  Resident weight =
+  ``keep + queued x arrived fraction``.
+  """
+  keep: jax.Array
+  queued: jax.Array
+  end_s: jax.Array
+
+
+@base.params_dataclass
+class Residency:
+  """Per-sequence GPU residency and background queue (engine-owned).
+
+  resident: [L, E] bool, expert in GPU memory now.
+  queue_end_s: [L, E] background-queue position (link seconds) at which a
+    queued load completes; +inf when not queued (0 for kept experts).
+  queued_s: total link seconds ever queued in the background.
+  drained_s: background link seconds done so far.
+  queue_key: [L, E] order key of each merged load (``Requests.merge``).
+  prefetched: [L, E] bool, loaded by a background transfer (or kept as one).
+  used: [L, E] bool, a prefetched expert served an activation on the GPU.
+  capacity: resident experts allowed per layer (float, traced; from the
+    policy's :class:`~ndpsim.policies.base.Start`).
+  soft: None (hard residency) or a :class:`SoftResidency` (relaxed mode,
+    policies with ``soft_residency``).
+  """
+  resident: jax.Array
+  queue_end_s: jax.Array
+  queued_s: jax.Array
+  drained_s: jax.Array
+  queue_key: jax.Array
+  prefetched: jax.Array
+  used: jax.Array
+  capacity: jax.Array
+  soft: Any = None
+
+
+class Requests(NamedTuple):
+  """Residency changes a policy asks for in one (layer, step); see the module
+  docstring.  None fields request nothing; the bools are static."""
+  evict: Any = None
+  keep: Any = None
+  load: Any = None
+  load_key: Any = None
+  load_order: Any = None
+  merge: bool = False
+  at_most_one: bool = False
+  keep_is_prefetch: bool = False
+
+
+def empty(num_layers: int, num_experts: int, capacity, resident=None,
+          soft: bool = False) -> Residency:
+  """Nothing queued; ``resident`` [L, E] bool (default none) loaded before
+  the run (no link time charged)."""
+  z = jnp.zeros((num_layers, num_experts))
+  res = z.astype(bool) if resident is None else jnp.asarray(resident, bool)
+  return Residency(resident=res, queue_end_s=jnp.full_like(z, INF),
+                   queued_s=jnp.zeros(()), drained_s=jnp.zeros(()), queue_key=z,
+                   prefetched=z.astype(bool), used=z.astype(bool),
+                   capacity=jnp.asarray(capacity, jnp.float32),
+                   soft=SoftResidency(keep=z, queued=z, end_s=z) if soft else None)
+
+
+def drain(res: Residency, idle_s) -> Residency:
+  """Background loads progress by ``idle_s`` link seconds (queue permitting)."""
+  room = jnp.maximum(res.queued_s - res.drained_s, 0.0)
+  drained = res.drained_s + jnp.minimum(jnp.maximum(idle_s, 0.0), room)
+  return dataclasses.replace(res, drained_s=drained)
+
+
+def arrivals(res: Residency, layer) -> Residency:
+  """Marks this layer's queued loads that have completed as resident."""
+  row = res.resident[layer] | (res.queue_end_s[layer] <= res.drained_s * (1 + 1e-7))
+  return dataclasses.replace(res, resident=res.resident.at[layer].set(row))
+
+
+def held(res: Residency) -> jax.Array:
+  """Experts resident or queued for residency (all layers), float."""
+  return jnp.sum(res.resident | jnp.isfinite(res.queue_end_s)).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# Applying requests.
+
+def apply(ctx, res: Residency, layer, req: Requests | None) -> Residency:
+  """Applies ``req`` to ``res`` for ``layer`` (module docstring)."""
+  if req is None:
+    return res
+  if res.soft is not None and req.load is not None:
+    return _apply_soft(ctx, res, layer, req)
+  if req.evict is not None:
+    ev = req.evict
+    res = dataclasses.replace(
+        res, resident=res.resident.at[layer].set(res.resident[layer] & ~ev),
+        queue_end_s=res.queue_end_s.at[layer].set(
+            jnp.where(ev, INF, res.queue_end_s[layer])))
+  if req.keep is not None:
+    kp = req.keep
+    pre = res.prefetched
+    if req.keep_is_prefetch:
+      pre = pre.at[layer].set(pre[layer] | kp)
+    res = dataclasses.replace(
+        res, resident=res.resident.at[layer].set(res.resident[layer] | kp),
+        queue_end_s=res.queue_end_s.at[layer].set(jnp.where(kp, 0.0,
+                                                            res.queue_end_s[layer])),
+        prefetched=pre)
+  if req.load is not None:
+    if req.merge:
+      order = (req.load_order if req.load_order is not None
+               else jnp.argsort(-req.load_key, stable=True))
+      res = merge_enqueue(ctx, res, layer, req.load, req.load_key, order)
+    else:
+      res = enqueue(res, layer, req.load, req.load_key, ctx.fetch_s,
+                    order=req.load_order, at_most_one=req.at_most_one)
+  return res
+
+
+def enqueue(res: Residency, layer, want: jax.Array, order_score: jax.Array, fetch_s,
+            order: jax.Array | None = None, at_most_one: bool = False) -> Residency:
+  """Appends background loads of ``want`` [E] experts of ``layer`` to the
+  queue in descending ``order_score`` (ties: lower id); each costs
+  ``fetch_s`` link seconds.  Resident or queued experts are skipped."""
+  from ndpsim.policies import base as pb  # pylint: disable=import-outside-toplevel
+  row_q = res.queue_end_s[layer]
+  new = want & ~res.resident[layer] & jnp.isinf(row_q)
+  if at_most_one:
+    rank = jnp.zeros(new.shape, jnp.int32)
+  elif order is not None:
+    # Rank among the new entries = new entries before it in the full order.
+    new_sorted = jnp.take_along_axis(new, order, axis=-1).astype(jnp.int32)
+    before = jnp.cumsum(new_sorted, axis=-1) - new_sorted
+    rank = jnp.zeros_like(before).at[order].set(before, unique_indices=True)
+  else:
+    rank = pb.rank_desc(jnp.where(new, order_score, -INF))
+  pos = res.queued_s + (rank + 1.0) * fetch_s
+  row_q = jnp.where(new, pos, row_q)
+  return dataclasses.replace(
+      res, queue_end_s=res.queue_end_s.at[layer].set(row_q),
+      queued_s=res.queued_s + jnp.sum(new) * fetch_s,
+      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+
+
+def _cumsum_rows(x):
+  """Inclusive cumsum of ``x`` [R, C] in row-major order (two short cumsums:
+  XLA:CPU's cumsum of one long row is several times slower)."""
+  rows = jnp.cumsum(x, axis=-1)
+  return rows + (jnp.cumsum(rows[:, -1]) - rows[:, -1])[:, None]
+
+
+def merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency:
+  """Queues background loads of ``want`` [E] experts of ``layer``, merged
+  into the loads not started yet by descending key.
+
+  ``res.queue_key`` rows of earlier layers hold the keys of their queued loads
+  (this layer's row is set to ``key_row``); the loads not started yet must
+  already be in descending key order (every merge keeps it), and ``order`` is
+  ``argsort(-key_row, stable=True)``.  Ties go to the load queued first, then
+  to the lower id.  Loads already started or done keep their place; each
+  load costs ``ctx.fetch_s``.  O(L E) plus a binary search per new load.
+  """
+  f = ctx.fetch_s
+  L, E = ctx.num_layers, ctx.num_experts
+  n = L * E
+  score = res.queue_key.at[layer].set(key_row)
+  q = res.queue_end_s
+  new = want & ~res.resident[layer] & jnp.isinf(q[layer])
+  # Loads not started yet form the queue's tail, contiguous after ``front``;
+  # their keys descend along it.
+  pend = jnp.isfinite(q) & (q - f >= res.drained_s - 1e-6 * f)
+  front = res.queued_s - jnp.sum(pend) * f
+  idx = jnp.clip(jnp.round((q - front) / f) - 1.0, 0, n - 1).astype(jnp.int32)
+  pkeys = jnp.full((n,), -jnp.inf).at[jnp.where(pend, idx, n).reshape(-1)].set(
+      score.reshape(-1), mode="drop")
+  # A new load goes after every pending load with a key at least its own; a
+  # pending load moves back by the new loads placed before it.
+  ahead = jnp.searchsorted(-pkeys, -key_row, side="right").astype(jnp.int32)
+  placed = jnp.zeros((n,), jnp.int32).at[jnp.where(new, ahead, n)].add(1, mode="drop")
+  shift = _cumsum_rows(placed.reshape(L, E)).reshape(-1)[idx]
+  new_sorted = new[order].astype(jnp.int32)
+  before = jnp.cumsum(new_sorted) - new_sorted
+  rank = jnp.zeros((E,), jnp.int32).at[order].set(before, unique_indices=True)
+  q = jnp.where(pend, front + (idx + shift + 1.0) * f, q)
+  q = q.at[layer].set(jnp.where(new, front + (rank + ahead + 1.0) * f, q[layer]))
+  return dataclasses.replace(
+      res, queue_key=score, queue_end_s=q, queued_s=res.queued_s + jnp.sum(new) * f,
+      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+
+
+def soft_merge_enqueue(ctx, res: Residency, layer, queued_row, key_row, order):
+  """Relaxed :func:`merge_enqueue` for the :class:`SoftResidency` queue: this
+  layer's loads of weights ``queued_row`` [E] (each ``weight x fetch_s`` link
+  seconds) merged by descending key into the soft loads not started yet
+  (ties: queued first).
+
+  ``res.soft`` must not yet hold this layer's loads; ``order`` is
+  ``argsort(-key_row, stable=True)``.  Returns ``(end_s, queued_s, keys)``:
+  the [L, E] end positions of every soft load after the merge (this layer's
+  included), the new queue total and ``queue_key`` with this layer's row set
+  to ``key_row``.  Which loads count as not started is a hard test (the queue
+  bookkeeping is piecewise linear, see ``ndpsim/relaxed.py``).
+  """
+  f = ctx.fetch_s
+  soft = res.soft
+  score = res.queue_key.at[layer].set(key_row)
+  dur = soft.queued * f
+  pend = (dur > 0) & (soft.end_s - dur >= res.drained_s - 1e-6 * f)
+  # Loads not started yet, in queue order (their keys descend).
+  porder = jnp.argsort(jnp.where(pend, soft.end_s, jnp.inf).reshape(-1))
+  pmask = pend.reshape(-1)[porder]
+  pkeys = jnp.where(pmask, score.reshape(-1)[porder], -jnp.inf)
+  pcum = jnp.cumsum(jnp.where(pmask, dur.reshape(-1)[porder], 0.0))
+  front = res.queued_s - pcum[-1]
+  ndur = jnp.where(queued_row > 0, queued_row * f, 0.0)[order]
+  ncum = jnp.cumsum(ndur)
+  prefix = lambda cum, i: jnp.where(i > 0, cum[jnp.maximum(i - 1, 0)], 0.0)
+  # A pending load moves back by the new loads with a larger key; a new load
+  # goes after every pending load with a key at least its own.
+  shift = prefix(ncum, jnp.searchsorted(-key_row[order], -score, side="left"))
+  ahead = prefix(pcum, jnp.searchsorted(-pkeys, -key_row, side="right"))
+  own = jnp.zeros_like(ncum).at[order].set(ncum)
+  end = jnp.where(pend, soft.end_s + shift, soft.end_s)
+  end = end.at[layer].set(front + ahead + own)
+  return end, res.queued_s + ncum[-1], score
+
+
+def _apply_soft(ctx, res: Residency, layer, req: Requests) -> Residency:
+  """Soft requests: ``keep`` [E] weights resident at once, ``load`` [E]
+  weights queued (merged by ``load_key``).  The boolean arrays follow the
+  rounded weights (statistics and the staging room only); earlier layers'
+  queued loads follow their merged positions."""
+  assert req.merge, "soft residency requests must merge (Requests.merge=True)"
+  keep = req.keep if req.keep is not None else jnp.zeros_like(req.load)
+  queued = req.load
+  order = (req.load_order if req.load_order is not None
+           else jnp.argsort(-req.load_key, stable=True))
+  end, queued_s, score = soft_merge_enqueue(ctx, res, layer, queued, req.load_key, order)
+  soft = res.soft
+  soft = SoftResidency(keep=soft.keep.at[layer].set(keep),
+                       queued=soft.queued.at[layer].set(queued), end_s=end)
+  kept_b, queued_b = keep >= 0.5, (queued >= 0.5) & ~(keep >= 0.5)
+  q = res.queue_end_s
+  q = jnp.where(jnp.isfinite(q) & (q > 0), end, q)
+  row_q = jnp.where(kept_b, 0.0, jnp.where(queued_b, end[layer], q[layer]))
+  return dataclasses.replace(
+      res, soft=soft, queued_s=queued_s, queue_key=score,
+      resident=res.resident.at[layer].set(res.resident[layer] | kept_b),
+      queue_end_s=q.at[layer].set(row_q),
+      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | kept_b | queued_b))
