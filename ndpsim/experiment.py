@@ -507,6 +507,8 @@ def run_experiment(fl=FLAGS) -> dict:
   rows, requests = studies.split_requests(rows, cfg.batch_size)
   rows, fits, timing = split_timing(rows, tuned_fits)
   doc = build_document(res, rows, sens, fits)
+  from ndpsim import study_io  # pylint: disable=import-outside-toplevel
+  study_io.check_finite_document(doc)  # one line naming an overflowed number, not NaN
   if lead:
     if fl.plots:
       doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]
