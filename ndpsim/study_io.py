@@ -49,17 +49,48 @@ def make_row(cell: Cell, r: results.SimResult, wall_s: float) -> dict[str, Any]:
   }
 
 
+def first_non_finite(obj: Any, path: str = "") -> str | None:
+  """Dotted path (``a.b[3]``) of the first inf/NaN number in a JSON-able value
+  (nested dicts, lists, tuples, numpy scalars and arrays), or None."""
+  if isinstance(obj, (float, np.floating)):
+    return None if np.isfinite(obj) else (path or "the value")
+  if isinstance(obj, np.ndarray):
+    if obj.dtype.kind in "fc" and not np.isfinite(obj).all():
+      i = tuple(int(x) for x in np.argwhere(~np.isfinite(obj))[0])
+      return f"{path}{list(i)}"
+    return None
+  if isinstance(obj, dict):
+    items = ((f"{path}.{k}" if path else str(k), v) for k, v in obj.items())
+  elif isinstance(obj, (list, tuple)):
+    items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+  else:
+    return None
+  for p, v in items:
+    bad = first_non_finite(v, p)
+    if bad is not None:
+      return bad
+  return None
+
+
 def check_finite(row: dict[str, Any]) -> None:
-  """Every number of a row is finite, or one ConfigError naming the cell and
-  the first quantity that is not (float32 could not carry a setting)."""
-  for k, v in row.items():
-    vals = v if isinstance(v, list) else [v]
-    if any(isinstance(x, float) and not np.isfinite(x) for x in vals):
-      raise ConfigError(
-          f"{row['model']} {row['policy']} N={row['num_ndp_units']}: {k} is not finite "
-          f"({vals[0] if len(vals) == 1 else 'inf/NaN in the list'}): a setting is beyond "
-          "what the float32 engine can carry (e.g. a bandwidth near 0 or a time near "
-          "1e38); check the --set values and their units")
+  """Every number of a row (nested values included) is finite, or one
+  ConfigError naming the cell and the first quantity that is not (float32 could
+  not carry a setting)."""
+  bad = first_non_finite(row)
+  if bad is not None:
+    raise ConfigError(
+        f"{row.get('model')} {row.get('policy')} N={row.get('num_ndp_units')}: {bad} is not "
+        "finite: a setting is beyond what the float32 engine can carry (e.g. a bandwidth "
+        "near 0 or a time near 1e38); check the --set values and their units")
+
+
+def check_finite_document(doc: Any, what: str = "results.json") -> None:
+  """Every number of a document about to be written is finite, or one
+  ConfigError naming the document and the quantity (nothing is written)."""
+  bad = first_non_finite(doc)
+  if bad is not None:
+    raise ConfigError(f"{what}: {bad} is not finite (overflowed float32); nothing was "
+                      "written: check the --set values and their units")
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
