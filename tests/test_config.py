@@ -271,3 +271,52 @@ def test_specs_frozen_and_params_are_pytrees():
   assert hash(pre.spec) == hash(config.load("link", "pcie5_x16").spec)
   doubled = jax.tree_util.tree_map(lambda x: 2 * x, pre.params)
   assert float(doubled.latency_ns) == 2 * float(pre.params.latency_ns)
+
+
+# ---------------------------------------------------------------------------
+# Ranges (issue 13): hard (float32) and plausible (unit) limits per field.
+
+def test_fmt_number_and_range_messages():
+  assert [config.fmt_number(x) for x in (1.5e9, 0.416, 2617.0, 1e-6, 3e38)] == \
+      ["1.5e9", "0.416", "2617", "1e-6", "3e38"]
+  r = config.bandwidth_range()
+  config.check_range(63.0, r, "w", "params.bandwidth_gbps")
+  with pytest.raises(base.ConfigError, match=r"^w: field params.bandwidth_gbps is 9.6e11, "
+                     r"outside what the float32 engine can carry \(1e-6 to 1e9 GB/s\); "
+                     r"did you mean 960 \(B/s given as GB/s\)\?"):
+    config.check_range(960e9, r, "w", "params.bandwidth_gbps")
+  with pytest.raises(base.ConfigError, match=r"implausible for GB/s \(plausible 0.01 to "
+                     r"1e5 GB/s\); did you mean 1.2 \(TB/s given as GB/s\)\?"):
+    config.check_range(1.2e-3, r, "w", "f")
+  config.check_range(0.0, r, "w", "f", zero_ok=True)
+
+
+def test_allowing_implausible_is_scoped():
+  r = config.clock_range()
+  assert not config.implausible_allowed()
+  with config.allowing_implausible():
+    config.check_range(2.617, r, "w", "clock_mhz")
+    with config.allowing_implausible(False):
+      with pytest.raises(base.ConfigError):
+        config.check_range(2.617, r, "w", "clock_mhz")
+    with pytest.raises(base.ConfigError, match="float32"):
+      config.check_range(1e30, r, "w", "clock_mhz")
+  assert not config.implausible_allowed()
+
+
+def test_every_params_leaf_has_a_range_and_presets_are_plausible():
+  for kind in SHIPPED:
+    for name in config.available(kind):
+      pre = config.load(kind, name, allow_implausible=False)
+      leaves = {jax.tree_util.keystr(p).lstrip(".")
+                for p, _ in jax.tree_util.tree_flatten_with_path(pre.params)[0]}
+      assert set(config.leaf_ranges(pre.params)) == leaves, (kind, name)
+
+
+def test_range_overrides_through_load():
+  obj = _raw("gpu", "rtx5080")
+  obj["params"]["clock_mhz"] = 2.617
+  assert "did you mean 2617 (GHz given as MHz)?" in _err("gpu", obj)
+  assert float(config.load("gpu", obj, allow_implausible=True).params.clock_mhz) == 2.617
+  obj["params"]["tensor_flops_per_cycle_per_sm"]["bf16"] = 1e30
+  assert "tensor_flops_per_cycle_per_sm.bf16 is 1e30, outside" in _err("gpu", obj)
