@@ -62,12 +62,11 @@ def _future_changed(routing: R.Routing, t0: int, num_experts: int) -> R.Routing:
   (still k distinct ids per row)."""
   dec = np.array(routing.decode_ids)
   dec[:, t0:] = (dec[:, t0:] + 1) % num_experts
-  return dataclasses.replace(routing, decode_ids=dec)
+  return routing._replace(decode_ids=dec)
 
 
 def _one(routing: R.Routing, i: int) -> R.Routing:
-  return dataclasses.replace(routing, prefill_ids=np.asarray(routing.prefill_ids)[i:i + 1],
-                             decode_ids=np.asarray(routing.decode_ids)[i:i + 1])
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[i:i + 1], routing)
 
 
 def check_policy(policy: pb.Policy, params: pb.PolicyParams | None = None,

@@ -66,7 +66,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import ndpsim
-from ndpsim import config, engine, policies, results
+from ndpsim import config, engine, policies, resolved, results
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
@@ -585,7 +585,7 @@ def fingerprint_fields(res: Resolved) -> dict[str, Any]:
 
 def cell_fingerprint(res: Resolved, cell: Cell) -> str:
   parts = [fingerprint_fields(res), repr(res.models[cell.model]),
-           repr(res.systems[cell.num_ndp_units].params), list(cell)]
+           resolved.hardware_values(res.systems[cell.num_ndp_units]), list(cell)]
   if cell.policy == TUNED:  # its knobs come from a fit
     parts.append(_tuned_fingerprint(res, cell.model, cell.routing, cell.num_ndp_units))
   user = policies.user_source_digest(cell.policy)
@@ -806,7 +806,8 @@ def resolved_config(res: Resolved) -> dict[str, Any]:
           k: float(v) for k, v in dataclasses.asdict(R.preset(name, 2, 1)).items()}}
     else:
       routing[name] = {"kind": "trace", "path": str(src), "layout": c.routing_layout}
-  systems = {str(n): {"name": s.name, **s.info} for n, s in res.systems.items()}
+  systems = {str(n): {"name": s.name, **s.info, "values": resolved.hardware_values(s)}
+             for n, s in res.systems.items()}
   return {
       "ndpsim_version": ndpsim.__version__, "jax_version": jax.__version__,
       "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
