@@ -110,9 +110,11 @@ _HELP = ("-h", "--help", "--helpfull")
 def usage(sub: str | None = None) -> str:
   """Help text: the subcommands, or one subcommand's flags."""
   if sub is None:
-    lines = ["usage: python -m ndpsim.probe SUBCOMMAND --flag=value ...",
+    lines = ["usage: python -m ndpsim.probe SUBCOMMAND --flag=value ... "
+             "[--allow_implausible]",
              "prints one JSON object; `python -m ndpsim.probe SUBCOMMAND --help` lists "
-             "its flags", "subcommands:"]
+             "its flags; --allow_implausible accepts preset values outside their "
+             "plausible range (never outside what float32 carries)", "subcommands:"]
     for name, mod in sorted(SUBCOMMANDS.items()):
       doc = (importlib.import_module(mod).probe.__doc__ or "").strip().splitlines()
       lines.append(f"  {name:8s} {doc[0] if doc else ''}")
@@ -133,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
   if len(argv) > 1 and argv[0] in SUBCOMMANDS and any(a in _HELP for a in argv[1:]):
     print(usage(argv[0]))
     return 0
+  allow = "--allow_implausible" in argv  # any subcommand: a preset outside the
+  argv = [a for a in argv if a != "--allow_implausible"]  # plausible ranges
   try:
     _sub, args, module = parse(argv)
     import warnings  # pylint: disable=import-outside-toplevel
-    with warnings.catch_warnings():  # overflow is reported below, in one line
-      warnings.simplefilter("ignore", RuntimeWarning)
+    from ndpsim import config  # pylint: disable=import-outside-toplevel
+    with warnings.catch_warnings(), config.allowing_implausible(allow):
+      warnings.simplefilter("ignore", RuntimeWarning)  # overflow: reported below
       out = module.probe(args)
     bad = _first_non_finite(out)
     if bad is not None:

@@ -463,3 +463,16 @@ def test_probe_refuses_overflow_in_one_line(capsys, argv, want):
   assert probe.main(argv) == 2
   out, err = capsys.readouterr()
   assert not out and err.count("\n") == 1 and want in err, err
+
+
+def test_probe_allow_implausible(tmp_path, capsys):
+  from ndpsim import probe  # pylint: disable=import-outside-toplevel
+  obj = json.loads(_preset_text("gpu"))
+  obj["params"]["clock_mhz"] = 2.617
+  p = tmp_path / "ghz.json"
+  p.write_text(json.dumps(obj))
+  argv = ["gpu", f"--preset={p}", "--m=1", "--n=768", "--k=2048"]
+  assert probe.main(argv) == 2
+  assert "did you mean 2617 (GHz given as MHz)?" in capsys.readouterr().err
+  assert probe.main(argv + ["--allow_implausible"]) == 0
+  assert json.loads(capsys.readouterr().out)["time_s"] > 0
