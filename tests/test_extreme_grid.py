@@ -5,7 +5,8 @@ gives a finite, positive end-to-end latency with a finite gradient w.r.t.
 every leaf, and latency is monotone where physics says so (more bandwidth,
 clock, rate or memory is never slower; more latency, overhead or cycles is
 never faster).  One vmapped ``value_and_grad`` compile per system (tiny model,
-8 + 4 tokens, 2 sequences)."""
+8 + 4 tokens, 2 sequences; about 40 s of CPU each); the relaxed engine's
+gradients (the tuner's path) under ``-m slow``."""
 from __future__ import annotations
 
 import functools
@@ -46,7 +47,7 @@ def _model_and_routing():
 
 
 @functools.lru_cache(maxsize=None)
-def _grid(system: str):
+def _grid(system: str, policy: str = POLICY, relaxed: bool = False):
   """(settings [(path, end, value)], e2e [n], grads {leaf: [n]}), row 0 = preset."""
   model, r = _model_and_routing()
   units = 2
@@ -57,8 +58,8 @@ def _grid(system: str):
                                                           for e in ex])
 
   def e2e(sp):
-    res = engine.simulate((base_sys.spec, sp), model, r, POLICY, policies.PolicyParams(),
-                          check=False)
+    res = engine.simulate((base_sys.spec, sp), model, r, policy, policies.PolicyParams(),
+                          check=False, **({"relaxed": True} if relaxed else {}))
     return jnp.mean(res.e2e_s)
 
   v, g = jax.jit(jax.vmap(jax.value_and_grad(e2e)))(stack)
@@ -83,6 +84,17 @@ def test_latency_finite_positive_and_gradients_finite(system):
   settings, v, grads = _grid(system)
   bad = [(s, float(x)) for s, x in zip(settings, v) if not (np.isfinite(x) and x > 0)]
   assert not bad, bad
+  for leaf, g in grads.items():
+    rows = [settings[i] for i in np.flatnonzero(~np.isfinite(g).all(axis=1))]
+    assert not rows, (leaf, rows)
+
+
+@pytest.mark.slow  # one more compile (~70 s of CPU); the hard engine's is above
+def test_relaxed_tuned_gradients_finite_at_every_legal_extreme():
+  """The tuner's path (relaxed engine, ``tuned`` policy): finite latency and
+  finite gradient w.r.t. every hardware leaf at every legal extreme."""
+  settings, v, grads = _grid("paper_rtx5080_ndp_dimm", "tuned", True)
+  assert np.all(np.isfinite(v) & (v > 0)), [s for s, x in zip(settings, v) if not x > 0]
   for leaf, g in grads.items():
     rows = [settings[i] for i in np.flatnonzero(~np.isfinite(g).all(axis=1))]
     assert not rows, (leaf, rows)
