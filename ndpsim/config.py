@@ -403,7 +403,11 @@ class Range(NamedTuple):
 
   unit: the field's unit, for messages ("GB/s", "bytes", "MHz", ...).
   hard: (lo, hi) the float32 engine carries without overflow or underflow in
-    any result or gradient; outside it the value is always refused.
+    any result or gradient (each field at either end with the others at
+    plausible values: mixtral-8x7b, 512 + 64 tokens, largest gradient ~2e14);
+    outside it the value is always refused.  Several fields at their ends at
+    once may still overflow: ``study_io.check_finite`` stops such a run in one
+    line naming the quantity.
   plausible: (lo, hi) real hardware lies in; outside it the value is refused
     unless implausible values are allowed (:func:`allowing_implausible`).
   slips: unit mistakes tried in order, (factor, label): a value outside the
