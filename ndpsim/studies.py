@@ -730,12 +730,13 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
     outs = simulate_sharded(res.systems[n], res.models[model], workloads[(model, routing)],
                             policy, budgets, res.config.batch_size, mesh, extra)
     wall = (time.perf_counter() - t0) / len(group)
-    for c, r in zip(group, outs):
+    for c, r, b in zip(group, outs, budgets):
       row = make_row(c, r, wall)
-      check_finite(row)
-      row[REQUESTS_KEY] = results.per_group(r)  # requests.csv; split off for results
       if alpha is not None:
         row.update(alpha)
+      row.update(simulated_params(policy, b, extra, row))
+      check_finite(row)
+      row[REQUESTS_KEY] = results.per_group(r)  # requests.csv; split off for results
       rows[c] = row
       if write:
         write_atomic(cell_path(out_dir, c), json.dumps(
@@ -746,6 +747,23 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
         progress({"event": "cell", "cell": c, "row": row, "done": done, "total": total,
                   "skipped": skipped, "elapsed_s": time.perf_counter() - t_start})
   return add_speedups([rows[c] for c in cells])
+
+
+def simulated_params(policy: str, budget: float, extra: dict | None,
+                     row: dict) -> dict[str, float]:
+  """The policy knobs a cell was simulated with, as ``param_<name>`` row
+  fields: the budget actually used (``resident_fraction``: for ``tuned`` the
+  fitted one, not the cell's headline budget), the extra knobs passed (the
+  ``tuned`` biases) and the policy's own knobs; fields the row already has
+  (monde's alphas) are not repeated."""
+  out = {"param_resident_fraction": float(budget)}
+  for k, v in (extra or {}).items():
+    if k not in row:
+      out[f"param_{k}"] = float(v)
+  own = policies.get(policy).default_params
+  if own is not None:
+    out.update({f"param_{k}": v for k, v in resolved.flatten(own).items()})
+  return out
 
 
 # The per-sequence-group values a cell's row carries (in its cell file, so that

@@ -26,6 +26,8 @@ from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
 from ndpsim.workload import routing as R
 
+pytestmark = pytest.mark.e2e
+
 DATA = pathlib.Path(__file__).parent / "data"
 TINY = str(DATA / "exp_tiny_model.json")
 P, T, S, N = 8, 4, 4, 2
@@ -471,6 +473,12 @@ def test_tuned_policy_fits_on_training_set_and_evaluates_at_its_knobs(tmp_path):
                       policies.PolicyParams(**k), profile_counts=wl.profile_counts)
   np.testing.assert_allclose(row["e2e_latency_s_per_group"], np.asarray(r.e2e_s),
                              rtol=1e-6)
+  # The row says which knobs it ran at: the fitted budget, not the headline one.
+  assert row["param_resident_fraction"] == pytest.approx(k["resident_fraction"])
+  assert row["param_gpu_bias"] == pytest.approx(k["gpu_bias"])
+  assert row["param_ndp_bias"] == pytest.approx(k["ndp_bias"])
+  assert {r["policy"]: r for r in rows}["tp_lb_prefetch"]["param_resident_fraction"] == (
+      row["prefetch_budget"])
 
   # results.json lists the fit per model; the report prints it.
   doc = experiment.build_document(res, rows, None, fits)
