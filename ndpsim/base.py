@@ -68,22 +68,3 @@ def stack(params_list: list[T]) -> T:
   """Stack a list of params pytrees along a new leading axis (for vmap)."""
   return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]),
                                 *params_list)
-
-
-def smooth_max(x: jax.Array, axis=None, temperature: float | jax.Array = 0.0):
-  """max(x) when temperature == 0, else temperature * logsumexp(x / temperature).
-
-  ``temperature`` is in the units of ``x``; a Python 0 selects the hard max at
-  trace time (no traced branch).  The soft version upper-bounds the hard max
-  and converges to it as the temperature falls.
-  """
-  if isinstance(temperature, (int, float)) and temperature == 0:
-    return jnp.max(x, axis=axis)
-  t = jnp.asarray(temperature)
-  return t * jax.nn.logsumexp(x / t, axis=axis)
-
-
-def smooth_max2(a, b, temperature: float | jax.Array = 0.0):
-  """Element-wise max of two arrays, soft when temperature > 0."""
-  return smooth_max(jnp.stack(jnp.broadcast_arrays(a, b)), axis=0,
-                    temperature=temperature)

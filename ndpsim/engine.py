@@ -54,11 +54,6 @@ from ndpsim.results import SimResult
 from ndpsim.workload import models as M
 
 
-class System(NamedTuple):
-  spec: Any
-  params: Any
-
-
 class _Acc(NamedTuple):
   """Per-sequence accumulators carried through the scans."""
   gpu_busy_s: jax.Array

@@ -84,10 +84,6 @@ def table(rows: list[Row], e2e_s: float | None = None, top: int | None = None) -
   return "\n".join(lines)
 
 
-def to_json(rows: list[Row]) -> list[dict]:
-  return [r._asdict() for r in rows]
-
-
 def rows_from(elasticities_by_name: dict, values_by_name: dict) -> list[Row]:
   """Ranked rows from precomputed elasticities (e.g. the forward-mode
   ``studies.sensitivity`` dict: ``{"elasticities": ..., "values": ...}``)."""
