@@ -268,6 +268,9 @@ def _cli_parser():
   p.add_argument("--heldout_seed", type=int, default=1, help="held-out routing seed")
   p.add_argument("--steps", type=int, default=TuneConfig().steps,
                  help="Adam steps of the fit; default %(default)s")
+  p.add_argument("--allow_implausible", action="store_true",
+                 help="accept hardware values outside their plausible range (never "
+                 "outside the range the engine can represent)")
   p.add_argument("--out", default=None, metavar="PATH",
                  help="also write the result as JSON to PATH: per model the knobs by "
                  "name (tuned, grid best on training / held-out), the held-out mean "
@@ -319,7 +322,8 @@ def _main(argv=None) -> int:
     return err("--train_seed equals --heldout_seed; held-out sequences must differ "
                "from the training ones: write two different seeds")
   try:
-    s = system_mod.load_system(a.system, num_ndp_units=a.num_ndp_units)
+    s = system_mod.load_system(a.system, num_ndp_units=a.num_ndp_units,
+                               allow_implausible=a.allow_implausible)
     models = [model_io.model_from_any(m.strip()) for m in a.models.split(",") if m.strip()]
     if not models:
       return err("--models is empty; write at least one model name or path")
