@@ -289,7 +289,7 @@ def resolve(cfg: StudyConfig) -> Resolved:
       raise ConfigError(f"--num_seqs: {S} but the trace holds {avail} evaluation "
                         f"sequences (its other {ts // 2} profile MoNDE); write <= {avail}")
     P, T, S = tp, tt, S or avail
-    for name in set(head_models + sweep_models):
+    for name in dict.fromkeys(head_models + sweep_models):  # in flag order
       spec = models[name]
       traces.check_model_shape(tr, spec, f"--routing: trace {cfg.routing!r}")
     sources[routing_label(cfg.routing)] = cfg.routing
