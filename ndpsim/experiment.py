@@ -494,10 +494,19 @@ def run_experiment(fl=FLAGS) -> dict:
     raise ConfigError(f"--out_dir: {str(out_dir)!r} holds an earlier run; add --resume to "
                       "continue it, --overwrite to replace it, or give another --out_dir")
   lead = jax.process_index() == 0
+  if jax.process_count() > 1:  # every process checks --out_dir before process 0 writes
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("ndpsim-experiment: --out_dir checked")
   tuned_fits: dict = {}
   rows = studies.run_cells(res, out_dir, resume=fl.resume,
                            progress=lambda ev: _check_interrupt(ev, lead), write=lead,
                            tuned_fits=tuned_fits)
+  if jax.process_count() > 1:  # each process states the shard it simulated
+    from ndpsim.sharding import LOCAL_WORK  # pylint: disable=import-outside-toplevel
+    spans = ",".join(f"{a}-{b - 1}" for a, b in sorted(LOCAL_WORK["rows"]))
+    print(f"ndpsim-experiment: process {jax.process_index()} of {jax.process_count()} "
+          f"simulated {LOCAL_WORK['sequences']} of {LOCAL_WORK['total']} sequence rows "
+          f"(rows {spans or 'none'} of each cell)", file=sys.stderr, flush=True)
   sens = None
   if "sensitivity" in cfg.studies:
     if lead:

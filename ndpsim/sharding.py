@@ -50,6 +50,26 @@ def shard_sequences(x: np.ndarray, mesh: Mesh, multiple: int) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+# What this process simulated of the evaluation sequences, summed over
+# simulate_sharded calls and their budgets: ``sequences`` rows of its own
+# (addressable) shards, padding included, of ``total`` rows in all; ``rows``
+# the [start, stop) ranges of those shards.  The binary prints it per process
+# under --distributed, so that a test can see each process ran only its shard.
+LOCAL_WORK: dict = {"sequences": 0, "total": 0, "rows": set()}
+
+
+def _count_local(x: jax.Array, budgets: int) -> None:
+  shards = getattr(x, "addressable_shards", None)
+  if not shards or len(getattr(x.sharding, "device_set", ())) <= 1:
+    spans = [(0, x.shape[0])]  # one device: every row is this process's
+  else:
+    spans = [(s.index[0].start or 0, x.shape[0] if s.index[0].stop is None
+              else s.index[0].stop) for s in shards]
+  LOCAL_WORK["sequences"] += budgets * sum(b - a for a, b in spans)
+  LOCAL_WORK["total"] += budgets * x.shape[0]
+  LOCAL_WORK["rows"].update(spans)
+
+
 def to_host(tree):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -75,6 +95,7 @@ def simulate_sharded(sysp: system_mod.SystemPreset, model: M.MoeModelSpec, wl,
   engine.validate(sysp.spec, sysp.params, model, wl.prefill_ids, wl.decode_ids, batch_size)
   routing = R.Routing(shard_sequences(wl.prefill_ids, mesh, batch_size), None,
                       shard_sequences(wl.decode_ids, mesh, batch_size), None)
+  _count_local(routing.prefill_ids, len(budgets))
   system = (sysp.spec, sysp.params)
   prof = jnp.asarray(wl.profile_counts)
 
