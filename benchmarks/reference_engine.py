@@ -63,6 +63,7 @@ class RefResult:
   gpu_misses: np.ndarray   # [G]
   prefetched_bytes: np.ndarray  # [G]
   events: dict                  # totals over groups: preempted, merged_ahead, swaps, ...
+  ndp_lane_s: np.ndarray = None  # [G] sum over layers of the slowest unit's time
 
 
 @dataclasses.dataclass
@@ -548,6 +549,7 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
       else:
         loads[unit[i]] = F(loads[unit[i]] + sl["ep"][i])
   has_ndp = any(valid[i] and not gpu[i] for i in range(len(ids)))
+  stats["ndp_lane"] = F(stats.get("ndp_lane", F(0.0)) + max(loads))
   if has_ndp:
     parts = N if mode == "tp" else sum(1 for x in loads if x > 0)
     ndp_end = F(F(bcast_start + c.bcast) + max(loads))
@@ -619,7 +621,8 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
              share=F(costs.link_share(ss, sp)))
   eb = float(M.expert_bytes(model))
   out = RefResult(np.zeros(G, np.float32), np.zeros((G, T), np.float32),
-                  np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G), {})
+                  np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G), {},
+                  np.zeros(G))
   for g in range(G):
     s = _init(policy, ctx, params)
     clk = dict(t=F(tab.over_prefill_s), link_gpu=F(0.0), link_ndp=F(0.0), bg=F(0.0))
@@ -657,6 +660,7 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
       e2e = F(e2e + out.step_s[g, t])
     out.e2e_s[g] = e2e
     out.gpu_hits[g], out.gpu_misses[g] = stats["hits"], stats["misses"]
+    out.ndp_lane_s[g] = stats.get("ndp_lane", 0.0)
     out.prefetched_bytes[g] = sum(map(sum, s.prefetched)) * eb
     for key, v in s.events.items():
       out.events[key] = out.events.get(key, 0) + int(v)

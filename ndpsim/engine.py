@@ -251,7 +251,8 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   fetch_end = fetch_start + fetch_busy
 
   # NDP lane.
-  loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place)
+  # Cut loads run on the NDP units: the lane takes the GPU shares after the cut.
+  loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place._replace(gpu_frac=gfrac))
   has_ndp = jnp.any(valid & (gfrac < 1.0))
   n_partials = jnp.where(has_ndp, n_units if pol.ndp_mode == "tp"
                          else jnp.sum(loads > 0), 0).astype(jnp.int32)

@@ -34,6 +34,8 @@ from ndpsim.policies.base import PolicyParams
 from ndpsim.workload import models as M
 from tests import engine_util as U
 
+pytestmark = pytest.mark.reference
+
 MODEL = "olmoe-1b-7b"
 # Scarce memory, fast-forgetting scores, eager swaps: every queue mechanism fires
 # (a budget of 7 experts per layer: with cheap copies the prefill balancer loads
@@ -63,6 +65,9 @@ def assert_same(res, ref, label=""):
   np.testing.assert_array_equal(np.asarray(res.gpu_misses), ref.gpu_misses, err_msg=label)
   np.testing.assert_allclose(np.asarray(res.prefetched_bytes), ref.prefetched_bytes,
                              rtol=1e-6, err_msg=label)
+  if not label.startswith("oracle"):  # oracle's lanes are statistics of its split
+    np.testing.assert_allclose(np.asarray(res.ndp_lane_s, np.float64), ref.ndp_lane_s,
+                               rtol=1e-5, err_msg=f"{label}: NDP lane")
 
 
 # The registered policies the reference implements (a user's policy may have
