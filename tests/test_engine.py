@@ -22,37 +22,63 @@ def runs():
   return {p: U.run(MODEL, p) for p in policies.names()}
 
 
+@pytest.mark.policy
 def test_oracle_at_or_below_every_policy_on_every_sequence(runs):
   ob = U.e2e(runs["oracle"])
   for name, res in runs.items():
     assert np.all(ob <= U.e2e(res) * (1 + 1e-6)), name
 
 
+@pytest.mark.policy
 def test_tp_lb_never_slower_than_ndp_tp(runs):
   assert np.all(U.e2e(runs["tp_lb"]) <= U.e2e(runs["ndp_tp"]) * (1 + 1e-6))
 
 
+@pytest.mark.policy
 def test_prefetch_budget_zero_equals_tp_lb(runs):
   zero = U.run(MODEL, "tp_lb_prefetch", params=PolicyParams(resident_fraction=0.0))
   np.testing.assert_allclose(U.e2e(zero), U.e2e(runs["tp_lb"]), rtol=1e-6)
 
 
+def _activations_by_hand(r, batch: int = 1) -> np.ndarray:
+  """Experts activated per sequence group, counted from the routing ids: per
+  layer, the distinct experts of the group's prompts (prefill runs each once)
+  plus, per decode step and layer, the distinct experts of the group's tokens."""
+  pre, dec = np.asarray(r.prefill_ids), np.asarray(r.decode_ids)
+  S, P, L, _ = pre.shape
+  T = dec.shape[1]
+  out = []
+  for g in range(S // batch):
+    seqs = range(g * batch, (g + 1) * batch)
+    n = sum(len({int(e) for s in seqs for e in pre[s, :, l].ravel()}) for l in range(L))
+    n += sum(len({int(e) for s in seqs for e in dec[s, t, l]})
+             for t in range(T) for l in range(L))
+    out.append(n)
+  return np.array(out, np.float64)
+
+
+@pytest.mark.policy
 def test_conservation_of_expert_bytes(runs):
-  model = M.get_model(MODEL)
-  L, k = M.num_moe_layers(model), model.top_k
-  r = U.routing(MODEL)
-  P, T = r.prefill_ids.shape[1], r.decode_ids.shape[1]
+  """Expert bytes processed on the GPU plus on the NDP units, for every policy
+  and sequence, equal the expert bytes of the activations counted by hand from
+  the routing (not the engine's own activated_expert_bytes, which is the same
+  sum); the all-NDP policies put nothing on the GPU, gpu_offload nothing on the
+  NDP units."""
+  eb = M.expert_bytes(M.get_model(MODEL))
+  want = _activations_by_hand(U.routing(MODEL)) * eb
   for name, res in runs.items():
-    total = np.asarray(res.expert_bytes_gpu) + np.asarray(res.expert_bytes_ndp)
-    np.testing.assert_allclose(total, np.asarray(res.activated_expert_bytes), rtol=1e-5,
+    gpu, ndp = np.asarray(res.expert_bytes_gpu, np.float64), np.asarray(res.expert_bytes_ndp,
+                                                                        np.float64)
+    np.testing.assert_allclose(gpu + ndp, want, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(np.asarray(res.activated_expert_bytes), want, rtol=1e-5,
                                err_msg=name)
-  # Decode activates exactly L * k experts per step (batch 1, distinct ids).
-  eb = M.expert_bytes(model)
-  distinct_prefill = sum(len(np.unique(r.prefill_ids[0, :, l])) for l in range(L))
-  np.testing.assert_allclose(float(runs["ndp_tp"].activated_expert_bytes[0]),
-                             (distinct_prefill + T * L * k) * eb, rtol=1e-5)
+    assert np.all(gpu >= 0) and np.all(ndp >= 0), name
+  for name in ("ndp_tp", "ndp_ep"):
+    assert np.all(np.asarray(runs[name].expert_bytes_gpu) == 0), name
+  assert np.all(np.asarray(runs["gpu_offload"].expert_bytes_ndp) == 0)
 
 
+@pytest.mark.policy
 def test_link_bytes_match_placements(runs):
   model = M.get_model(MODEL)
   L, h = M.num_moe_layers(model), model.hidden_size
@@ -63,13 +89,24 @@ def test_link_bytes_match_placements(runs):
   tp = runs["ndp_tp"]
   np.testing.assert_allclose(np.asarray(tp.bytes_to_ndp), act, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(tp.bytes_to_gpu), N * act, rtol=1e-5)
-  off = runs["gpu_offload"]
+  # gpu_offload without a cache (resident_fraction 0; the same compile as
+  # ``runs``): every activation is a demand load, so the bytes to the GPU are
+  # the expert bytes times the activations counted by hand, and nothing hits.
   eb = M.expert_bytes(model)
-  misses_all = np.asarray(off.expert_bytes_gpu) / eb - np.asarray(off.gpu_hits)
-  np.testing.assert_allclose(np.asarray(off.bytes_to_gpu) / eb, misses_all, rtol=1e-5)
+  off = U.run(MODEL, "gpu_offload", params=PolicyParams(resident_fraction=0.0))
+  np.testing.assert_allclose(np.asarray(off.bytes_to_gpu, np.float64),
+                             _activations_by_hand(r) * eb, rtol=1e-5)
+  assert np.all(np.asarray(off.gpu_hits) == 0)
   assert np.all(np.asarray(off.bytes_to_ndp) == 0)
+  # With its LRU cache it loads less, never more, and every decode activation
+  # is a hit or a miss (L * k per step at batch 1).
+  cached = runs["gpu_offload"]
+  assert np.all(np.asarray(cached.bytes_to_gpu) <= np.asarray(off.bytes_to_gpu))
+  np.testing.assert_array_equal(np.asarray(cached.gpu_hits) + np.asarray(cached.gpu_misses),
+                                T * L * model.top_k)
 
 
+@pytest.mark.policy
 def test_every_ndp_policy_beats_gpu_offload_when_model_does_not_fit():
   model = M.get_model(MODEL)
   ss, sp = U.load()
@@ -81,6 +118,7 @@ def test_every_ndp_policy_beats_gpu_offload_when_model_does_not_fit():
     assert np.all(U.e2e(U.run(MODEL, pol, system=(ss, small))) < off), pol
 
 
+@pytest.mark.policy
 def test_tp_only_regresses_with_two_dimms():
   """The paper: with 2 NDP-DIMMs, TP alone is slower than the baseline (MoNDE)."""
   system = U.load(units=2)
@@ -89,6 +127,7 @@ def test_tp_only_regresses_with_two_dimms():
   assert tp > mo, (tp, mo)
 
 
+@pytest.mark.policy
 def test_tp_equals_ep_with_many_uniform_tokens_and_beats_it_at_batch_one():
   model = M.get_model(MODEL)
   spec = R.RoutingSpec(num_seqs=2, prompt_len=512, output_len=8,
@@ -115,6 +154,7 @@ def _vmapped_e2e(model_name, policy, sp_stack, r):
   return np.asarray(jax.vmap(f)(sp_stack))
 
 
+@pytest.mark.policy
 def test_tp_latency_falls_with_link_bandwidth():
   ss, sp = U.load()
   bws = [16.0, 32.0, 63.0, 126.0]
@@ -126,6 +166,7 @@ def test_tp_latency_falls_with_link_bandwidth():
     assert np.all(np.diff(e) < 0), (pol, e)
 
 
+@pytest.mark.policy
 def test_tp_latency_falls_with_ndp_units_while_ep_saturates():
   tp, ep = [], []
   for n in (2, 4, 8):
@@ -140,6 +181,7 @@ def test_tp_latency_falls_with_ndp_units_while_ep_saturates():
   assert gain_ep < gain_tp, (ep, tp)
 
 
+@pytest.mark.policy
 def test_simulation_compiles_once_per_model_policy_shape():
   model = M.get_model(MODEL)
   ss, sp = U.load()
@@ -158,6 +200,7 @@ def test_simulation_compiles_once_per_model_policy_shape():
   chex.clear_trace_counter()
 
 
+@pytest.mark.inputs
 def test_user_errors_are_caught_before_tracing():
   model = M.get_model("mixtral-8x7b")
   r = U.routing(MODEL)
@@ -198,6 +241,7 @@ def _bad_routings(r, E: int):
   return out
 
 
+@pytest.mark.inputs
 def test_prefill_and_decode_ids_are_validated_alike():
   """Out-of-range, repeated-in-a-row and float expert ids, no sequence, no
   prompt token and no decode step: one ConfigError line naming the field and
@@ -222,6 +266,7 @@ def test_prefill_and_decode_ids_are_validated_alike():
     engine.simulate((ss, sp), model, R.Routing(pre, None, dec[:, :0], None), "ndp_tp")
 
 
+@pytest.mark.policy
 def test_more_prefetch_budget_is_never_slower():
   """A larger prefetch budget never makes ``tp_lb_prefetch`` slower (1e-3).
 
@@ -245,6 +290,7 @@ def test_more_prefetch_budget_is_never_slower():
   assert e[-1] < e[0] * 0.95, e  # and prefetch pays
 
 
+@pytest.mark.inputs
 def test_bad_policy_params_are_rejected_with_the_field_named():
   with pytest.raises(ConfigError, match="unknown policy parameter 'budget'"):
     policies.make_params(budget=0.5)
@@ -256,13 +302,20 @@ def test_bad_policy_params_are_rejected_with_the_field_named():
     U.run(MODEL, "tp_lb", params=PolicyParams(gpu_bias=-1.0))
 
 
+@pytest.mark.policy
 def test_batched_decode_conserves_bytes_and_is_no_faster_per_group():
   """Batch 2: two sequences share each decode step's experts."""
   r = U.routing(MODEL)
   one = U.run(MODEL, "ndp_tp", routing=r)
   two = U.run(MODEL, "ndp_tp", routing=r, batch_size=2)
   assert two.e2e_s.shape == (1,)
-  total = np.asarray(two.expert_bytes_gpu) + np.asarray(two.expert_bytes_ndp)
-  np.testing.assert_allclose(total, np.asarray(two.activated_expert_bytes), rtol=1e-5)
+  # The expert bytes are the batch's distinct experts counted by hand (per
+  # layer of the joint prefill, per step and layer of the joint decode), all on
+  # the NDP units, and no more than the two sequences' own.
+  eb = M.expert_bytes(M.get_model(MODEL))
+  want = _activations_by_hand(r, batch=2) * eb
+  np.testing.assert_allclose(np.asarray(two.expert_bytes_ndp, np.float64), want, rtol=1e-5)
+  assert np.all(np.asarray(two.expert_bytes_gpu) == 0)
+  assert want[0] <= _activations_by_hand(r).sum() * eb
   # A step of the batch does at least the work of its slower member.
   assert float(two.e2e_s[0]) >= float(np.max(U.e2e(one))) * (1 - 1e-6)

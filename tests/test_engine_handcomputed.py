@@ -14,6 +14,8 @@ from ndpsim.workload import models as M
 from ndpsim.workload.routing import Routing
 from tests import engine_util as U
 
+pytestmark = pytest.mark.policy
+
 TOY = M.MoeModelSpec(name="toy", num_layers=2, hidden_size=512, vocab_size=1000,
                      num_experts=4, top_k=2, expert_ffn_size=1024, attention_kind="mha",
                      num_q_heads=4, num_kv_heads=4, head_dim=128)
@@ -103,6 +105,16 @@ def test_gpu_offload_by_hand(setup):
   # The cache holds all four: decode is two resident experts per layer.
   layer_d = [a + 2 * c["g1"] for a in c["attn_d"]]
   assert step == pytest.approx(c["over_d"] + sum(layer_d), rel=1e-5)
+  # Demand loads counted from the placements: 4 experts x 2 layers in the
+  # prefill, none in decode (the 2 x 2 decode activations are all hits).
+  system, r, _ = setup
+  res = engine.simulate(system, TOY, r, "gpu_offload")
+  assert float(res.bytes_to_gpu[0]) == pytest.approx(8 * M.expert_bytes(TOY), rel=1e-6)
+  assert float(res.gpu_hits[0]) == 4 and float(res.gpu_misses[0]) == 0
+  assert float(res.bytes_to_ndp[0]) == 0
+  # End to end: the hand timeline's end, not the engine's own ttft + steps.
+  assert float(res.e2e_s[0]) == pytest.approx(
+      c["over_p"] + sum(layer_p) + c["over_d"] + sum(layer_d), rel=1e-5)
 
 
 def _oracle_step_by_hand(c) -> float:
