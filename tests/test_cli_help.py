@@ -17,6 +17,7 @@ def _run(*args, timeout=900):  # hang guard
                         timeout=timeout, check=False)
 
 
+@pytest.mark.e2e
 def test_tune_help_lists_flags_and_says_held_out():
   r = _run("ndpsim.tune", "--help")
   assert r.returncode == 0, r.stderr
@@ -33,6 +34,7 @@ def test_tune_help_lists_flags_and_says_held_out():
     (("--routing=nope",), ("routing preset",)),
     (("--out=/no/such/folder/tune.json",), ("--out", "does not exist")),
 ])
+@pytest.mark.inputs
 def test_tune_bad_values_one_line_exit_2(args, words):
   r = _run("ndpsim.tune", *args)
   assert r.returncode == 2, (r.stdout, r.stderr)
@@ -42,6 +44,7 @@ def test_tune_bad_values_one_line_exit_2(args, words):
     assert w in lines[0], lines[0]
 
 
+@pytest.mark.e2e
 def test_tune_out_document_names_the_knobs_and_the_held_out_means():
   """--out's JSON: the workload, and per model the knobs by name and the
   held-out mean latencies (issue 12 item 3)."""
@@ -62,6 +65,7 @@ def test_tune_out_document_names_the_knobs_and_the_held_out_means():
   assert "held-out" in doc["heldout_mean_e2e_s"]
 
 
+@pytest.mark.e2e
 def test_probe_help_lists_subcommands_and_flags():
   r = _run("ndpsim.probe", "--help")
   assert r.returncode == 0, r.stderr
@@ -75,6 +79,7 @@ def test_probe_help_lists_subcommands_and_flags():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_tune_runs_on_a_model_path_with_progress(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   out = tmp_path / "tune.json"
@@ -101,6 +106,7 @@ def test_tune_runs_on_a_model_path_with_progress(tmp_path):
   assert m["evaluations"]["grid"] == 275
 
 
+@pytest.mark.inputs
 def test_probe_refuses_to_print_non_finite_numbers():
   r = _run("ndpsim.probe", "link", "--bytes=1e300", "--count=1e18")
   assert r.returncode == 2, r.stdout

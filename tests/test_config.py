@@ -9,6 +9,8 @@ import pytest
 
 from ndpsim import base, config
 
+pytestmark = pytest.mark.inputs
+
 SHIPPED = {"gpu": ("rtx5080", "rtx4090", "jetson_agx_orin_64gb", "jetson_agx_thor", "h200"),
            "link": ("pcie4_x16", "pcie5_x16", "cxl2_x8"),
            "ndp": ("ddr5_rank_ndp_dimm", "lpddr5_bank_pim"),

@@ -11,8 +11,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ndpsim import sharding
+
+pytestmark = pytest.mark.e2e
 
 TINY = str(pathlib.Path(__file__).parent / "data" / "exp_tiny_model.json")
 

@@ -32,17 +32,20 @@ def with_params(params, **kw):
 
 # --------------------------------------------------------------------------- analytic
 
+@pytest.mark.inputs
 def test_all_required_presets_ship():
   assert set(TABLE_PEAK_GBPS) <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", sorted(TABLE_PEAK_GBPS))
+@pytest.mark.analytic
 def test_peak_matches_table(name):
   spec, params = load(name)
   assert float(dram.peak_bandwidth_gbps(spec, params)) == pytest.approx(
       TABLE_PEAK_GBPS[name], rel=0.01)
 
 
+@pytest.mark.analytic
 def test_unloaded_latency_and_capacity():
   spec, params = load()
   assert float(dram.unloaded_read_latency_ns(spec, params)) == pytest.approx(
@@ -52,6 +55,8 @@ def test_unloaded_latency_and_capacity():
 
 
 @pytest.mark.parametrize("name", sorted(TABLE_PEAK_GBPS))
+@pytest.mark.analytic
+@pytest.mark.timing
 def test_onebank_is_the_row_cycle_formula(name):
   """hardware.md: cycles per row = max(tRAS, tRCD + (n_col-1) max(tBurst, tCCD_L)
   + tRTP) + tRP, stretched for refresh; without refresh it is exact."""
@@ -67,6 +72,8 @@ def test_onebank_is_the_row_cycle_formula(name):
   assert float(r.row_hit_rate) == pytest.approx(1 - 1 / spec.columns_per_row)
 
 
+@pytest.mark.analytic
+@pytest.mark.timing
 def test_refresh_ceiling():
   spec, params = load()
   ceiling = float(dram.refresh_ceiling(spec, params))
@@ -83,6 +90,7 @@ def test_refresh_ceiling():
   assert 560 / 12480 <= 1 - t_off / t_on <= (560 + 12 + 22 + 22) / 12480 + 1e-3
 
 
+@pytest.mark.timing
 def test_random_is_slower_than_banks_and_hits_fall_with_region():
   for name in PRESETS:
     spec, params = load(name)
@@ -96,6 +104,7 @@ def test_random_is_slower_than_banks_and_hits_fall_with_region():
 
 # --------------------------------------------------------------------------- timing
 
+@pytest.mark.timing
 def test_bank_groups_in_the_mapping_lift_tccd_l():
   spec, params = load()
   low = dataclasses.replace(spec, mapping="rochrabacobg")  # bg below the column
@@ -113,6 +122,7 @@ def test_bank_groups_in_the_mapping_lift_tccd_l():
   assert b4 > 1.8 * b1
 
 
+@pytest.mark.timing
 def test_few_banks_make_tfaw_bind():
   spec, params = load()
   few = dataclasses.replace(spec, ranks=1, bank_groups=2, banks_per_group=2)
@@ -129,6 +139,7 @@ def test_few_banks_make_tfaw_bind():
   assert c == pytest.approx(n * 50.0 / (1 - (560 + 12 + 22 + 22 + 3 * 50) / 12480), rel=0.03)
 
 
+@pytest.mark.timing
 def test_queue_depth_helps_stream_not_onebank():
   spec, params = load()
   t = {}
@@ -140,6 +151,7 @@ def test_queue_depth_helps_stream_not_onebank():
   assert t[4][1] == t[32][1] == t[128][1]
 
 
+@pytest.mark.timing
 def test_staggered_refresh_hides_behind_other_rank():
   spec, params = load()
   allr = dataclasses.replace(spec, refresh_mode="all_rank")
@@ -148,6 +160,7 @@ def test_staggered_refresh_hides_behind_other_rank():
   assert st < al
 
 
+@pytest.mark.analytic
 def test_internal_stream_levels():
   spec, params = load("DDR5_16Gb_x8_4800")
   bw = {lv: float(dram.internal_stream_bandwidth_gbps(spec, params, lv))
@@ -181,6 +194,7 @@ def test_internal_stream_levels():
 NO_REFRESH = dict(t_refi_cycles=1e12, t_rfc_cycles=1.0)
 
 
+@pytest.mark.timing
 def test_hbm3_random_one_activation_window_per_pseudo_channel():
   """HBM3: tRRD_S / tFAW count the ACTs of both stack IDs of a pseudo-channel
   (JESD238 per-pseudo-channel array timings; Ramulator 2 HBM3.cpp).  Random
@@ -201,6 +215,7 @@ def test_hbm3_random_one_activation_window_per_pseudo_channel():
   assert float(r2.bandwidth_gbps) == pytest.approx(2 * 32 * 32 / (6 * 0.625), rel=0.01)
 
 
+@pytest.mark.timing
 def test_ddr4_random_one_activation_window_per_rank():
   """DDR4 ranks are separate devices: each has its own tFAW window (JESD79-4;
   DRAMsim3 channel_state.cc four_aw_[rank]).  Random 64 B reads over 16 GB
@@ -214,6 +229,7 @@ def test_ddr4_random_one_activation_window_per_rank():
     assert float(r.bandwidth_gbps) == pytest.approx(64 / (faw / 8 * 0.63), rel=0.005), name
 
 
+@pytest.mark.timing
 def test_lpddr4_ranks_refresh_in_turn():
   """DRAMsim3's LPDDR4_8Gb_x16_2400.ini refreshes rank by rank
   (RANK_LEVEL_STAGGERED): the bank-interleaved stream keeps the bus busy with
@@ -230,6 +246,7 @@ def test_lpddr4_ranks_refresh_in_turn():
   assert al == pytest.approx(burst_rate * (1 - (392 + 12 + 15 + 15) / 8660), rel=0.01)
 
 
+@pytest.mark.timing
 def test_hbm_row_and_column_command_buses():
   """HBM issues a row command and a column command in the same clock
   (JESD235 / JESD238; DRAMsim3 hbm_dual_cmd).  With timings so fast that only
@@ -269,6 +286,7 @@ TIME_FUNCTIONS = {
 
 @pytest.mark.parametrize("name", ["DDR4_8Gb_x8_3200", "HBM3_8Gb_6400"])
 @pytest.mark.parametrize("fn", sorted(TIME_FUNCTIONS))
+@pytest.mark.gradient
 def test_gradients_match_finite_differences(name, fn):
   f = TIME_FUNCTIONS[fn]
   with jax.enable_x64(True):
@@ -288,6 +306,7 @@ def test_gradients_match_finite_differences(name, fn):
 
 # --------------------------------------------------------------------------- vmap
 
+@pytest.mark.analytic
 def test_vmap_matches_loop():
   spec, params = load()
   rng = np.random.default_rng(0)
@@ -338,6 +357,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("label,mutate,field", BAD, ids=[b[0] for b in BAD])
+@pytest.mark.inputs
 def test_bad_config_rejected(tmp_path, label, mutate, field):
   obj = _preset_obj()
   mutate(obj)
@@ -351,6 +371,7 @@ def test_bad_config_rejected(tmp_path, label, mutate, field):
   assert any(w in msg for w in ("write", "add", "allowed", "must")), msg
 
 
+@pytest.mark.inputs
 def test_bad_read_arguments():
   spec, params = load()
   with pytest.raises(ConfigError, match="pattern"):
@@ -363,6 +384,7 @@ def test_bad_read_arguments():
 
 # --------------------------------------------------------------------------- probe
 
+@pytest.mark.e2e
 def test_probe_ok(capsys):
   from ndpsim import probe
   rc = probe.main(["dram", "--preset=DDR4_8Gb_x8_3200", "--pattern=banks",
@@ -393,6 +415,7 @@ def test_probe_ok(capsys):
     (["--preset=DDR4_8Gb_x8_3200", "--level=chip"], "--level"),
     (["--preset=DDR4_8Gb_x8_3200", "--colour=red"], "--colour"),
 ])
+@pytest.mark.inputs
 def test_probe_bad_arguments(capsys, args, needle):
   from ndpsim import probe
   rc = probe.main(["dram"] + args)

@@ -16,6 +16,7 @@ def load(name="DDR4_8Gb_x8_3200", **params):
   return pre.spec, dataclasses.replace(pre.params, **params)
 
 
+@pytest.mark.timing
 def test_decode_is_a_bijection_and_follows_the_mapping():
   spec, _ = load()
   n = spec.columns_per_row * spec.total_banks * 4
@@ -28,6 +29,7 @@ def test_decode_is_a_bijection_and_follows_the_mapping():
 
 
 @pytest.mark.parametrize("pattern", cs.PATTERNS)
+@pytest.mark.timing
 def test_patterns_read_every_block_once(pattern):
   spec, _ = load("HBM2_8Gb_x128")
   region = 1 << 18
@@ -38,6 +40,7 @@ def test_patterns_read_every_block_once(pattern):
     assert len(keys) == len(co["ro"])
 
 
+@pytest.mark.timing
 def test_onebank_row_cycle_without_refresh():
   spec, params = load()
   rows = 32
@@ -49,6 +52,7 @@ def test_onebank_row_cycle_without_refresh():
   assert sim.activations == rows and sim.refreshes == 0
 
 
+@pytest.mark.timing
 def test_banks_is_bus_bound_and_tccd_l_binds_in_one_group():
   spec, params = load("DDR5_16Gb_x8_4800")
   n = 8192
@@ -59,6 +63,7 @@ def test_banks_is_bus_bound_and_tccd_l_binds_in_one_group():
   assert sim1.cycles == pytest.approx(n / 2 * 12, rel=0.02)  # tCCD_L = 12
 
 
+@pytest.mark.timing
 def test_tfaw_binds_row_misses_on_few_banks():
   spec, params = load(t_faw_cycles=200.0)
   few = dataclasses.replace(spec, ranks=1, bank_groups=2, banks_per_group=2)
@@ -77,6 +82,7 @@ def _all_miss(spec, n):
               row=i // spec.banks_per_channel)
 
 
+@pytest.mark.timing
 def test_hbm3_stack_ids_share_the_activation_window():
   """JESD238 / Ramulator 2 HBM3.cpp: tRRD_S and tFAW per pseudo-channel, the
   SIDs folded into bank groups: all-miss reads open one row per tFAW / 4 = 6
@@ -91,6 +97,7 @@ def test_hbm3_stack_ids_share_the_activation_window():
   assert cyc2 == pytest.approx(3 * n, rel=0.02)
 
 
+@pytest.mark.timing
 def test_hbm_row_and_column_commands_issue_together():
   """HBM row and column command buses (JESD235; DRAMsim3 hbm_dual_cmd): with
   fast timings all-miss reads take PRE + ACT + RD = 3 clocks on one command
@@ -105,6 +112,7 @@ def test_hbm_row_and_column_commands_issue_together():
     assert cyc == pytest.approx(per_read * n, rel=0.01), dual
 
 
+@pytest.mark.timing
 def test_refresh_count_and_cost():
   spec, params = load()
   on = cs.simulate(spec, params, "onebank", 256 * spec.row_bytes)
@@ -114,6 +122,7 @@ def test_refresh_count_and_cost():
   assert lost == pytest.approx(on.cycles / 12480 * (560 + 22 + 22 + 12), rel=0.1)
 
 
+@pytest.mark.timing
 def test_deeper_queue_helps_stream_not_onebank():
   spec, params = load()
   res = {}
@@ -125,6 +134,7 @@ def test_deeper_queue_helps_stream_not_onebank():
   assert res[64][1] == res[4][1]
 
 
+@pytest.mark.inputs
 def test_bad_sizes():
   spec, _ = load()
   with pytest.raises(ConfigError, match="request_bytes"):

@@ -21,6 +21,7 @@ GOLDEN = json.loads((pathlib.Path(__file__).parent / "data" /
 TARGETS = {"onebank": 0.03, "banks": 0.05, "random": 0.15, "stream": 0.20}
 
 
+@pytest.mark.golden
 def test_golden_covers_every_shipped_part():
   got = {(r["preset"], r["pattern"]) for r in GOLDEN["rows"]}
   for name in config.available("dram"):
@@ -30,6 +31,8 @@ def test_golden_covers_every_shipped_part():
 
 @pytest.mark.parametrize("row", [r for r in GOLDEN["rows"] if r["pattern"] in TARGETS],
                          ids=lambda r: f"{r['preset']}-{r['pattern']}")
+@pytest.mark.golden
+@pytest.mark.reference
 def test_model_within_target_of_reference(row):
   pre = config.load("dram", row["preset"])
   r = dram.read(pre.spec, pre.params, row["pattern"], row["region_bytes"])
@@ -40,6 +43,8 @@ def test_model_within_target_of_reference(row):
 @pytest.mark.parametrize("name,pattern", [
     ("DDR4_8Gb_x8_3200", "stream"), ("DDR4_8Gb_x8_3200", "onebank"),
     ("DDR5_16Gb_x8_4800", "banks"), ("HBM2_8Gb_x128", "random")])
+@pytest.mark.reference
+@pytest.mark.timing
 def test_live_small_simulation_without_refresh(name, pattern):
   """A fresh simulation (refresh off in both) agrees within the target."""
   pre = config.load("dram", name)
@@ -52,6 +57,8 @@ def test_live_small_simulation_without_refresh(name, pattern):
   assert abs(float(r.cycles) / sim.cycles - 1) <= TARGETS[pattern]
 
 
+@pytest.mark.reference
+@pytest.mark.timing
 def test_queue_depth_effect_agrees_with_reference():
   """Both the reference and the model: a deeper queue speeds DDR4 stream up."""
   pre = config.load("dram", "DDR4_8Gb_x8_3200")
@@ -69,6 +76,8 @@ def test_queue_depth_effect_agrees_with_reference():
 
 
 @pytest.mark.slow
+@pytest.mark.golden
+@pytest.mark.reference
 def test_golden_reference_regenerates():
   for row in GOLDEN["rows"]:
     pre = config.load("dram", row["preset"])

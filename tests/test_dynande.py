@@ -11,6 +11,8 @@ from ndpsim.policies import base as pb
 from ndpsim.policies import dynande
 from tests import engine_util as U
 
+pytestmark = pytest.mark.policy
+
 
 def _slots(gpu, fetch, ep, tokens, resident, valid=None, room=np.inf, pre=0.1,
            bcast=0.05, post=0.02, ids=None):

@@ -69,6 +69,7 @@ def _grid(system: str, policy: str = POLICY, relaxed: bool = False):
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.inputs
 def test_every_leaf_has_legal_extremes(system):
   """Both ends of every leaf's hard range are reached (or refused by a cross-field
   rule the loader names, e.g. tRAS >= tRCD), so the grid is not vacuous."""
@@ -80,6 +81,7 @@ def test_every_leaf_has_legal_extremes(system):
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.gradient
 def test_latency_finite_positive_and_gradients_finite(system):
   settings, v, grads = _grid(system)
   bad = [(s, float(x)) for s, x in zip(settings, v) if not (np.isfinite(x) and x > 0)]
@@ -90,6 +92,7 @@ def test_latency_finite_positive_and_gradients_finite(system):
 
 
 @pytest.mark.slow  # one more compile (~70 s of CPU); the hard engine's is above
+@pytest.mark.gradient
 def test_relaxed_tuned_gradients_finite_at_every_legal_extreme():
   """The tuner's path (relaxed engine, ``tuned`` policy): finite latency and
   finite gradient w.r.t. every hardware leaf at every legal extreme."""
@@ -101,6 +104,7 @@ def test_relaxed_tuned_gradients_finite_at_every_legal_extreme():
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.policy
 def test_latency_monotone_in_each_leaf(system):
   settings, v, _ = _grid(system)
   preset_params = system_mod.load_system(system, 2).params

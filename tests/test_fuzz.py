@@ -24,6 +24,8 @@ from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
 from ndpsim.workload import traces
 
+pytestmark = pytest.mark.inputs
+
 DATA = pathlib.Path(__file__).parent / "data"
 TINY = str(DATA / "exp_tiny_model.json")
 HF = str(DATA / "hf_mixtral_config.json")

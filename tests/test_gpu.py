@@ -24,6 +24,7 @@ def _f(x):
 
 
 @pytest.mark.parametrize("name", GPUS)
+@pytest.mark.inputs
 def test_presets_load_frozen_hashable(name):
   pre = config.load("gpu", name)
   hash(pre.spec)
@@ -40,11 +41,13 @@ def test_presets_load_frozen_hashable(name):
     ("jetson_agx_orin_64gb", 42.5, 0.01),
     ("h200", 989.0, 0.01),
 ])
+@pytest.mark.analytic
 def test_peak_flops_match_spec_sheets(name, tflops, rel):
   spec, params = _load(name)
   assert _f(gpu.peak_flops(spec, params, "bf16")) / 1e12 == pytest.approx(tflops, rel=rel)
 
 
+@pytest.mark.analytic
 def test_huge_square_gemm_is_compute_bound_at_achievable_rate():
   spec, params = _load()
   # 128 * 84 * 2 columns: the tile count is a multiple of the SM count, no wave tail.
@@ -60,6 +63,7 @@ def test_huge_square_gemm_is_compute_bound_at_achievable_rate():
   assert ideal < t < ideal * (1 + 1.0 / 195) + 1e-5
 
 
+@pytest.mark.analytic
 def test_gemv_is_memory_bound_at_achievable_bandwidth():
   spec, params = _load()
   m, n, k = 1, 8192, 8192
@@ -72,6 +76,7 @@ def test_gemv_is_memory_bound_at_achievable_bandwidth():
                                           rel=1e-5)
 
 
+@pytest.mark.analytic
 def test_tiny_op_is_launch_bound_only_when_launched_alone():
   spec, params = _load()
   alone = base.replace(spec, launch_hidden=False)
@@ -87,6 +92,7 @@ def test_tiny_op_is_launch_bound_only_when_launched_alone():
   assert _f(q["time_s"]) < 0.1 * float(params.kernel_launch_us) * 1e-6
 
 
+@pytest.mark.analytic
 def test_queued_chain_pays_one_launch():
   """A chain of queued kernels: one kernel_launch_us plus each kernel's own time
   (queued_launch_us ~ 0 each); launched alone, every kernel pays kernel_launch_us."""
@@ -107,6 +113,7 @@ def test_queued_chain_pays_one_launch():
 
 
 @pytest.mark.parametrize("name", GPUS)
+@pytest.mark.inputs
 def test_launch_figures_are_labelled_and_sourced(name):
   """Launch figures (issue 10): 1.3 us alone / ~0 us queued, measured only for the
   Blackwell consumer class (sqliteai/warp issue 11), assumed elsewhere."""
@@ -122,6 +129,7 @@ def test_launch_figures_are_labelled_and_sourced(name):
       assert "github.com/sqliteai/warp/issues/11" in pre.sources[f]
 
 
+@pytest.mark.analytic
 def test_zero_tokens_cost_nothing_even_traced():
   spec, params = _load()
   f = jax.jit(jax.vmap(lambda m: gpu.matmul_time_s(spec, params, m, 768, 2048)))
@@ -132,6 +140,7 @@ def test_zero_tokens_cost_nothing_even_traced():
   assert _f(gpu.elementwise_time_s(spec, params, 0.0)) == 0.0
 
 
+@pytest.mark.analytic
 def test_wave_quantization_steps_at_multiples_of_sm_count():
   spec, params = _load()
   s = spec.num_sms
@@ -146,6 +155,7 @@ def test_wave_quantization_steps_at_multiples_of_sm_count():
   np.testing.assert_array_equal(tiles[jumps], [s + 1, 2 * s + 1, 3 * s + 1])
 
 
+@pytest.mark.analytic
 def test_split_k_fills_idle_sms_for_skinny_gemm():
   spec, params = _load()
   r = gpu.matmul_breakdown(spec, params, 1, 768, 2048)
@@ -153,6 +163,7 @@ def test_split_k_fills_idle_sms_for_skinny_gemm():
   assert int(r["tiles"]) * int(r["split_k"]) <= spec.num_sms
 
 
+@pytest.mark.analytic
 def test_attended_pairs_match_brute_force():
   for q, ctx, w in [(1, 1, 0), (1, 1000, 0), (512, 512, 0), (7, 30, 0), (512, 512, 128),
                     (1, 4096, 128), (64, 100, 16), (3, 3, 10), (10, 40, 1)]:
@@ -167,6 +178,7 @@ def _attn(spec, params, **kw):
   return gpu.attention_breakdown(spec, params, **base_kw)
 
 
+@pytest.mark.analytic
 def test_decode_attention_reads_the_kv_cache():
   spec, params = _load("jetson_agx_orin_64gb")
   ctx, kvb = 4096, 2 * 4 * 128 * 2
@@ -185,6 +197,7 @@ def test_decode_attention_reads_the_kv_cache():
   assert _f(sw["dram_bytes"]) == pytest.approx(128 * kvb + kvb + 32 * 256 * 2)
 
 
+@pytest.mark.analytic
 def test_mla_absorbed_decode():
   spec, params = _load()
   # DeepSeek-V2-Lite absorbed MLA: 16 heads, latent 512 + rope 64, shared by all heads.
@@ -196,6 +209,7 @@ def test_mla_absorbed_decode():
   assert _f(r["dram_bytes"]) == pytest.approx(ctx * kvb + kvb + 16 * (576 + 512) * 2)
 
 
+@pytest.mark.analytic
 def test_prefill_attention_is_causal_and_compute_bound():
   spec, params = _load()
   q = 4096
@@ -211,6 +225,7 @@ def test_prefill_attention_is_causal_and_compute_bound():
                                  kv_bytes_per_token=2048)) == 0.0
 
 
+@pytest.mark.gradient
 def test_idle_calls_have_finite_zero_gradients():
   spec, params = _load()
   params = base.as_arrays(params)
@@ -224,12 +239,14 @@ def test_idle_calls_have_finite_zero_gradients():
       assert np.all(np.asarray(g) == 0.0)
 
 
+@pytest.mark.inputs
 def test_attention_head_mismatch_is_config_error():
   spec, params = _load()
   with pytest.raises(base.ConfigError, match="multiple of num_kv_heads"):
     _attn(spec, params, num_q_heads=32, num_kv_heads=5)
 
 
+@pytest.mark.inputs
 def test_unknown_dtype_is_config_error():
   spec, params = _load("jetson_agx_orin_64gb")
   with pytest.raises(base.ConfigError, match="fp8"):
@@ -257,6 +274,7 @@ def _fd_check(fn, params, rel=1e-3):
 
 
 @pytest.mark.parametrize("mnk", [(1, 8192, 8192), (4096, 4096, 4096), (1, 16, 16)])
+@pytest.mark.gradient
 def test_matmul_gradients_match_finite_differences(mnk):
   with jax.enable_x64(True):
     spec, params = _load()
@@ -264,6 +282,7 @@ def test_matmul_gradients_match_finite_differences(mnk):
     _fd_check(lambda p: gpu.matmul_time_s(spec, p, *mnk), params)
 
 
+@pytest.mark.gradient
 def test_attention_and_elementwise_gradients_match_finite_differences():
   with jax.enable_x64(True):
     spec, params = _load("jetson_agx_orin_64gb")
@@ -275,6 +294,7 @@ def test_attention_and_elementwise_gradients_match_finite_differences():
     _fd_check(lambda p: gpu.elementwise_time_s(spec, p, 1e8), params)
 
 
+@pytest.mark.gradient
 def test_memory_bound_gradient_is_analytic():
   with jax.enable_x64(True):
     spec, params = _load()
@@ -288,6 +308,7 @@ def test_memory_bound_gradient_is_analytic():
     assert float(g.clock_mhz) == 0.0  # not compute bound
 
 
+@pytest.mark.analytic
 def test_vmap_over_1000_parameter_sets_equals_loop():
   spec, params = _load()
   rng = np.random.default_rng(0)
@@ -312,6 +333,7 @@ def test_vmap_over_1000_parameter_sets_equals_loop():
 # ---------------------------------------------------------------------------
 # Probe.
 
+@pytest.mark.e2e
 def test_probe_gpu_matmul(capsys):
   assert probe.main(["gpu", "--preset=rtx5080", "--m=1", "--n=768", "--k=2048"]) == 0
   out = json.loads(capsys.readouterr().out)
@@ -330,6 +352,7 @@ def test_probe_gpu_matmul(capsys):
   assert json.loads(capsys.readouterr().out)["bound"] == "compute"
 
 
+@pytest.mark.e2e
 def test_probe_gpu_attention(capsys):
   assert probe.main(["gpu", "--op=attention", "--q_tokens=1", "--context_len=2048"]) == 0
   out = json.loads(capsys.readouterr().out)
@@ -349,6 +372,7 @@ def test_probe_gpu_attention(capsys):
     ["gpu", "--op=attention", "--q_tokens=8", "--context_len=4"],
     ["gpu", "--op=attention", "--q_heads=32", "--kv_heads=5"],
 ])
+@pytest.mark.inputs
 def test_probe_gpu_bad_arguments(argv, capsys):
   assert probe.main(argv) == 2
   err = capsys.readouterr().err

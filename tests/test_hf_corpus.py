@@ -20,6 +20,8 @@ from ndpsim.base import ConfigError
 from ndpsim.workload import model_io
 from ndpsim.workload import models as M
 
+pytestmark = [pytest.mark.inputs, pytest.mark.analytic]
+
 CORPUS = pathlib.Path(__file__).parent / "data" / "hf_configs"
 MANIFEST = json.loads((CORPUS / "MANIFEST.json").read_text())["configs"]
 BY_FILE = {e["file"]: e for e in MANIFEST}

@@ -23,11 +23,13 @@ def _load(name="pcie5_x16"):
     ("pcie", 4, 16, 31.5), ("pcie", 5, 16, 63.0), ("pcie", 6, 16, 121.0),
     ("cxl", 2, 8, 31.5), ("cxl", 2, 16, 63.0), ("pcie", 3, 16, 15.75),
 ])
+@pytest.mark.analytic
 def test_line_rates_match_reference(protocol, gen, lanes, gbps):
   assert link.line_rate_gbps(protocol, gen, lanes) == pytest.approx(gbps, rel=5e-3)
 
 
 @pytest.mark.parametrize("name", LINKS)
+@pytest.mark.analytic
 def test_presets_bandwidth_is_derived_line_rate(name):
   pre = config.load("link", name)
   line = link.line_rate_gbps(pre.spec.protocol, pre.spec.generation, pre.spec.lanes)
@@ -36,6 +38,7 @@ def test_presets_bandwidth_is_derived_line_rate(name):
   hash(pre.spec)
 
 
+@pytest.mark.analytic
 def test_bandwidth_is_derived_when_omitted():
   obj = json.load(open(config.config_root() / "link" / "pcie5_x16.json"))
   del obj["params"]["bandwidth_gbps"]
@@ -43,6 +46,7 @@ def test_bandwidth_is_derived_when_omitted():
   assert float(pre.params.bandwidth_gbps) == pytest.approx(32 * 16 * 128 / 130 / 8)
 
 
+@pytest.mark.analytic
 def test_single_transfer_is_overhead_plus_latency_plus_bytes_over_bandwidth():
   spec, p = _load()
   bw = float(p.bandwidth_gbps) * float(p.protocol_efficiency) * 1e9
@@ -55,6 +59,7 @@ def test_single_transfer_is_overhead_plus_latency_plus_bytes_over_bandwidth():
   assert float(link.message_time_s(spec, p, 0.0)) == 0.0
 
 
+@pytest.mark.analytic
 def test_back_to_back_transfers():
   spec, p = _load()
   bw = float(p.bandwidth_gbps) * float(p.protocol_efficiency) * 1e9
@@ -71,6 +76,7 @@ def test_back_to_back_transfers():
   assert ts[0] == 0.0 and ts[1] == 0.0 and ts[2] > 0
 
 
+@pytest.mark.analytic
 def test_duplex():
   spec, p = _load()
   assert float(link.both_directions_time_s(spec, p, 3.0, 2.0)) == 3.0
@@ -78,6 +84,7 @@ def test_duplex():
   assert float(link.both_directions_time_s(half, p, 3.0, 2.0)) == 5.0
 
 
+@pytest.mark.analytic
 def test_pcie5_copy_costs_reproduce_the_cited_measurements():
   """pcie5_x16 (issue 10): payload bandwidth 56.3 GB/s (nvbandwidth, RTX 5090) and
   the fixed cost of one isolated pinned copy, 27.3 us for an 864 KiB expert at
@@ -94,6 +101,7 @@ def test_pcie5_copy_costs_reproduce_the_cited_measurements():
 
 
 @pytest.mark.parametrize("name", ("pcie4_x16", "cxl2_x8"))
+@pytest.mark.analytic
 def test_other_links_carry_the_pcie5_copy_cost_as_assumed(name):
   pre = config.load("link", name)
   ref = config.load("link", "pcie5_x16")
@@ -104,6 +112,7 @@ def test_other_links_carry_the_pcie5_copy_cost_as_assumed(name):
 
 
 @pytest.mark.parametrize("name", LINKS + ("soc_lpddr5_fabric",))
+@pytest.mark.inputs
 def test_withdrawn_330us_copy_cost_is_gone(name):
   """The 330 us per-copy figure credited to 'MoE-Infinity PR 98' was withdrawn
   (no checkable source): no link preset uses or cites it."""
@@ -113,6 +122,7 @@ def test_withdrawn_330us_copy_cost_is_gone(name):
   assert "MoE-Infinity" not in text and "330" not in text
 
 
+@pytest.mark.gradient
 def test_transfer_bound_gradient_is_analytic_and_matches_fd():
   with jax.enable_x64(True):
     spec, p = _load()
@@ -143,6 +153,7 @@ def test_transfer_bound_gradient_is_analytic_and_matches_fd():
       assert abs(float(gi) - fd) <= 1e-3 * max(abs(fd), 1e-30) + 1e-18, (i, float(gi), fd)
 
 
+@pytest.mark.analytic
 def test_vmap_over_1000_parameter_sets_equals_loop():
   spec, p = _load()
   rng = np.random.default_rng(1)
@@ -174,12 +185,14 @@ def _obj(**changes):
     ({"params__bandwidth_gbps": 0.0}, "must be > 0"),
     ({"spec__protocol": "custom"}, "generation is 5 for a custom link"),
 ])
+@pytest.mark.inputs
 def test_bad_link_configs(changes, match):
   with pytest.raises(base.ConfigError, match=match) as e:
     config.load("link", _obj(**changes))
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.inputs
 def test_custom_link_needs_bandwidth():
   obj = _obj(spec__protocol="custom", spec__generation=0)
   pre = config.load("link", obj)  # bandwidth given: fine
@@ -189,6 +202,7 @@ def test_custom_link_needs_bandwidth():
     config.load("link", obj)
 
 
+@pytest.mark.e2e
 def test_probe_link(capsys):
   assert probe.main(["link", "--preset=pcie5_x16", "--bytes=9437184", "--count=8"]) == 0
   out = json.loads(capsys.readouterr().out)
@@ -206,6 +220,7 @@ def test_probe_link(capsys):
     ["link", "--bytes=1e6", "--preset=pcie9_x16"], ["link", "--bytes=1e6", "--lanes=4"],
     ["link", "--bytes=1e6", "--count=1.5"], ["link", "bytes=3"],
 ])
+@pytest.mark.inputs
 def test_probe_link_bad_arguments(argv, capsys):
   assert probe.main(argv) == 2
   err = capsys.readouterr().err

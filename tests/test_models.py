@@ -35,6 +35,7 @@ PUBLISHED = {
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.analytic
 def test_published_parameter_counts_within_2_percent(name):
   spec = m.get_model(name)
   total, active, with_embedding = PUBLISHED[name]
@@ -54,6 +55,7 @@ EXPERT_MB = {  # models.md, bf16 (GPT-OSS: MXFP4 as shipped, checked below)
 
 
 @pytest.mark.parametrize("name", sorted(EXPERT_MB))
+@pytest.mark.analytic
 def test_expert_bytes_match_models_md(name):
   spec = m.get_model(name)
   assert m.expert_bytes(spec) / 1e6 == pytest.approx(EXPERT_MB[name], rel=0.005)
@@ -64,6 +66,7 @@ def test_expert_bytes_match_models_md(name):
   assert m.total_bytes(spec) == m.non_expert_bytes(spec) + m.expert_bytes_total(spec)
 
 
+@pytest.mark.analytic
 def test_qwen3_attention_shapes():
   s = m.get_model("qwen3-30b-a3b")
   # q_proj 2048->32*128=4096, k/v 2048->512, o 4096->2048, q/k RMSNorm over head_dim.
@@ -74,6 +77,7 @@ def test_qwen3_attention_shapes():
   assert m.non_expert_bytes(s) > 3e9 and m.total_bytes(s) > 60e9  # paper: "over 60 GB"
 
 
+@pytest.mark.analytic
 def test_deepseek_mla_shapes_and_absorbed_attention():
   s = m.get_model("deepseek-v2-lite")
   q = 2048 * 16 * (128 + 64)
@@ -97,6 +101,7 @@ def test_deepseek_mla_shapes_and_absorbed_attention():
       proj + 2 * 16 * (192 + 128) * ctx
 
 
+@pytest.mark.analytic
 def test_qwen15_shared_expert_gate_and_qkv_bias():
   s = m.get_model("qwen1.5-moe-a2.7b")
   assert m.shared_expert_bytes(s) == 2 * (3 * 2048 * 5632 + 2048)  # + sigmoid gate
@@ -105,6 +110,7 @@ def test_qwen15_shared_expert_gate_and_qkv_bias():
   assert m.total_params(s) - m.total_params(no_gate) == 24 * 2048
 
 
+@pytest.mark.analytic
 def test_gpt_oss_sinks_biases_window_and_mxfp4():
   s = m.get_model("gpt-oss-20b")
   assert m.dtype_bytes("mxfp4") == 4.25 / 8
@@ -126,6 +132,7 @@ def test_gpt_oss_sinks_biases_window_and_mxfp4():
   assert float(m.kv_cache_bytes(s, 100)) == per_layer * 24 * 100
 
 
+@pytest.mark.analytic
 def test_with_dtype_and_dtype_bytes():
   s = m.get_model("qwen3-30b-a3b")
   q = m.with_dtype(s, expert_dtype="int4")
@@ -147,6 +154,7 @@ def _tiny(**kw) -> m.MoeModelSpec:
   return m.MoeModelSpec(**{**base, **kw})
 
 
+@pytest.mark.analytic
 def test_active_params_definition():
   s = _tiny()
   e = m.expert_params(s)
@@ -161,6 +169,7 @@ def test_active_params_definition():
       2 * (m.active_params(s, count_input_embedding=False) + 16))
 
 
+@pytest.mark.analytic
 def test_flops_causal_window_and_jit():
   s = _tiny(sliding_window=2, sliding_window_layers=(1,))
   proj = 2 * (16 * 16 + 2 * 16 * 8 + 16 * 16)
@@ -183,6 +192,7 @@ def test_flops_causal_window_and_jit():
   assert float(static(s, 7)) == float(m.kv_cache_bytes(s, 7))
 
 
+@pytest.mark.inputs
 def test_spec_validation_messages():
   with pytest.raises(ConfigError, match="top_k is 5 but num_experts is 4"):
     _tiny(top_k=5)
@@ -201,6 +211,7 @@ def test_spec_validation_messages():
     _tiny(expert_dtype="bfloat16")
 
 
+@pytest.mark.inputs
 def test_get_model_unknown_names_registry_and_close_match():
   assert set(m.MODELS) == {"qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
                            "olmoe-1b-7b", "phi-3.5-moe", "qwen1.5-moe-a2.7b",
@@ -219,10 +230,12 @@ HF = {"hf_qwen3_moe_config.json": "qwen3-30b-a3b", "hf_mixtral_config.json": "mi
 
 
 @pytest.mark.parametrize("fname", sorted(HF))
+@pytest.mark.inputs
 def test_hf_config_equals_zoo_entry(fname):
   assert m.load_hf_config(DATA / fname, name=HF[fname]) == m.get_model(HF[fname])
 
 
+@pytest.mark.inputs
 def test_hf_config_folder_name_and_dispatch(tmp_path):
   d = tmp_path / "Qwen3-30B-A3B"
   d.mkdir()
@@ -247,6 +260,7 @@ def _hf_variant(tmp_path, drop=(), **changes) -> pathlib.Path:
                                            ("num_hidden_layers", 24),
                                            ("moe_intermediate_size", 768),
                                            ("vocab_size", 151936)])
+@pytest.mark.inputs
 def test_hf_config_absent_key_takes_transformers_default_and_says_so(tmp_path, field,
                                                                      default):
   """Absent keys load as transformers' Qwen3MoeConfig defaults, named in the
@@ -259,6 +273,7 @@ def test_hf_config_absent_key_takes_transformers_default_and_says_so(tmp_path, f
   assert got[field] == default
 
 
+@pytest.mark.inputs
 def test_hf_config_key_without_default_is_named(tmp_path):
   cfg = json.loads((DATA / "hf_deepseek_v2_lite_config.json").read_text())
   del cfg["num_experts_per_tok"]  # DeepseekV2Config defaults it to None
@@ -271,6 +286,7 @@ def test_hf_config_key_without_default_is_named(tmp_path):
       "missing" in msg and "\n" not in msg
 
 
+@pytest.mark.inputs
 def test_hf_config_rejections(tmp_path):
   with pytest.raises(ConfigError, match="model_type 'some_new_moe' is not supported"):
     m.load_hf_config(_hf_variant(tmp_path, model_type="some_new_moe"))
@@ -287,6 +303,7 @@ def test_hf_config_rejections(tmp_path):
   assert (f8.expert_dtype, f8.attention_dtype, f8.embedding_dtype) == ("fp8", "fp8", "bf16")
 
 
+@pytest.mark.analytic
 def test_hf_config_dense_layouts_are_modelled(tmp_path):
   """mlp_only_layers and decoder_sparse_step place dense layers (width
   intermediate_size) among the MoE ones instead of being refused."""
@@ -309,6 +326,7 @@ def _save(tmp_path, spec):
   return p
 
 
+@pytest.mark.inputs
 def test_model_json_roundtrip_and_rejections(tmp_path):
   spec = m.get_model("gpt-oss-20b")
   p = tmp_path / "my_model.json"
@@ -347,6 +365,7 @@ def _run_probe(argv):
   return rc, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.e2e
 def test_probe_model():
   rc, out, _ = _run_probe(["model", "--model=qwen3-30b-a3b", "--dtype=bf16"])
   assert rc == 0
@@ -364,6 +383,7 @@ def test_probe_model():
   assert rc == 2 and "--expert_dtype" in err
 
 
+@pytest.mark.inputs
 def test_get_model_accepts_the_paths_its_error_offers():
   """The unknown-name error offers a path; get_model takes one (issue 12)."""
   import pathlib  # pylint: disable=import-outside-toplevel

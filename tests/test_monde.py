@@ -32,11 +32,13 @@ MODEL = "qwen3-30b-a3b"
     (128, 0.09, 2.0, 23),   # 23.04
     (4, 0.5, 10.0, 4),      # clipped to the activated count
 ])
+@pytest.mark.analytic
 def test_hot_count_eq6_rounds_half_up(activated, share, alpha, want):
   assert float(monde.hot_count(activated, share, alpha)) == want
 
 
 @pytest.mark.parametrize("activated", [1, 2, 8, 16, 17, 18, 64, 128])
+@pytest.mark.analytic
 def test_eq6_variant_is_dynande_formula(activated):
   share = 32.0 / (512.0 + 32.0)  # DynaNDE: 32 GB/s link, 512 GB/s device = 0.05882
   want = max(1, math.ceil(0.05882 * activated))
@@ -53,6 +55,7 @@ def _slots(ids, tokens, valid=None):
                   post_s=0.0)
 
 
+@pytest.mark.analytic
 def test_hot_set_most_tokens_ties_to_lower_id():
   # Batch 1: all tokens tie, the lower expert ids are hot whatever the slot order.
   s = _slots([9, 3, 7, 1], [1, 1, 1, 1])
@@ -82,6 +85,7 @@ def _expected_gpu_experts(model, routing, share, alpha_p, alpha_d, batch, eq6=Fa
 
 
 @pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.policy
 def test_monde_copies_hot_experts_per_use_and_keeps_none(batch):
   model = M.get_model(MODEL)
   system = U.load()
@@ -100,6 +104,7 @@ def test_monde_copies_hot_experts_per_use_and_keeps_none(batch):
   assert np.all(np.asarray(res.prefetched_bytes) == 0)
 
 
+@pytest.mark.policy
 def test_monde_eq6_counts_match_dynande_formula():
   model = M.get_model(MODEL)
   system = U.load()
@@ -111,6 +116,7 @@ def test_monde_eq6_counts_match_dynande_formula():
                              want, rtol=1e-6)
 
 
+@pytest.mark.policy
 def test_monde_with_alpha_zero_is_expert_parallel_ndp():
   """H = 0 everywhere: MoNDE degenerates to EP on the NDP units exactly."""
   params = pb.PolicyParams(monde_alpha_prefill=0.0, monde_alpha_decode=0.0)
@@ -119,6 +125,7 @@ def test_monde_with_alpha_zero_is_expert_parallel_ndp():
   np.testing.assert_allclose(np.asarray(a.e2e_s), np.asarray(b.e2e_s), rtol=1e-6)
 
 
+@pytest.mark.policy
 def test_copy_of_an_expert_on_one_dimm_is_bounded_by_its_channel():
   """EP-stored experts stream from one unit's host bus, TP slices from all."""
   ss, sp = U.load()
@@ -133,6 +140,7 @@ def test_copy_of_an_expert_on_one_dimm_is_bounded_by_its_channel():
   assert tp == pytest.approx(float(link.transfer_time_s(ss.link, sp.link, eb)), rel=1e-6)
 
 
+@pytest.mark.policy
 def test_alpha_autotuning_reads_only_profiling_sequences():
   res = studies.resolve(studies.StudyConfig(models=(MODEL,), policies=("monde",),
                                             prompt_len=8, output_len=4, num_seqs=2,
@@ -154,6 +162,7 @@ def test_alpha_autotuning_reads_only_profiling_sequences():
         assert t[i] <= t[j]
 
 
+@pytest.mark.policy
 def test_local_optimum_walks_downhill_from_start():
   cost = np.array([5.0, 4.0, 3.0, 3.5, 1.0, 0.5])
   assert monde._local_optimum(cost, 0) == 2   # stops at the first local minimum
@@ -161,6 +170,7 @@ def test_local_optimum_walks_downhill_from_start():
   assert monde._local_optimum(cost, 3) == 5   # the better neighbour first
 
 
+@pytest.mark.policy
 def test_monde_resident_is_the_old_profiled_hot_set():
   """The ablation pins the profiled top experts; the published policy keeps none."""
   model = M.get_model(MODEL)

@@ -24,6 +24,7 @@ def _f(x):
 
 
 @pytest.mark.parametrize("name", NDPS)
+@pytest.mark.inputs
 def test_presets_load(name):
   pre = config.load("ndp", name)
   hash(pre.spec)
@@ -35,6 +36,7 @@ def test_presets_load(name):
   assert bw == pytest.approx(pre.spec.dram_parts * per_part, rel=1e-6)
 
 
+@pytest.mark.analytic
 def test_paper_ndp_dimm_matches_the_stated_assumptions():
   spec, params = _load()
   assert ndp.capacity_bytes(spec) == 64 * 2 ** 30                       # 64 GB per DIMM
@@ -47,6 +49,7 @@ def test_paper_ndp_dimm_matches_the_stated_assumptions():
   assert config.load("ndp", "ddr5_rank_ndp_dimm").provenance["default"] == "assumed"
 
 
+@pytest.mark.analytic
 def test_bank_pim_has_more_internal_bandwidth_than_its_pins():
   spec, params = _load("lpddr5_bank_pim")
   pins = spec.dram_parts * _f(dram.peak_bandwidth_gbps(spec.dram, params.dram))
@@ -68,6 +71,7 @@ def _expected(spec, params, rows, cols, t, wb=2.0, ab=2.0):
 @pytest.mark.parametrize("name", NDPS)
 @pytest.mark.parametrize("rows,cols,t", [(2048, 768, 1), (768, 2048, 1), (2048, 768, 3),
                                          (2048, 192, 2), (4096, 14336, 1)])
+@pytest.mark.analytic
 def test_gemv_is_max_of_stream_and_mac_plus_fill_and_writeback(name, rows, cols, t):
   spec, params = _load(name)
   params = base.replace(params, buffer_bytes=1e9)  # one pass
@@ -78,6 +82,7 @@ def test_gemv_is_max_of_stream_and_mac_plus_fill_and_writeback(name, rows, cols,
   assert ndp.BOUNDS[int(r["bound"])] == ("stream" if stream >= mac else "mac")
 
 
+@pytest.mark.analytic
 def test_gemv_stream_bound_and_small_gemm_mac_bound():
   spec, params = _load()
   r1 = ndp.matmul_breakdown(spec, params, 2048, 768, 1)
@@ -93,6 +98,7 @@ def test_gemv_stream_bound_and_small_gemm_mac_bound():
   assert s8 - lat == pytest.approx((s16 - lat) / 2, rel=1e-5)
 
 
+@pytest.mark.analytic
 def test_small_buffer_restreams_the_weights():
   spec, params = _load()
   rows, cols = 2048, 768
@@ -119,6 +125,7 @@ def test_small_buffer_restreams_the_weights():
   assert _f(r["time_s"]) == pytest.approx(expect, rel=1e-5)
 
 
+@pytest.mark.analytic
 def test_zero_tokens_or_rows_cost_nothing_traced():
   spec, params = _load()
   f = jax.jit(jax.vmap(lambda t, r: ndp.matmul_time_s(spec, params, r, 768, t)))
@@ -152,6 +159,7 @@ def _fd_check(fn, params, rel=1e-3):
 
 @pytest.mark.parametrize("name", NDPS)
 @pytest.mark.parametrize("t", [1, 8])
+@pytest.mark.gradient
 def test_gradients_match_finite_differences(name, t):
   with jax.enable_x64(True):
     spec, params = _load(name)
@@ -161,6 +169,7 @@ def test_gradients_match_finite_differences(name, t):
     assert n >= 4  # clock, fill, host bus, and DRAM timings or MAC lanes
 
 
+@pytest.mark.gradient
 def test_writeback_gradient_is_analytic():
   with jax.enable_x64(True):
     spec, params = _load()
@@ -172,6 +181,7 @@ def test_writeback_gradient_is_analytic():
                                                              rel=1e-9)
 
 
+@pytest.mark.analytic
 def test_vmap_over_1000_parameter_sets_equals_loop():
   spec, params = _load()
   rng = np.random.default_rng(2)
@@ -212,12 +222,14 @@ def _obj(name="ddr5_rank_ndp_dimm", **changes):
     ("ddr5_rank_ndp_dimm", {"params__dram": {"t_rcd_cycles": -3}}, "t_rcd_cycles"),
     ("lpddr5_bank_pim", {"spec__num_pes": 3}, "num_pes is 3"),
 ])
+@pytest.mark.inputs
 def test_bad_ndp_configs(name, changes, match):
   with pytest.raises(base.ConfigError, match=match) as e:
     config.load("ndp", _obj(name, **changes))
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.inputs
 def test_dram_overrides_reach_the_ndp_unit():
   slow = config.load("ndp", "ddr5_rank_ndp_dimm",
                      overrides={"dram": {"t_rcd_cycles": 60, "t_ras_cycles": 100}})
@@ -227,6 +239,7 @@ def test_dram_overrides_reach_the_ndp_unit():
           > _f(ndp.matmul_time_s(base_pre.spec, base_pre.params, 2048, 768, 1)))
 
 
+@pytest.mark.e2e
 def test_probe_ndp(capsys):
   assert probe.main(["ndp", "--preset=ddr5_rank_ndp_dimm", "--rows=2048", "--cols=768",
                      "--tokens=1"]) == 0
@@ -248,6 +261,7 @@ def test_probe_ndp(capsys):
     ["ndp", "--rows=2048", "--cols=768", "--preset=hbm9_pim"],
     ["ndp", "--rows=2048", "--cols=7.5"], ["ndp", "--rows=2048", "--cols=768", "--t=1"],
 ])
+@pytest.mark.inputs
 def test_probe_ndp_bad_arguments(argv, capsys):
   assert probe.main(argv) == 2
   err = capsys.readouterr().err

@@ -21,6 +21,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 NB_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 TWIN = NB_DIR / "design_space.py"
 NOTEBOOK = NB_DIR / "design_space.ipynb"

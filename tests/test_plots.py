@@ -10,6 +10,8 @@ import pytest
 
 from ndpsim import plots
 
+pytestmark = pytest.mark.e2e
+
 MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite", "qwen1.5-moe-a2.7b",
           "a-very-long-custom-model-name-from-a-config-json")
 POLICIES = ("monde", "monde_eq6", "monde_resident", "ndp_ep", "ndp_tp", "tp_lb",

@@ -15,6 +15,8 @@ import pytest
 
 from ndpsim import base, config
 
+pytestmark = pytest.mark.inputs
+
 KINDS = ("dram", "gpu", "ndp", "link", "system")
 PRESETS = [(k, n) for k in KINDS for n in config.available(k)]
 

@@ -298,17 +298,22 @@ CORE_TP = ("ndp_tp", "tp_lb", "tp_lb_prefetch")
 
 
 @pytest.mark.parametrize("sysname,model_name", FAST_PAIRS)
+@pytest.mark.policy
+@pytest.mark.golden
 def test_core_policies(sysname, model_name):
   first = (sysname, model_name) == FAST_PAIRS[0]
   _run_pair(sysname, model_name, CORE_TP + (("oracle",) if first else ()), golden=True)
 
 
+@pytest.mark.policy
+@pytest.mark.golden
 def test_baseline_on_first_system():
   """``monde`` via the registry, whatever it is, with the oracle bound."""
   sysname, model_name = FAST_PAIRS[0]
   _run_pair(sysname, model_name, ("monde", "oracle"), golden=True)
 
 
+@pytest.mark.policy
 def test_ndp_units_on_first_system():
   sysname, model_name = FAST_PAIRS[0]
   _run_units(sysname, model_name, CORE_TP, count=2)
@@ -316,16 +321,19 @@ def test_ndp_units_on_first_system():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sysname,model_name", ALL_PAIRS)
+@pytest.mark.policy
 def test_every_policy_full_matrix(sysname, model_name):
   _run_pair(sysname, model_name, POLICIES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sysname,model_name", ALL_PAIRS)
+@pytest.mark.policy
 def test_ndp_units_full_matrix(sysname, model_name):
   _run_units(sysname, model_name, POLICIES)
 
 
+@pytest.mark.inputs
 def test_systems_are_discovered_from_the_folder():
   folder = config.config_root() / config.folder_of("system")
   assert SYSTEMS == tuple(sorted(p.stem for p in folder.glob("*.json")))

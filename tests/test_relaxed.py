@@ -15,6 +15,8 @@ from ndpsim.policies.base import PolicyParams
 from ndpsim.workload import models as M
 from tests import engine_util as U
 
+pytestmark = pytest.mark.gradient
+
 MODEL = "olmoe-1b-7b"
 
 

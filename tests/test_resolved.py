@@ -8,6 +8,8 @@ import pytest
 from ndpsim import config, resolved, studies
 from ndpsim.hw import system as system_mod
 
+pytestmark = pytest.mark.inputs
+
 TINY = "tests/data/exp_tiny_model.json"
 KINDS = {"spec", "measured", "assumed", "derived", "override (--set)"}
 

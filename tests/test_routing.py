@@ -11,6 +11,8 @@ from ndpsim.base import ConfigError
 from ndpsim.workload import routing as R
 from ndpsim.workload import routing_stats as RS
 
+pytestmark = pytest.mark.analytic
+
 KEY = jax.random.key(0)
 
 

@@ -17,6 +17,8 @@ from ndpsim import base
 from ndpsim.workload import routing as R
 from ndpsim.workload import routing_stats as RS
 
+pytestmark = pytest.mark.reference
+
 REPS = {"flame_moe_290m": 4, "mixtral_8x7b": 8, "llama4_maverick": 1}
 
 

@@ -16,6 +16,8 @@ from ndpsim.base import ConfigError
 from ndpsim.workload import routing as R
 from ndpsim.workload import routing_stats as RS
 
+pytestmark = pytest.mark.analytic
+
 # A DeepSeek-V2-Lite-like layer (E=64, k=6), 4 layers; hot set M = E/4.
 E, K, L, M = 64, 6, 4, 16
 CHANCE = M / E

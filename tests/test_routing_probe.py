@@ -9,6 +9,8 @@ from ndpsim import probe
 from ndpsim.base import ConfigError
 from ndpsim.workload import routing as R
 
+pytestmark = [pytest.mark.e2e, pytest.mark.inputs]
+
 
 def test_probe_prints_statistics(capsys):
   rc = probe.main(["routing", "--model=mixtral-8x7b", "--routing=mixtral_8x7b",

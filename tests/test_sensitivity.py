@@ -11,6 +11,8 @@ from ndpsim import base, engine, sensitivity
 from ndpsim.workload import models as M
 from tests import engine_util as U
 
+pytestmark = pytest.mark.gradient
+
 MODEL = "olmoe-1b-7b"
 
 

@@ -15,6 +15,7 @@ SYSTEMS = ("paper_rtx5080_ndp_dimm", "edge_orin_lpddr5_pim")
 
 
 @pytest.mark.parametrize("name", SYSTEMS)
+@pytest.mark.inputs
 def test_presets_load(name):
   s = system.load_system(name)
   hash(s.spec)
@@ -28,6 +29,7 @@ def test_presets_load(name):
   assert name in config.available("system")
 
 
+@pytest.mark.analytic
 def test_paper_system_matches_the_paper_setup():
   s = system.load_system("paper_rtx5080_ndp_dimm")
   assert (s.spec.gpu_name, s.spec.ndp_name, s.spec.link_name) == (
@@ -46,17 +48,20 @@ def test_paper_system_matches_the_paper_setup():
 
 
 @pytest.mark.parametrize("n", [0, 9, -1])
+@pytest.mark.inputs
 def test_num_ndp_units_outside_range_is_rejected(n):
   with pytest.raises(base.ConfigError, match=f"num_ndp_units is {n}.*1 to 8") as e:
     system.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=n)
   assert "paper_rtx5080_ndp_dimm.json" in str(e.value)
 
 
+@pytest.mark.inputs
 def test_num_ndp_units_must_be_an_integer():
   with pytest.raises(base.ConfigError, match="integer"):
     system.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=2.5)
 
 
+@pytest.mark.inputs
 def test_overrides_reach_every_part():
   s = system.load_system("paper_rtx5080_ndp_dimm", overrides={
       "gpu": {"memory_bandwidth_gbps": 800},
@@ -90,6 +95,7 @@ def test_overrides_reach_every_part():
     ({"system": {"gpu_reserved_bytes": 1e12}}, "gpu_reserved_bytes"),
     ({"gpu": 800}, "must map field names"),
 ])
+@pytest.mark.inputs
 def test_bad_overrides(overrides, match):
   with pytest.raises(base.ConfigError, match=match) as e:
     system.load_system("paper_rtx5080_ndp_dimm", overrides=overrides)
@@ -113,11 +119,13 @@ def _obj(**changes):
     ({"params__gpu": {"clock_mhz": 0}}, "clock_mhz is 0"),
     ({"spec__link": "pcie7_x16"}, "unknown link preset"),
 ])
+@pytest.mark.inputs
 def test_bad_system_configs(changes, match):
   with pytest.raises(base.ConfigError, match=match):
     config.load("system", _obj(**changes))
 
 
+@pytest.mark.analytic
 def test_capacity_checks():
   s = system.load_system("paper_rtx5080_ndp_dimm")
   with pytest.raises(base.ConfigError, match="num_ndp_units >= 5"):
@@ -139,6 +147,7 @@ def _moe_layer_time(spec, params):
   return jnp.maximum(ndp_t, gpu_t)
 
 
+@pytest.mark.analytic
 def test_system_params_vmap_over_1000_sets_equals_loop():
   s = system.load_system("paper_rtx5080_ndp_dimm")
   rng = np.random.default_rng(3)
@@ -156,6 +165,7 @@ def test_system_params_vmap_over_1000_sets_equals_loop():
   np.testing.assert_allclose(batched, looped, rtol=1e-6)
 
 
+@pytest.mark.gradient
 def test_system_gradient_flows_to_the_binding_part():
   with jax.enable_x64(True):
     s = system.load_system("paper_rtx5080_ndp_dimm")

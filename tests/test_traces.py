@@ -10,6 +10,8 @@ import pytest
 from ndpsim.base import ConfigError
 from ndpsim.workload import models, traces
 
+pytestmark = pytest.mark.inputs
+
 DATA = pathlib.Path(__file__).parent / "data"
 NPZ, CSV = DATA / "small_trace.npz", DATA / "small_trace.csv"
 S, P, T, L, E, K = 2, 6, 5, 3, 8, 2   # tests/data/make_small_trace.py

@@ -10,6 +10,8 @@ from ndpsim import policies, tune
 from ndpsim.workload import models as M
 from tests import engine_util as U
 
+pytestmark = [pytest.mark.policy, pytest.mark.gradient]
+
 # The workload.  Since background copies never delay demand loads (issue 10),
 # the hard engine's prefetch-budget optimum lies at the full budget or on a
 # plateau reaching it, and the heuristic's knobs (1, 1, 1) are within ~0.1 %
