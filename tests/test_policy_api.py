@@ -72,14 +72,17 @@ def setup():
 
 
 @pytest.mark.parametrize("name", [p for p in policies.names() if p != "oracle"])
+@pytest.mark.policy
 def test_every_shipped_policy_passes_the_generic_suite(name, setup):
   assert policy_checks.check_policy(name, setup=setup) == []
 
 
+@pytest.mark.policy
 def test_a_users_policy_passes_the_generic_suite(user_policy, setup):
   assert policy_checks.check_policy(user_policy[1], setup=setup) == []
 
 
+@pytest.mark.policy
 def test_the_suite_catches_memory_overrun_and_bound_violations(setup):
   def place(ctx, res, own, layer, slots, params, phase):
     # Keeps every expert it touches: ignores the capacity it was given.
@@ -102,6 +105,8 @@ def test_the_suite_catches_memory_overrun_and_bound_violations(setup):
   assert any("below the oracle bound" in b for b in bad), bad
 
 
+@pytest.mark.policy
+@pytest.mark.gradient
 def test_own_knob_is_range_checked_vmapped_in_one_compile_and_differentiable(user_policy):
   _, pol = user_policy
   with pytest.raises(ConfigError, match="user_weighted.gpu_weight"):
@@ -138,6 +143,7 @@ def test_own_knob_is_range_checked_vmapped_in_one_compile_and_differentiable(use
   np.testing.assert_allclose(g, fd, rtol=0.05, atol=1e-4 * abs(fd))
 
 
+@pytest.mark.e2e
 def test_binary_runs_a_users_policy_file(user_policy, tmp_path):
   path, _ = user_policy
   out = tmp_path / "out"
@@ -151,6 +157,8 @@ def test_binary_runs_a_users_policy_file(user_policy, tmp_path):
   assert {"ndp_tp", "user_weighted"} <= {r["policy"] for r in rows}
 
 
+@pytest.mark.e2e
+@pytest.mark.inputs
 def test_binary_refuses_a_broken_policy_file_in_one_line(tmp_path):
   bad = tmp_path / "broken.py"
   bad.write_text("import numpy\nx = 1\n")
@@ -162,12 +170,14 @@ def test_binary_refuses_a_broken_policy_file_in_one_line(tmp_path):
   assert "defines no ndpsim.policies.Policy" in err and "\n" not in err, err
 
 
+@pytest.mark.inputs
 def test_registration_refuses_a_taken_name():
   clash = policies.get("tp_lb")._replace(init=lambda c, p: pb.Start())
   with pytest.raises(ConfigError, match="already registered"):
     policies.register(clash)
 
 
+@pytest.mark.policy
 def test_shipped_policies_write_no_engine_arrays():
   """Residency and the queue belong to the engine: no policy module assigns
   to them (they request changes through Placement.requests)."""
