@@ -13,8 +13,9 @@ every system and ``oracle``/``monde`` on the first; here every policy meets
 every system, at the smallest workload, so a preset or a policy that cannot
 run at all is seen at once.
 
-One compile per (system, policy), 3-5 s each on 2 CPU cores, so the whole
-matrix is about two to three minutes.  The default run is a rotating slice
+One compile per (system, policy): measured single-process on 2 shared CPU
+cores, the whole matrix (36 compiles) took 6 min of CPU, the default slice
+1 min 55 s.  The default run is that rotating slice
 -- policy ``i`` on system ``i mod #systems``, so every policy and every
 system run, plus ``oracle`` on every system for the bound (about 14
 compiles) -- and ``-m slow`` runs the full matrix.
