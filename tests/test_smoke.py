@@ -18,7 +18,7 @@ cores, the whole matrix (36 compiles) took 6 min of CPU, the default slice
 1 min 55 s.  The default run is that rotating slice
 -- policy ``i`` on system ``i mod #systems``, so every policy and every
 system run, plus ``oracle`` on every system for the bound (about 14
-compiles) -- and ``-m slow`` runs the full matrix.
+compiles); the other cells are marked ``slow`` (``-m smoke`` runs the whole matrix).
 """
 from __future__ import annotations
 
