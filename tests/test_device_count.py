@@ -15,7 +15,10 @@ import pytest
 
 from ndpsim import sharding
 
-pytestmark = pytest.mark.e2e
+# slow: two study runs in a subprocess (~2 min); the default run keeps
+# test_experiment.py::test_eight_host_devices_match_one_device (8 forced devices vs
+# direct calls on 1, rtol 1e-6).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TINY = str(pathlib.Path(__file__).parent / "data" / "exp_tiny_model.json")
 
