@@ -31,67 +31,66 @@ from typing import Any
 from absl import app, flags, logging
 
 from ndpsim.base import ConfigError
+from ndpsim.study_config import StudyConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("system", "paper_rtx5080_ndp_dimm",
+_D = StudyConfig()  # the one set of defaults (flags and the Python API share it)
+flags.DEFINE_string("system", _D.system,
                     "system preset name (hw_configs/systems/) or path to a .json")
-flags.DEFINE_list("models", ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite",
-                             "qwen1.5-moe-a2.7b"],
+flags.DEFINE_list("models", list(_D.models),
                   "models: registry names, model .json files or HF config.json paths")
-flags.DEFINE_list("policies", ["monde", "monde_eq6", "dynande", "monde_resident", "ndp_ep",
-                               "ndp_tp", "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "oracle",
-                               "gpu_offload"],
+flags.DEFINE_list("policies", list(_D.policies),
                   "policies of the headline (monde, the speedup baseline, always runs, "
                   "its alpha auto-tuned on profiling sequences first); "
                   "tuned fits its knobs per model first (ndpsim.tune.fit on "
                   "--tune_num_seqs training sequences at fold_in(seed, 2))")
-flags.DEFINE_integer("tune_num_seqs", 2, "training sequences of each tuned fit (a "
+flags.DEFINE_integer("tune_num_seqs", _D.tune_num_seqs, "training sequences of each tuned fit (a "
                      "multiple of --batch_size); never the evaluation sequences")
-flags.DEFINE_list("num_ndp_units", ["4"],
+flags.DEFINE_list("num_ndp_units", [str(n) for n in _D.num_ndp_units],
                   "NDP units of the headline; a list sweeps the headline over each")
-flags.DEFINE_float("headline_budget", 1.0,
+flags.DEFINE_float("headline_budget", _D.headline_budget,
                    "prefetch/resident budget of the headline, a fraction in [0, 1] of "
                    "the GPU memory left for experts")
-flags.DEFINE_list("prefetch_budgets", ["0", "0.1", "0.25", "0.5", "0.75", "1"],
+flags.DEFINE_list("prefetch_budgets", [f"{b:g}" for b in _D.prefetch_budgets],
                   "budgets the prefetch study sweeps (fractions in [0, 1])")
 flags.DEFINE_multi_string("policy_module", [], "a Python file defining your own "
                           "ndpsim.policies.Policy (repeatable); its policies can then be "
                           "named in --policies and the sweep lists")
-flags.DEFINE_list("prefetch_policies", ["tp_lb_prefetch", "tp_lb_adaptive"],
+flags.DEFINE_list("prefetch_policies", list(_D.prefetch_policies),
                   "policies the prefetch study sweeps")
-flags.DEFINE_list("sweep_ndp_units", ["2", "3", "4", "5", "6"],
+flags.DEFINE_list("sweep_ndp_units", [str(n) for n in _D.sweep_ndp_units],
                   "NDP-unit counts the ndp_units study sweeps")
-flags.DEFINE_list("sweep_models", [],
+flags.DEFINE_list("sweep_models", list(_D.sweep_models),
                   "models of the ndp_units and prefetch studies (empty: the first of "
                   "--models)")
-flags.DEFINE_list("sweep_policies", ["monde", "ndp_tp", "tp_lb_prefetch"],
+flags.DEFINE_list("sweep_policies", list(_D.sweep_policies),
                   "policies of the ndp_units study")
 flags.DEFINE_integer("prompt_len", None, "prompt tokens per sequence (default 512, or "
                      "the trace's)")
 flags.DEFINE_integer("output_len", None, "output tokens per sequence (default 512, or "
                      "the trace's)")
-flags.DEFINE_integer("batch_size", 1, "sequences decoded together")
+flags.DEFINE_integer("batch_size", _D.batch_size, "sequences decoded together")
 flags.DEFINE_integer("num_seqs", None, "sequences per cell (default 8, or the trace's "
                      "evaluation half); more narrows the 95% intervals")
-flags.DEFINE_string("routing", "mixtral_8x7b",
+flags.DEFINE_string("routing", _D.routing,
                     "routing preset name (ndpsim.workload.routing.PRESETS) or a "
                     ".npz/.csv trace file, or a folder or glob of per-layer CSV files")
-flags.DEFINE_enum("routing_layout", "sequences", ["sequences", "decoder_batch"],
+flags.DEFINE_enum("routing_layout", _D.routing_layout, ["sequences", "decoder_batch"],
                   "how a CSV --routing trace maps to sequences: 'sequences' (token_id "
                   "counts one layer's tokens; sequences of prompt_len + output_len tokens "
                   "end to end) or 'decoder_batch' (NeuPIMs-MoE/DynaNDE decoder folders: "
                   "one folder or file per token position, token_id = request in the "
                   "batch; request s, position t -> sequence s, token t); see "
                   "docs/routing.md 'Trace formats'")
-flags.DEFINE_integer("seed", 0, "seed of the evaluation routing (MoNDE's profile uses "
+flags.DEFINE_integer("seed", _D.seed, "seed of the evaluation routing (MoNDE's profile uses "
                      "fold_in(seed, 1))")
 flags.DEFINE_string("out_dir", "ndpsim_results", "folder for results, plots and cells")
-flags.DEFINE_list("studies", ["headline", "ndp_units", "prefetch"],
+flags.DEFINE_list("studies", list(_D.studies),
                   "studies to run: headline, ndp_units, prefetch, routing, sensitivity")
 flags.DEFINE_multi_string("set", [], "hardware override component.field=value, e.g. "
                           "gpu.memory_bandwidth_gbps=800 (repeatable); the unit count "
                           "is --num_ndp_units, not system.num_ndp_units")
-flags.DEFINE_string("dtype", "", "storage dtype of every weight group (bf16, fp8, int4, "
+flags.DEFINE_string("dtype", _D.dtype, "storage dtype of every weight group (bf16, fp8, int4, "
                     "...); empty keeps each model's own")
 flags.DEFINE_boolean("resume", False, "reuse the finished cells in --out_dir")
 flags.DEFINE_boolean("overwrite", False, "replace the results of an earlier run in "

@@ -26,3 +26,13 @@ def test_importing_the_package_is_cheap():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=900)  # hang guard
   assert out.returncode == 0 and out.stdout.strip() == "False", out
+
+
+def test_binary_defaults_are_the_python_defaults():
+  """One set of defaults: the experiment's flags parse to ``StudyConfig()``."""
+  code = ("from absl import flags; from ndpsim import experiment, studies; "
+          "flags.FLAGS(['x']); "
+          "print(experiment.config_from_flags() == studies.StudyConfig())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=900)  # hang guard
+  assert out.returncode == 0 and out.stdout.strip() == "True", out
