@@ -43,8 +43,8 @@ def test_paper_system_matches_the_paper_setup():
   for n in (2, 6):
     sn = system.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=n)
     assert sn.spec.num_ndp_units == n
-    system.check_fits(sn.spec, sn.params, expert_bytes=experts, non_expert_bytes=3e9,
-                      kv_cache_bytes=0.5e9)
+    assert experts <= system.ndp_total_capacity_bytes(sn.spec)
+    _validate(sn, "qwen3-30b-a3b")  # fits: no error
 
 
 @pytest.mark.parametrize("n", [0, 9, -1])
@@ -125,15 +125,28 @@ def test_bad_system_configs(changes, match):
     config.load("system", _obj(**changes))
 
 
+def _validate(s, model_name, prompt_len=4, output_len=2):
+  """engine.validate (what every simulation checks first) on a tiny routing."""
+  from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
+  model = M.get_model(model_name)
+  L, k = M.num_moe_layers(model), model.top_k
+  row = np.broadcast_to(np.arange(k, dtype=np.int32), (1, 1, L, k))
+  engine.validate(s.spec, s.params, model, np.repeat(row, prompt_len, axis=1),
+                  np.repeat(row, output_len, axis=1), 1)
+
+
 @pytest.mark.analytic
 def test_capacity_checks():
+  one = system.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=1)
+  # Mixtral's routed experts (~90 GB) do not fit one 64 GiB DIMM; two hold them.
+  with pytest.raises(base.ConfigError, match="use more NDP units"):
+    _validate(one, "mixtral-8x7b")
+  _validate(system.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=2), "mixtral-8x7b")
+  # A context whose KV cache exceeds the GPU's memory is refused.
   s = system.load_system("paper_rtx5080_ndp_dimm")
-  with pytest.raises(base.ConfigError, match="num_ndp_units >= 5"):
-    system.check_fits(s.spec, s.params, expert_bytes=300e9)
-  with pytest.raises(base.ConfigError, match="smaller weight dtype"):
-    system.check_fits(s.spec, s.params, expert_bytes=3e12)
-  with pytest.raises(base.ConfigError, match="GPU has"):
-    system.check_fits(s.spec, s.params, expert_bytes=1e9, non_expert_bytes=16e9)
+  with pytest.raises(base.ConfigError, match="GPU memory .* is smaller than"):
+    _validate(s, "mixtral-8x7b", prompt_len=200_000)
   budget = float(system.gpu_expert_budget_bytes(s.spec, s.params, 3e9, 1e9))
   assert budget == pytest.approx(16 * 2 ** 30 - 1.5e9 - 3e9 - 1e9)
 

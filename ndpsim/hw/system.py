@@ -106,31 +106,6 @@ def ndp_aggregate_stream_bandwidth_gbps(spec: SystemSpec, params: SystemParams):
   return spec.num_ndp_units * ndp_mod.stream_bandwidth_gbps(spec.ndp, params.ndp)
 
 
-def check_fits(spec: SystemSpec, params: SystemParams, *, expert_bytes: float,
-               non_expert_bytes: float = 0.0, kv_cache_bytes: float = 0.0,
-               where: str = "system") -> None:
-  """Raises ConfigError when the model does not fit (concrete values only).
-
-  expert_bytes: all routed experts (they live in the NDP units);
-  non_expert_bytes, kv_cache_bytes: what the GPU must hold.
-  """
-  cap = ndp_total_capacity_bytes(spec)
-  if expert_bytes > cap:
-    per_unit = ndp_mod.capacity_bytes(spec.ndp)
-    need = -(-int(expert_bytes) // per_unit)
-    hint = (f"write num_ndp_units >= {need}" if need <= spec.max_ndp_units
-            else "use NDP units with more capacity or a smaller weight dtype")
-    raise ConfigError(f"{where}: experts need {expert_bytes / 1e9:.1f} GB but "
-                      f"{spec.num_ndp_units} NDP units hold {cap / 1e9:.1f} GB; {hint}")
-  usable = float(gpu_usable_bytes(spec, params))
-  need_gpu = non_expert_bytes + kv_cache_bytes
-  if need_gpu > usable:
-    raise ConfigError(f"{where}: non-expert weights and KV cache need {need_gpu / 1e9:.2f} "
-                      f"GB but the GPU has {usable / 1e9:.2f} GB after "
-                      "gpu_reserved_bytes; use a GPU with more memory, a shorter context "
-                      "or a smaller dtype")
-
-
 # ---------------------------------------------------------------------------
 # Loading.
 
