@@ -134,7 +134,8 @@ def config_from_flags(fl=FLAGS):
                "studies"):
     kw[name] = _typed_list(name, list(fl[name].value))
   for name in ("system", "headline_budget", "prompt_len", "output_len", "batch_size",
-               "num_seqs", "routing", "seed", "dtype", "tune_num_seqs", "routing_layout"):
+               "num_seqs", "routing", "seed", "dtype", "tune_num_seqs", "routing_layout",
+               "allow_implausible"):
     kw[name] = fl[name].value
   kw["overrides"] = tuple(fl["set"].value)
   return studies.StudyConfig(**kw)
@@ -480,9 +481,7 @@ def run_experiment(fl=FLAGS) -> dict:
   for path in fl.policy_module:
     policies.load_module(path)
   cfg = config_from_flags(fl)
-  from ndpsim import config  # pylint: disable=import-outside-toplevel
-  with config.allowing_implausible(fl.allow_implausible):
-    res = studies.resolve(cfg)
+  res = studies.resolve(cfg)  # cfg.allow_implausible from the flag
   out_dir = pathlib.Path(fl.out_dir)
   if fl.resume and fl.overwrite:
     raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "

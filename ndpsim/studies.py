@@ -158,7 +158,14 @@ def _load_trace(path: str, prompt_len, output_len, top_k=None, layout="sequences
 
 
 def resolve(cfg: StudyConfig) -> Resolved:
-  """Validates ``cfg`` before anything is compiled; one ConfigError per problem."""
+  """Validates ``cfg`` before anything is compiled; one ConfigError per problem.
+  Hardware values outside their plausible range are refused unless
+  ``cfg.allow_implausible``."""
+  with config.allowing_implausible(cfg.allow_implausible):
+    return _resolve(cfg)
+
+
+def _resolve(cfg: StudyConfig) -> Resolved:
   for s in cfg.studies:
     if s not in STUDIES:
       raise ConfigError(f"--studies: unknown study {s!r}; write a list of {list(STUDIES)}")

@@ -35,6 +35,9 @@ class StudyConfig:
     (``traces.LAYOUTS``): "sequences" (token_id counts one layer's tokens,
     sequences end to end) or "decoder_batch" (NeuPIMs/DynaNDE decoder folders:
     one file per token position, token_id = request in the batch).
+  allow_implausible: accept hardware values outside their plausible range for
+    the unit (never outside the hard range the engine can carry); recorded in
+    results.json.
   """
   system: str = DEFAULT_SYSTEM
   models: tuple[str, ...] = DEFAULT_MODELS
@@ -57,3 +60,4 @@ class StudyConfig:
   dtype: str = ""
   tune_num_seqs: int = 2
   routing_layout: str = "sequences"
+  allow_implausible: bool = False

@@ -6,6 +6,7 @@ import jax
 import pytest
 
 from ndpsim import config, resolved, studies
+from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 
 pytestmark = pytest.mark.inputs
@@ -47,3 +48,17 @@ def test_one_set_changes_exactly_that_value_and_every_fingerprint():
                                       "provenance": "override (--set)", "overridden": True}
   for ca, cb in zip(base.cells["headline"], other.cells["headline"]):
     assert studies.cell_fingerprint(base, ca) != studies.cell_fingerprint(other, cb)
+
+
+def test_allow_implausible_is_a_setting_of_the_run_and_recorded():
+  over = ("gpu.clock_mhz=2.617",)  # GHz written as MHz
+  with pytest.raises(ConfigError, match="--allow_implausible"):
+    _resolve(*over)
+  cfg = studies.StudyConfig(models=(TINY,), policies=("ndp_tp",), studies=("headline",),
+                            num_seqs=1, prompt_len=8, output_len=2, overrides=over,
+                            allow_implausible=True)
+  res = studies.resolve(cfg)
+  doc = studies.resolved_config(res)
+  assert doc["flags"]["allow_implausible"] is True
+  n = str(res.config.num_ndp_units[0])
+  assert doc["systems"][n]["values"]["gpu.clock_mhz"]["value"] == pytest.approx(2.617)
