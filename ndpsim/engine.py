@@ -4,6 +4,12 @@
 (static: system spec, model, policy, shapes), vmapped over sequence groups,
 and usable under an outer ``jax.vmap`` over hardware or policy params.
 
+A layer is four stages: the queue advance (``residency.drain`` /
+``arrivals``), the slots and the policy's placement (its requests applied by
+``residency.apply``), the lanes (``lanes.layer_times``: written once, with
+the hard operator set here and the soft one in relaxed mode) and the
+statistics (:func:`_accumulate`).
+
 One layer, starting at ``t0`` when the previous layer's output exists::
 
     GPU:   [attention + router] -> tr -> [shared experts][resident experts]
@@ -46,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndpsim import costs, relaxed
+from ndpsim import costs, lanes, relaxed
 from ndpsim import residency as rs
 from ndpsim.base import ConfigError
 from ndpsim.policies import base as pb
@@ -105,30 +111,6 @@ class _Static:
 
 # ---------------------------------------------------------------------------
 # Lane arithmetic (shared with the load balancer through policies.balance).
-
-def gpu_lane_end(start, fetch_start, gpu_s, frac, fetch, fetch_s):
-  """End of the GPU expert lane.  Residents run first from ``start``; fetched
-  slots run in slot order, each after its load (loads serialized from
-  ``fetch_start``).  [n] arrays; returns (end, link busy for loads)."""
-  work = gpu_s * frac
-  res_work = jnp.sum(jnp.where(fetch, 0.0, work))
-  fw = jnp.where(fetch, work, 0.0)
-  ft = jnp.where(fetch, fetch_s * frac, 0.0)
-  arrive = fetch_start + jnp.cumsum(ft)
-  suffix = jnp.sum(fw) - jnp.cumsum(fw) + fw
-  chain = jnp.max(jnp.where(fetch, arrive + suffix, -jnp.inf), initial=-jnp.inf)
-  end = jnp.maximum(start + res_work + jnp.sum(fw), chain)
-  return end, jnp.sum(ft)
-
-
-def ndp_unit_loads(mode: str, num_units: int, slots: pb.Slots, place: pb.Placement):
-  """[N] busy time of each NDP unit for this layer."""
-  ndp_frac = jnp.where(slots.valid, 1.0 - place.gpu_frac, 0.0)
-  if mode == "tp":
-    return jnp.broadcast_to(jnp.sum(ndp_frac * slots.ndp_tp_s), (num_units,))
-  return jax.ops.segment_sum(ndp_frac * slots.ndp_ep_s, place.ep_unit,
-                             num_segments=num_units)
-
 
 def _issue_order(phase: str, tokens):
   """Order in which a layer's demand loads are issued: descending routed
@@ -229,85 +211,84 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   place, own = pol.place(ctx, state, carry.own, layer, slots, pparams, phase)
   state = rs.apply(ctx, state, layer, place.requests)
   carry = carry._replace(own=own)
+  order = _issue_order(phase, tokens)
   if st.relaxed:
-    return _layer_relaxed(st, ctx, pparams, phase, pc, carry, state, layer, slots, place,
-                          tr, bcast_start, attn_s, shared_s, held)
+    ops = lanes.soft_ops(pparams.temperature_s)
+    gfrac = jnp.where(valid, place.gpu_frac, 0.0)
+    phi = jnp.where(valid, 1.0 - slots.res_w if slots.res_w is not None
+                    else place.fetch.astype(jnp.float32), 0.0)
+  else:
+    ops = lanes.hard_ops()
+    gfrac, phi = _staging_cut(place, valid, order, room)
+  loads = lanes.ndp_unit_loads(pol.ndp_mode, n_units, slots, gfrac, place.ep_unit)
+  lt = lanes.layer_times(ops, pol.ndp_mode, n_units, slots, gfrac, phi, loads,
+                         order, pc, tr, bcast_start, shared_s,
+                         carry.link_gpu_free, carry.link_ndp_free, ctx.fetch_s)
+  end = lt.end if pol.layer_bound is None else _bound_end(pol, ctx, slots, pc, tr)
+  state = _mark_used(ctx, rs.drain(state, lt.idle_s), phase, layer, ids,
+                     valid & (gfrac > 0) & resident)
+  acc = _accumulate(st, ctx, phase, carry.acc, slots, gfrac, phi, lt, held, attn_s,
+                    shared_s)
+  return _Carry(t=end, link_gpu_free=lt.link_gpu_free, link_ndp_free=lt.link_ndp_free,
+                bg_clock=lt.bg_clock, res=state, own=carry.own, acc=acc)
+
+
+def _staging_cut(place: pb.Placement, valid, order, room):
+  """Hard mode: (GPU shares, fetched flags) after GPU memory is enforced --
+  loads past the staging room would overflow it, so they run on the NDP units
+  instead (policies are told the room and should not ask)."""
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
-  order = _issue_order(phase, tokens)
-  ordered = (lambda x: x) if order is None else (lambda x: x[order])
-  # GPU memory: loads past the staging room would overflow it; they run on
-  # the NDP units instead (policies are told the room and should not ask).
-  rank = jnp.cumsum(ordered(fetch))
+  rank = jnp.cumsum(fetch if order is None else fetch[order])
   over = fetch & ((rank if order is None else jnp.zeros_like(rank).at[order].set(rank))
                   > room)
-  gfrac = jnp.where(over, 0.0, gfrac)
-  fetch = fetch & ~over
+  return jnp.where(over, 0.0, gfrac), fetch & ~over
 
-  # Demand loads pre-empt background loads (no wait for one in flight).
-  fetch_start = jnp.maximum(tr, carry.link_gpu_free)
-  gpu_end, fetch_busy = gpu_lane_end(tr + shared_s, fetch_start, ordered(slots.gpu_s),
-                                     ordered(gfrac), ordered(fetch), fetch_s)
-  fetch_end = fetch_start + fetch_busy
 
-  # NDP lane.
-  # Cut loads run on the NDP units: the lane takes the GPU shares after the cut.
-  loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place._replace(gpu_frac=gfrac))
-  has_ndp = jnp.any(valid & (gfrac < 1.0))
-  n_partials = jnp.where(has_ndp, n_units if pol.ndp_mode == "tp"
-                         else jnp.sum(loads > 0), 0).astype(jnp.int32)
-  bcast = jnp.where(has_ndp, pc.bcast_s, 0.0)
-  ndp_end = bcast_start + bcast + jnp.max(loads)
-  # Background loads use the idle link between demand loads and the return;
-  # the small partial-sum message is not queued behind a bulk copy.
-  idle2 = jnp.where(has_ndp, ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free), 0.0)
-  state = rs.drain(state, idle2)
-  ret = pc.ret_s[n_partials]
-  ret_end = jnp.maximum(ndp_end, fetch_end) + ret
-  red = pc.red_s[n_partials]
-  end = jnp.maximum(gpu_end, jnp.where(has_ndp, ret_end, tr)) + red
-  if pol.layer_bound is not None:
-    end = _bound_end(pol, ctx, slots, pc, tr)
+def _mark_used(ctx, state: rs.Residency, phase: str, layer, ids, on_gpu_resident):
+  """A prefetched expert that served an activation on the GPU is marked used."""
+  if phase == "prefill":  # prefill slots are the experts in id order
+    row = state.used[layer] | (on_gpu_resident & state.prefetched[layer])
+    return dataclasses.replace(state, used=state.used.at[layer].set(row))
+  # Flags only turn on: set True at used slots, drop the rest (no gather).
+  now = on_gpu_resident & state.prefetched[layer, ids]
+  used = state.used.at[layer, jnp.where(now, ids, ctx.num_experts)].set(True, mode="drop")
+  return dataclasses.replace(state, used=used)
 
-  link_gpu_free = jnp.where(has_ndp, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
-  bg_clock = jnp.where(has_ndp, ret_end, fetch_end)
-  link_ndp_free = jnp.where(has_ndp, bcast_start + bcast, carry.link_ndp_free)
 
-  # Bookkeeping.
-  eb = ctx.expert_bytes
-  acc = carry.acc
-  ab = st.act_bytes_per_token
-  batch_tokens = st.tokens(phase)
-  on_gpu = valid & (gfrac > 0)
-  if phase == "prefill":
-    used = state.used.at[layer].set(state.used[layer] | (on_gpu & resident
-                                                         & state.prefetched[layer]))
-  else:  # flags only turn on: set True at used slots, drop the rest (no gather)
-    now = on_gpu & resident & state.prefetched[layer, ids]
-    used = state.used.at[layer, jnp.where(now, ids, ctx.num_experts)].set(True, mode="drop")
-  state = dataclasses.replace(state, used=used)
-  mean_load = jnp.mean(loads)
-  imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0), 0.0)
-  acc = _Acc(
-      gpu_busy_s=acc.gpu_busy_s + attn_s + shared_s + jnp.sum(slots.gpu_s * gfrac) + red,
-      unit_busy_s=acc.unit_busy_s + loads,
-      ndp_lane_s=acc.ndp_lane_s + jnp.max(loads),
-      link_to_gpu_busy_s=acc.link_to_gpu_busy_s + fetch_busy + ret,
-      link_to_ndp_busy_s=acc.link_to_ndp_busy_s + bcast,
-      bytes_to_gpu=acc.bytes_to_gpu + jnp.sum(jnp.where(fetch, gfrac, 0.0)) * eb
-      + n_partials * batch_tokens * ab,
-      bytes_to_ndp=acc.bytes_to_ndp + jnp.where(has_ndp, batch_tokens * ab, 0.0),
+def _accumulate(st: _Static, ctx, phase: str, acc: _Acc, slots: pb.Slots, gfrac, phi,
+                lt: lanes.LayerTimes, held, attn_s, shared_s) -> _Acc:
+  """Statistics of one layer (busy times, bytes, hits, imbalance, peaks)."""
+  eb, valid, resident = ctx.expert_bytes, slots.valid, slots.resident
+  act_b = st.act_bytes_per_token * st.tokens(phase)
+  share = jnp.where(valid, gfrac * phi, 0.0)  # fetched expert fraction per slot
+  if st.relaxed:
+    partial_b = lt.n_partials * act_b
+    n_fetch = jnp.sum(share)
+  else:
+    partial_b = lt.n_partials * st.tokens(phase) * st.act_bytes_per_token
+    n_fetch = jnp.sum(phi)
+  mean_load = jnp.mean(lt.loads)
+  imb = jnp.where(mean_load > 0,
+                  jnp.max(lt.loads) / jnp.where(mean_load > 0, mean_load, 1.0), 0.0)
+  gate = (lambda x: lt.w * x) if st.relaxed else (lambda x: jnp.where(lt.w, x, 0.0))
+  return _Acc(
+      gpu_busy_s=acc.gpu_busy_s + attn_s + shared_s + jnp.sum(slots.gpu_s * gfrac) + lt.red,
+      unit_busy_s=acc.unit_busy_s + lt.loads,
+      ndp_lane_s=acc.ndp_lane_s + lt.slowest,
+      link_to_gpu_busy_s=acc.link_to_gpu_busy_s + lt.fetch_busy + lt.ret,
+      link_to_ndp_busy_s=acc.link_to_ndp_busy_s + lt.bcast,
+      bytes_to_gpu=acc.bytes_to_gpu + jnp.sum(share) * eb + partial_b,
+      bytes_to_ndp=acc.bytes_to_ndp + gate(act_b),
       hits=acc.hits + jnp.sum(valid & resident),
       misses=acc.misses + jnp.sum(valid & ~resident),
       expert_bytes_gpu=acc.expert_bytes_gpu + jnp.sum(gfrac) * eb,
       expert_bytes_ndp=acc.expert_bytes_ndp + jnp.sum(jnp.where(valid, 1.0 - gfrac, 0.0)) * eb,
       activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
-      imbalance_sum=acc.imbalance_sum + jnp.where(has_ndp, imb, 0.0),
-      imbalance_n=acc.imbalance_n + has_ndp,
-      **_peaks(acc, phase, held, jnp.sum(fetch)),
+      imbalance_sum=acc.imbalance_sum + gate(imb),
+      imbalance_n=acc.imbalance_n + lt.w,
+      **_peaks(acc, phase, held, n_fetch),
   )
-  return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
-                bg_clock=bg_clock, res=state, own=carry.own, acc=acc)
 
 
 def _held(ctx: pb.Context, state: rs.Residency, phase: str):
@@ -326,84 +307,6 @@ def _peaks(acc: _Acc, phase: str, held, n_fetch) -> dict:
                 peak_prefill=jnp.maximum(acc.peak_prefill, held + n_fetch))
   return dict(peak_resident=acc.peak_resident, peak_prefill=acc.peak_prefill,
               peak_staging=jnp.maximum(acc.peak_staging, n_fetch))
-
-
-def _layer_relaxed(st: _Static, ctx: pb.Context, pparams, phase, pc: PhaseCosts, carry: _Carry, state,
-                   layer, slots: pb.Slots, place: pb.Placement, tr, bcast_start,
-                   attn_s, shared_s, held) -> _Carry:
-  """The lanes of :func:`_layer` in relaxed mode (see ``ndpsim/relaxed.py``).
-
-  Same timeline with: soft maxima at ``pparams.temperature_s``; continuous
-  GPU shares; fetched fraction ``1 - slots.res_w`` under soft residency
-  (else ``place.fetch``); "some demand load" and "some NDP work" as the
-  largest fetched share and the largest NDP share (weights in [0, 1] that
-  scale the broadcast, the return and the reduction).
-  """
-  pol, n_units, temp = st.policy, st.num_units, pparams.temperature_s
-  valid = slots.valid
-  fetch_s = slots.fetch_s[0]
-  gfrac = jnp.where(valid, place.gpu_frac, 0.0)
-  phi = jnp.where(valid, 1.0 - slots.res_w if slots.res_w is not None
-                  else place.fetch.astype(jnp.float32), 0.0)
-  share = gfrac * phi
-  fetch_start = jnp.maximum(tr, carry.link_gpu_free)
-  order = _issue_order(phase, slots.tokens)
-  ordered = (lambda x: x) if order is None else (lambda x: x[order])
-  gpu_end, fetch_busy = relaxed.gpu_lane_end(tr + shared_s, fetch_start,
-                                             ordered(slots.gpu_s), ordered(gfrac),
-                                             ordered(phi), fetch_s, temp)
-  fetch_end = fetch_start + fetch_busy
-
-  loads = ndp_unit_loads(pol.ndp_mode, n_units, slots, place)
-  w = jnp.max(jnp.where(valid, 1.0 - gfrac, 0.0), initial=0.0)
-  n_part = n_units if pol.ndp_mode == "tp" else jnp.sum(loads > 0)
-  # TP: every unit carries the same load, the max is exact.
-  slowest = jnp.max(loads) if pol.ndp_mode == "tp" else relaxed.smax(loads, temp)
-  bcast = w * pc.bcast_s
-  ndp_end = bcast_start + bcast + slowest
-  idle2 = w * (ndp_end - jnp.maximum(fetch_end, carry.link_gpu_free))
-  state = rs.drain(state, idle2)
-  ret = w * pc.ret_s[n_part]
-  ret_end = relaxed.smax2(ndp_end, fetch_end, temp) + ret
-  red = w * pc.red_s[n_part]
-  end = relaxed.smax2(gpu_end, relaxed.mix(w, ret_end, tr), temp) + red
-  if pol.layer_bound is not None:
-    end = _bound_end(pol, ctx, slots, pc, tr)
-  link_gpu_free = relaxed.mix(w, ret_end, jnp.maximum(fetch_end, carry.link_gpu_free))
-  bg_clock = relaxed.mix(w, ret_end, fetch_end)
-  link_ndp_free = relaxed.mix(w, bcast_start + bcast, carry.link_ndp_free)
-
-  act_b = st.act_bytes_per_token * st.tokens(phase)
-  eb = ctx.expert_bytes
-  ids = slots.ids
-  used_now = valid & (gfrac > 0) & slots.resident & state.prefetched[layer, ids]
-  state = dataclasses.replace(
-      state, used=state.used.at[layer, ids].set(state.used[layer, ids] | used_now))
-  acc = carry.acc
-  mean_load = jnp.mean(loads)
-  imb = jnp.where(mean_load > 0, jnp.max(loads) / jnp.where(mean_load > 0, mean_load, 1.0),
-                  0.0)
-  acc = _Acc(
-      gpu_busy_s=acc.gpu_busy_s + attn_s + shared_s + jnp.sum(slots.gpu_s * gfrac) + red,
-      unit_busy_s=acc.unit_busy_s + loads,
-      ndp_lane_s=acc.ndp_lane_s + slowest,
-      link_to_gpu_busy_s=acc.link_to_gpu_busy_s + fetch_busy + ret,
-      link_to_ndp_busy_s=acc.link_to_ndp_busy_s + bcast,
-      bytes_to_gpu=acc.bytes_to_gpu + jnp.sum(share) * eb
-      + w * n_part * act_b,
-      bytes_to_ndp=acc.bytes_to_ndp + w * act_b,
-      hits=acc.hits + jnp.sum(valid & slots.resident),
-      misses=acc.misses + jnp.sum(valid & ~slots.resident),
-      expert_bytes_gpu=acc.expert_bytes_gpu + jnp.sum(gfrac) * eb,
-      expert_bytes_ndp=acc.expert_bytes_ndp
-      + jnp.sum(jnp.where(valid, 1.0 - gfrac, 0.0)) * eb,
-      activated_bytes=acc.activated_bytes + jnp.sum(valid) * eb,
-      imbalance_sum=acc.imbalance_sum + w * imb,
-      imbalance_n=acc.imbalance_n + w,
-      **_peaks(acc, phase, held, jnp.sum(share)),
-  )
-  return _Carry(t=end, link_gpu_free=link_gpu_free, link_ndp_free=link_ndp_free,
-                bg_clock=bg_clock, res=state, own=carry.own, acc=acc)
 
 
 def _with_peak(c: _Carry) -> _Carry:

@@ -66,7 +66,7 @@ def safe_log(w):
 
 
 def gpu_lane_end(start, fetch_start, gpu_s, frac, phi, fetch_s, temperature):
-  """Relaxed :func:`ndpsim.engine.gpu_lane_end`.
+  """Relaxed :func:`ndpsim.lanes.gpu_lane_end`.
 
   ``frac`` [n]: GPU share of each slot; ``phi`` [n]: fetched fraction of that
   share (1 - resident fraction; 0/1 for hard residency).  The resident part
