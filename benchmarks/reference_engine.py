@@ -253,6 +253,19 @@ def _placement(sl, gpu, units=None):
   return gpu, fetch, unit
 
 
+def _count_and_loaded(sl, gpu, counts) -> list:
+  """Adds each valid slot's tokens to ``counts`` [E] (in place); returns [E]
+  bool: the expert is loaded on demand for this layer (on the GPU, not
+  resident)."""
+  loaded = [False] * len(counts)
+  for i, e in enumerate(sl["ids"]):
+    if sl["valid"][i]:
+      counts[e] = F(counts[e] + sl["tok"][i])
+    if gpu[i] and not sl["res"][i]:
+      loaded[e] = True
+  return loaded
+
+
 def _prefill_prefetch(ctx, s: _State, layer, sl, gpu, key=None) -> list:
   """Prefill choice of tp_lb_prefetch / tp_lb_adaptive; returns counts [E].
 
@@ -263,12 +276,7 @@ def _prefill_prefetch(ctx, s: _State, layer, sl, gpu, key=None) -> list:
   """
   E = ctx["E"]
   counts = [F(0.0)] * E
-  loaded = [False] * E
-  for i, e in enumerate(sl["ids"]):
-    if sl["valid"][i]:
-      counts[e] = F(counts[e] + sl["tok"][i])
-    if gpu[i] and not sl["res"][i]:
-      loaded[e] = True
+  loaded = _count_and_loaded(sl, gpu, counts)
   key = counts if key is None else key
   s.score[layer] = list(key)
   want = _top_m(counts, s.capacity, [c > 0 for c in counts])
@@ -351,12 +359,7 @@ def _dynande(ctx, s: _State, layer, sl, phase):
   on = set(order[:best_j])
   gpu = [i in on for i in range(n)]
   counts = s.score[layer]
-  loaded = [False] * E
-  for i, e in enumerate(sl["ids"]):
-    if sl["valid"][i]:
-      counts[e] = F(counts[e] + sl["tok"][i])
-    if gpu[i] and not sl["res"][i]:
-      loaded[e] = True
+  loaded = _count_and_loaded(sl, gpu, counts)
   res = s.resident[layer]
   key = [F(counts[e] + (F(0.5) if res[e] else F(0.0))) for e in range(E)]
   cache = _top_m(key, s.capacity, [res[e] or loaded[e] for e in range(E)])

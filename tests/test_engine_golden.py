@@ -46,16 +46,7 @@ WORKLOAD = (f"{MODEL} on {SYSTEM} with {UNITS} NDP units, "
 
 @functools.lru_cache(maxsize=None)
 def _routing():
-  model = M.get_model(MODEL)
-  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
-  rng = np.random.default_rng(0)
-  log_pop = -1.2 * np.log(np.arange(1, E + 1))
-  rank = np.argsort(rng.random((SEQS, 1, L, E)), axis=-1)
-  logits = log_pop[rank] + rng.gumbel(size=(SEQS, PROMPT + OUTPUT, L, E))
-  ids = np.argsort(-logits, axis=-1)[..., :k].astype(np.int32)
-  gates = np.full(ids.shape, 1.0 / k, np.float32)
-  return R.Routing(prefill_ids=ids[:, :PROMPT], prefill_gates=gates[:, :PROMPT],
-                   decode_ids=ids[:, PROMPT:], decode_gates=gates[:, PROMPT:])
+  return U.numpy_routing(MODEL, SEQS, PROMPT, OUTPUT, seed=0)
 
 
 def _numbers(policy: str) -> dict:

@@ -19,6 +19,7 @@ from ndpsim import costs
 from ndpsim.base import ConfigError
 from ndpsim.workload import model_io
 from ndpsim.workload import models as M
+from tests import engine_util as U
 
 pytestmark = [pytest.mark.inputs, pytest.mark.analytic]
 
@@ -139,13 +140,7 @@ def test_layouts_and_features_of_the_new_families():
 
 
 def _variant(tmp_path, fname, drop=(), **changes) -> pathlib.Path:
-  cfg = json.loads((CORPUS / fname).read_text())
-  for k in drop:
-    del cfg[k]
-  cfg.update(changes)
-  p = tmp_path / "config.json"
-  p.write_text(json.dumps(cfg))
-  return p
+  return U.hf_variant(tmp_path, CORPUS / fname, drop, **changes)
 
 
 def _refused(path, *parts):

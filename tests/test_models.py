@@ -17,6 +17,7 @@ from ndpsim import probe
 from ndpsim.base import ConfigError
 from ndpsim.workload import model_io
 from ndpsim.workload import models as m
+from tests import engine_util as U
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -247,13 +248,7 @@ def test_hf_config_folder_name_and_dispatch(tmp_path):
 
 
 def _hf_variant(tmp_path, drop=(), **changes) -> pathlib.Path:
-  cfg = json.loads((DATA / "hf_qwen3_moe_config.json").read_text())
-  for k in drop:
-    del cfg[k]
-  cfg.update(changes)
-  p = tmp_path / "config.json"
-  p.write_text(json.dumps(cfg))
-  return p
+  return U.hf_variant(tmp_path, DATA / "hf_qwen3_moe_config.json", drop, **changes)
 
 
 @pytest.mark.parametrize("field,default", [("num_experts_per_tok", 8),

@@ -56,6 +56,7 @@ from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
 from ndpsim.workload import routing as R
+from tests import engine_util as U
 
 SYSTEMS = tuple(config.available("system"))
 MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite")
@@ -142,21 +143,8 @@ SWEEP_INDEX = {name: [0 if f == 1.0 else _variant_layout().index((name, f)) for 
 
 @functools.lru_cache(maxsize=None)
 def _routing(model_name: str):
-  """Skewed routing with prompt locality, in NumPy (the calibrated generator
-  costs a compile per model): per sequence and layer a Zipf(1.2) popularity
-  over a random ranking of the experts, each token's top-k drawn without
-  replacement (Gumbel top-k), prompt and output alike -- so the prompt's
-  counts predict the output's experts, what prefetch relies on."""
-  model = M.get_model(model_name)
-  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
-  rng = np.random.default_rng(0)
-  log_pop = -1.2 * np.log(np.arange(1, E + 1))
-  rank = np.argsort(rng.random((SEQS, 1, L, E)), axis=-1)
-  logits = log_pop[rank] + rng.gumbel(size=(SEQS, PROMPT + OUTPUT, L, E))
-  ids = np.argsort(-logits, axis=-1)[..., :k].astype(np.int32)
-  gates = np.full(ids.shape, 1.0 / k, np.float32)
-  return R.Routing(prefill_ids=ids[:, :PROMPT], prefill_gates=gates[:, :PROMPT],
-                   decode_ids=ids[:, PROMPT:], decode_gates=gates[:, PROMPT:])
+  """Skewed NumPy routing with prompt locality (``engine_util.numpy_routing``)."""
+  return U.numpy_routing(model_name, SEQS, PROMPT, OUTPUT, seed=0)
 
 
 def _fits(sysname: str, model_name: str, units: int) -> bool:
