@@ -118,7 +118,8 @@ def config_root() -> pathlib.Path:
 
 
 # Folders under hw_configs/ whose name is not the kind's (DESIGN.md layout).
-_FOLDERS = {"system": "systems"}
+_FOLDERS = {"system": "systems", "dram_energy": "energy/dram", "gpu_energy": "energy/gpu",
+            "link_energy": "energy/link", "ndp_energy": "energy/ndp"}
 
 
 def folder_of(kind: str) -> str:
