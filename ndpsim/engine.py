@@ -104,6 +104,7 @@ class _Static:
   act_bytes_per_token: float
   phase_tokens: tuple
   relaxed: bool = False
+  record: bool = False  # also return per-layer timeline records (ndpsim/trace.py)
 
   def tokens(self, phase: str) -> int:
     return dict(self.phase_tokens)[phase]
@@ -180,7 +181,8 @@ def _bound_end(pol: pb.Policy, ctx, slots, pc, tr):
 
 def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
            carry: _Carry, layer, ids, tokens, valid, attn_s, shared_s):
-  """Simulates one MoE layer; returns the new carry.  tokens: int32 [n]."""
+  """Simulates one MoE layer; returns (the new carry, the layer's timeline
+  record if ``st.record`` else None).  tokens: int32 [n]."""
   pol, n_units = st.policy, st.num_units
   state = carry.res
   t0 = carry.t
@@ -189,7 +191,9 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
 
   # Background loads use the idle link up to the router's decision.
   idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
+  drained0 = state.drained_s
   state = rs.arrivals(rs.drain(state, idle), layer)
+  drained1 = state.drained_s
 
   # Prefill slots are the experts in id order (_slots_prefill): row reads.
   resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
@@ -229,8 +233,30 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
                      valid & (gfrac > 0) & resident)
   acc = _accumulate(st, ctx, phase, carry.acc, slots, gfrac, phi, lt, held, attn_s,
                     shared_s)
+  rec = None
+  if st.record:  # static: the default program is unchanged
+    o = (lambda x: x) if order is None else (lambda x: x[order])
+    ndp_frac = jnp.where(valid, 1.0 - gfrac, 0.0)
+    rec = dict(
+        t0=t0, attn_s=attn_s, tr=tr, shared_s=shared_s, end=end, lanes_end=lt.end,
+        bg_pre_start=jnp.maximum(carry.bg_clock, carry.link_gpu_free),
+        bg_pre_s=drained1 - drained0,
+        bg_post_start=jnp.maximum(lt.fetch_end, carry.link_gpu_free),
+        bg_post_s=state.drained_s - drained1,
+        fetch_start=jnp.maximum(tr, carry.link_gpu_free),
+        slot_ids=o(ids), slot_tokens=o(tokens), slot_valid=o(valid),
+        slot_resident=o(resident), slot_fetched=o(phi), slot_gfrac=o(gfrac),
+        slot_gpu_s=o(slots.gpu_s * gfrac),
+        slot_fetch_s=o(jnp.where(phi, ctx.fetch_s * gfrac, 0.0)),
+        slot_ndp_s=o(ndp_frac * (slots.ndp_tp_s if pol.ndp_mode == "tp"
+                                 else slots.ndp_ep_s)),
+        slot_unit=o(jnp.broadcast_to(place.ep_unit, ids.shape).astype(jnp.int32)),
+        **{k: getattr(lt, k) for k in (
+            "gpu_end", "fetch_busy", "fetch_end", "w", "loads", "slowest", "bcast",
+            "ndp_end", "ret", "ret_end", "red", "n_partials")},
+        bcast_start=bcast_start)
   return _Carry(t=end, link_gpu_free=lt.link_gpu_free, link_ndp_free=lt.link_ndp_free,
-                bg_clock=lt.bg_clock, res=state, own=carry.own, acc=acc)
+                bg_clock=lt.bg_clock, res=state, own=carry.own, acc=acc), rec
 
 
 def _staging_cut(place: pb.Placement, valid, order, room):
@@ -371,10 +397,10 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
     layer, cnt, a, sh = xs
     ids, tok, val = _slots_prefill(cnt)
     return _layer(st, ctx, pparams, "prefill", tab.prefill, c, layer, ids, tok, val,
-                  a, sh), None
+                  a, sh)
 
-  carry, _ = jax.lax.scan(prefill_body, carry, (jnp.arange(L), counts,
-                                                tab.attn_prefill_s, tab.shared_prefill_s))
+  carry, rec_prefill = jax.lax.scan(prefill_body, carry, (
+      jnp.arange(L), counts, tab.attn_prefill_s, tab.shared_prefill_s))
   carry = _with_peak(carry)
   ttft = carry.t
   acc_prefill = carry.acc
@@ -391,19 +417,27 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
       layer, ids_l, a, sh = xs2
       sids, tok, val = _slots_decode(ids_l, E, st.batch)
       return _layer(st, ctx, pparams, "decode", tab.decode, c2, layer, sids, tok, val,
-                    a, sh), None
+                    a, sh)
 
-    c, _ = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_t,
-                                        tab.shared_decode_s))
+    c, recs = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_t,
+                                           tab.shared_decode_s))
+    if st.record:
+      return _with_peak(c), (c.t - start, dict(step_start=start, step_over_s=over_t,
+                                               layers=recs))
     return _with_peak(c), c.t - start
 
   carry, step_s = jax.lax.scan(step_body, carry,
                                (dec, tab.attn_decode_s, tab.over_decode_s))
+  rec = None
+  if st.record:
+    step_s, rec_decode = step_s
+    rec = dict(prefill=rec_prefill, decode=rec_decode)
   st_ = carry.res
   prefetched_bytes = jnp.sum(st_.prefetched) * ctx.expert_bytes
   used_bytes = jnp.sum(st_.used) * ctx.expert_bytes
-  return dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
-              prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
+  out = dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
+             prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
+  return out if rec is None else dict(out, record=rec)
 
 
 def _build_context(ss, sp, model, policy, pparams, profile_counts, context_len, batch,
@@ -436,14 +470,15 @@ def prefill_counts(pre, num_layers: int, num_experts: int):
 
 
 def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
-                  profile_counts, batch, relaxed=False):
+                  profile_counts, batch, relaxed=False, record=False):
   S, P = prefill_ids.shape[:2]
   T = decode_ids.shape[1]
   G = S // batch
   pparams = pb.resolve_params(policy, pparams)
   st = _Static(policy=policy, num_units=ss.num_ndp_units, batch=batch,
                act_bytes_per_token=model.hidden_size * M.dtype_bytes(model.activation_dtype),
-               phase_tokens=(("prefill", P * batch), ("decode", batch)), relaxed=relaxed)
+               phase_tokens=(("prefill", P * batch), ("decode", batch)), relaxed=relaxed,
+               record=record)
   ctx = _build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch,
                        relaxed)
   tab = build_tables(ss, sp, model, P, T, batch)
@@ -453,9 +488,10 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
   out = jax.vmap(lambda p, d, c: _simulate_group(st, ctx, pparams, tab, p, d, c))(
       pre, dec, counts)
   fixed = costs.gpu_fixed_bytes(model, P + T, batch) + sp.gpu_reserved_bytes
-  return SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
-                            gpu_fixed_bytes=fixed, batch=batch,
-                            gpu_capacity_bytes=gpu_memory_bytes(sp))
+  res = SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
+                           gpu_fixed_bytes=fixed, batch=batch,
+                           gpu_capacity_bytes=gpu_memory_bytes(sp))
+  return (res, out["record"]) if record else res
 
 
 def gpu_memory_bytes(sp):
@@ -464,12 +500,13 @@ def gpu_memory_bytes(sp):
   return gpu_mod.memory_capacity_bytes(sp.gpu)
 
 
-STATIC_ARGNAMES = ("ss", "model", "policy", "batch", "relaxed")
+STATIC_ARGNAMES = ("ss", "model", "policy", "batch", "relaxed", "record")
 _simulate_jit = jax.jit(simulate_core, static_argnames=STATIC_ARGNAMES)
 
 
 def simulate(system, model, routing, policy, policy_params=None, *, batch_size: int = 1,
-             profile_counts=None, check: bool = True, relaxed: bool = False) -> SimResult:
+             profile_counts=None, check: bool = True, relaxed: bool = False,
+             record: bool = False) -> SimResult:
   """Simulates prefill + decode of every sequence group.
 
   Args:
@@ -490,8 +527,14 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
       soft maxima at ``policy_params.temperature_s``, continuous placements
       for policies that support them (``tuned``).  False (default) compiles
       and computes exactly the hard engine.
+    record: static; also return every layer's timeline record (hard mode
+      only; ``ndpsim/trace.py`` turns it into a trace).  False (default)
+      compiles the same program as without it.
   Returns:
-    SimResult with a leading axis of S / batch_size sequence groups.
+    SimResult with a leading axis of S / batch_size sequence groups; with
+    ``record``, ``(SimResult, record)``: a dict of the per-layer values of
+    ``_layer`` with leading axes [G, L] (``prefill``) and [G, T, L]
+    (``decode``, beside ``step_start`` / ``step_over_s`` [G, T]), seconds.
   """
   from ndpsim import policies  # pylint: disable=import-outside-toplevel
   ss, sp = system[0], system[1]
@@ -502,9 +545,12 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
     _refuse_traced(sp, pparams, pre, dec, profile_counts)
     validate(ss, sp, model, pre, dec, batch_size)
     pb.check_params(pparams, pol)
+  if record and relaxed:
+    raise ConfigError("simulate: record=True needs the hard engine; give relaxed=False "
+                      "(the relaxed lanes have no timeline)")
   return _simulate_jit(ss, sp, model, pol, pparams, jnp.asarray(pre, jnp.int32),
                        jnp.asarray(dec, jnp.int32), profile_counts, batch_size,
-                       relaxed=relaxed)
+                       relaxed=relaxed, record=record)
 
 
 def _refuse_traced(*trees) -> None:
