@@ -22,7 +22,9 @@ environment:
     layer loads, evict, queue background loads: :class:`Requests`); the engine
     applies them and decides when a queued load has arrived.  Must not read
     future routing, must keep at most ``res.capacity`` experts per layer
-    resident or queued, and must not fetch more than ``slots.stage_room``
+    resident or queued (a policy with per-layer budgets, ``tuned``: at most
+    L x ``res.capacity`` over all L layers, the engine's decode memory
+    bound), and must not fetch more than ``slots.stage_room``
     experts on demand in a layer.
 
 Params: every policy reads the shared :class:`PolicyParams` (the prefetch
