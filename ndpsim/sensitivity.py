@@ -7,8 +7,9 @@ e-fold of the parameter; divide by 100 for "per 1 %") of the *hard* engine
 Ranked by magnitude; a negative value means that raising the parameter
 lowers latency.
 
-``rank(system, model, routing, policy)`` is the entry point for the
-experiment binary's ``--studies=sensitivity``; :func:`table` renders it.
+``rank(system, model, routing, policy)`` is the library entry point and
+``--studies=sensitivity`` of the experiment binary runs the same
+:func:`elasticities` in forward mode; :func:`table` renders either.
 """
 from __future__ import annotations
 
@@ -29,10 +30,30 @@ class Row(NamedTuple):
 
 
 def elasticities(system, model, routing, policy, policy_params=None, *,
-                 batch_size: int = 1, profile_counts=None):
-  """(mean e2e s, {param path: (value, d e2e / d log p)}) in one reverse pass."""
+                 batch_size: int = 1, profile_counts=None, mode: str = "reverse",
+                 num_groups: int | None = None, check: bool = True):
+  """(mean e2e s, {param path: (value, d e2e / d log p)}).
+
+  The one implementation behind both entry points: the library's
+  :func:`rank` and the binary's ``--studies=sensitivity``
+  (:func:`ndpsim.studies.sensitivity`).
+
+  mode: ``"reverse"`` (one ``jax.value_and_grad`` pass: the work of a few
+    simulations, memory grows with the scan length) or ``"forward"``
+    (``jax.jacfwd``: memory of one simulation, work grows with the number of
+    leaves; the binary's choice, since its sweeps are memory-bound).
+  num_groups: average the first ``num_groups`` sequence groups only (the
+    binary pads sequences to a multiple of its devices); None: all.
+  check: validate sizes and capacities in Python first.
+  Values are taken in the default float dtype (float64 under
+  ``jax.enable_x64``).  Tuple-valued leaves give one row per entry,
+  ``name[i]``.
+  """
+  if mode not in ("reverse", "forward"):
+    raise ValueError(f"sensitivity mode={mode!r}: write 'reverse' or 'forward'")
   ss, sp = system
-  engine.validate(ss, sp, model, routing.prefill_ids, routing.decode_ids, batch_size)
+  if check:
+    engine.validate(ss, sp, model, routing.prefill_ids, routing.decode_ids, batch_size)
   flat, treedef = jax.tree_util.tree_flatten_with_path(sp)
   names = [jax.tree_util.keystr(p).lstrip(".") for p, _ in flat]
   dtype = jnp.asarray(1.0).dtype  # float64 under jax.enable_x64
@@ -43,10 +64,14 @@ def elasticities(system, model, routing, policy, policy_params=None, *,
     params = jax.tree_util.tree_unflatten(treedef, leaves)
     r = engine.simulate((ss, params), model, routing, policy, policy_params,
                         batch_size=batch_size, profile_counts=profile_counts, check=False)
-    return jnp.mean(r.e2e_s)
+    e2e = r.e2e_s if num_groups is None else r.e2e_s[:num_groups]
+    return jnp.mean(e2e)
 
   u0 = [jnp.zeros_like(v) for v in values]
-  e2e, g = jax.jit(jax.value_and_grad(f))(u0)
+  if mode == "reverse":
+    e2e, g = jax.jit(jax.value_and_grad(f))(u0)
+  else:
+    e2e, g = jax.jit(lambda u: (f(u), jax.jacfwd(f)(u)))(u0)
   out = {}
   for name, v, d in zip(names, values, g):
     v, d = np.asarray(v), np.asarray(d)

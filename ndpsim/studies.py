@@ -67,6 +67,7 @@ from jax.sharding import Mesh
 
 import ndpsim
 from ndpsim import config, engine, policies, resolved, results
+from ndpsim import sensitivity as sensitivity_mod
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
@@ -807,9 +808,10 @@ def sensitivity(res: Resolved, model: str | None = None, policy: str | None = No
                 mesh: Mesh | None = None) -> dict[str, Any]:
   """d(mean end-to-end latency) / d(log p) for every traced hardware param p.
 
-  Forward mode (``jax.jacfwd`` over one log-scale factor per leaf of
-  ``SystemParams``): memory stays that of one simulation, the work grows with
-  the number of leaves.  Model: the first sweep model; policy:
+  :func:`ndpsim.sensitivity.elasticities` in forward mode (``jax.jacfwd``
+  over one log-scale factor per leaf of ``SystemParams``): memory stays that
+  of one simulation, the work grows with the number of leaves.  Model: the
+  first sweep model; policy:
   ``tp_lb_prefetch`` if listed, else the first non-baseline policy; units:
   the first headline count; budget: the headline budget.
   """
@@ -827,24 +829,13 @@ def sensitivity(res: Resolved, model: str | None = None, policy: str | None = No
   routing = R.Routing(shard_sequences(wl.prefill_ids, mesh, B), None,
                       shard_sequences(wl.decode_ids, mesh, B), None)
   G = wl.prefill_ids.shape[0] // B
-  flat, treedef = jax.tree_util.tree_flatten_with_path(sysp.params)
-  names = [jax.tree_util.keystr(p).lstrip(".") for p, _ in flat]
-  values = [float(v) for _, v in flat]
   pp = policies.PolicyParams(resident_fraction=float(c.headline_budget))
-  prof = jnp.asarray(wl.profile_counts)
-
-  def mean_e2e(u):
-    leaves = [jnp.asarray(v, jnp.float32) * jnp.exp(u[i]) for i, v in enumerate(values)]
-    params = jax.tree_util.tree_unflatten(treedef, leaves)
-    r = engine.simulate((sysp.spec, params), spec, routing, policy, pp, batch_size=B,
-                        profile_counts=prof, check=False)
-    return jnp.mean(r.e2e_s[:G])
-
-  u0 = jnp.zeros((len(values),), jnp.float32)
-  e2e, jac = jax.jit(lambda u: (mean_e2e(u), jax.jacfwd(mean_e2e)(u)))(u0)
-  e2e, jac = to_host((e2e, jac))
+  e2e, el = sensitivity_mod.elasticities(
+      (sysp.spec, sysp.params), spec, routing, policy, pp, batch_size=B,
+      profile_counts=jnp.asarray(wl.profile_counts), mode="forward", num_groups=G,
+      check=False)
   return {"model": model, "policy": policy, "num_ndp_units": n,
           "prefetch_budget": float(c.headline_budget), "routing": routing_label(c.routing),
           "e2e_latency_s_mean": float(e2e),
-          "elasticities": {k: float(v) for k, v in zip(names, jac)},
-          "values": dict(zip(names, values))}
+          "elasticities": {k: d for k, (_, d) in el.items()},
+          "values": {k: v for k, (v, _) in el.items()}}

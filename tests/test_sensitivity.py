@@ -72,3 +72,56 @@ def test_elasticity_matches_finite_differences(ranked_tp, param):
   g = by[param].d_latency_d_log_param
   assert g != 0.0
   assert abs(g - fd) <= 1e-4 * abs(fd), (g, fd)
+
+
+def test_forward_mode_equals_reverse_mode(ranked_tp):
+  """The binary's forward-mode pass (``--studies=sensitivity``) and the
+  library's reverse-mode pass are one implementation with two modes: on the
+  same inputs they agree leaf by leaf (x64, ``ndp_tp``), and averaging only
+  the first ``num_groups`` groups is the mean over those groups."""
+  r, system, rows = ranked_tp
+  model = M.get_model(MODEL)
+  with jax.enable_x64(True):
+    e2e_f, fwd = sensitivity.elasticities(system, model, r, "ndp_tp", mode="forward")
+    e2e_1, one = sensitivity.elasticities(system, model, r, "ndp_tp", mode="forward",
+                                          num_groups=1)
+    full = np.asarray(engine.simulate(system, model, r, "ndp_tp").e2e_s, np.float64)
+  by = {x.param: x for x in rows}
+  assert set(fwd) == set(by)
+  for k, (v, d) in fwd.items():
+    assert v == by[k].value
+    assert abs(d - by[k].d_latency_d_log_param) <= 1e-9 * max(1e-12, abs(d)) + 1e-15, k
+  assert np.isclose(e2e_f, full.mean(), rtol=1e-12)
+  assert np.isclose(e2e_1, full[0], rtol=1e-12) and full[0] != full[1]
+
+
+def test_unknown_mode_is_refused():
+  with pytest.raises(ValueError, match="mode='sideways'.*'reverse' or 'forward'"):
+    sensitivity.elasticities(U.load(), M.get_model(MODEL), None, "ndp_tp", mode="sideways")
+
+
+def test_the_binary_study_runs_the_same_elasticities():
+  """``--studies=sensitivity`` (:func:`ndpsim.studies.sensitivity`) reports
+  what :func:`sensitivity.elasticities` gives on the study's own workload."""
+  import pathlib
+
+  from ndpsim import studies
+  tiny = str(pathlib.Path(__file__).parent / "data" / "exp_tiny_model.json")
+  cfg = studies.StudyConfig(models=(tiny,), policies=("monde", "ndp_tp"), prompt_len=8,
+                            output_len=4, num_seqs=2, num_ndp_units=(2,),
+                            studies=("sensitivity",))
+  res = studies.resolve(cfg)
+  doc = studies.sensitivity(res)
+  assert doc["policy"] == "ndp_tp"
+  model = res.sweep_models[0]
+  wl = studies.make_workload(res, model, studies.routing_label(cfg.routing))
+  from ndpsim.workload import routing as R
+  r = R.Routing(wl.prefill_ids, None, wl.decode_ids, None)
+  sysp = res.systems[2]
+  e2e, el = sensitivity.elasticities((sysp.spec, sysp.params), res.models[model], r,
+                                     "ndp_tp", profile_counts=jnp.asarray(wl.profile_counts))
+  assert set(doc["elasticities"]) == set(el)
+  assert np.isclose(doc["e2e_latency_s_mean"], e2e, rtol=1e-6)
+  for k, (v, d) in el.items():
+    assert doc["values"][k] == v
+    assert abs(doc["elasticities"][k] - d) <= 1e-3 * abs(d) + 1e-9, k
