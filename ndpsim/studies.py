@@ -66,7 +66,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import ndpsim
-from ndpsim import config, engine, policies, resolved, results
+from ndpsim import config, energy, engine, policies, resolved, results
 from ndpsim import sensitivity as sensitivity_mod
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
@@ -697,6 +697,9 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
       if alpha is not None:
         row.update(alpha)
       row.update(simulated_params(policy, b, extra, row))
+      row.update(energy.row_fields(r, res.systems[n], res.models[model],
+                                   prompt_len=res.prompt_len,
+                                   batch_size=res.config.batch_size))
       check_finite(row)
       row[REQUESTS_KEY] = results.per_group(r)  # requests.csv; split off for results
       rows[c] = row
