@@ -198,3 +198,40 @@ def sensitivity_bars(sens: dict[str, Any], path, workload: str = "") -> str | No
                           60), fontsize=9)
   ax.tick_params(axis="y", labelsize=7)
   return _save(fig, path)
+
+
+def energy_vs_latency(rows: Rows, path, workload: str = "",
+                      columns: int = GRID_COLUMNS) -> str | None:
+  """Per model (subplots, ``columns`` per row): energy per output token (J,
+  ``energy_per_token_j``) against mean end-to-end latency (s), one point per
+  policy, the same colour for a policy in every subplot.  Lower-left is
+  better on both; None when no row carries energy."""
+  rows = [r for r in rows if r.get("energy_per_token_j") is not None]
+  if not rows:
+    return None
+  models, pols = _uniq(r["model"] for r in rows), _uniq(r["policy"] for r in rows)
+  colours = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(pols)}
+  ncol = max(1, min(columns, len(models)))
+  nrow = -(-len(models) // ncol)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8),
+                           squeeze=False)
+  flat = axes.reshape(-1)
+  for ax in flat[len(models):]:
+    ax.set_visible(False)
+  for ax, m in zip(flat, models):
+    for r in (r for r in rows if r["model"] == m):
+      ax.errorbar(r["e2e_latency_s_mean"], r["energy_per_token_j"],
+                  xerr=r.get("e2e_latency_s_ci95") or 0.0, marker="o", ls="none",
+                  color=colours[r["policy"]], label=r["policy"], capsize=2)
+    ax.set_title(m, fontsize=9)
+    ax.set_xlabel("end-to-end latency, s")
+    ax.set_ylabel("energy per output token, J")
+    ax.grid(alpha=0.3)
+  handles = [plt.Line2D([], [], marker="o", ls="none", color=colours[p]) for p in pols]
+  fig.legend(handles, pols, fontsize=7, loc="upper center", ncol=min(len(pols), 6),
+             bbox_to_anchor=(0.5, 0.0))
+  fig.suptitle(title_text("Energy per output token vs end-to-end latency", workload,
+                          max(TITLE_WIDTH_CHARS, 50 * ncol)),
+               fontsize=10 if workload else None)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -329,3 +329,23 @@ def test_tiny_engine_run_rows():
   assert set(row) == {"energy_per_token_j"} | {f"energy_{c}" for c in energy.COMPONENTS}
   np.testing.assert_allclose(row["energy_per_token_j"],
                              sum(row[f"energy_{c}"] for c in energy.COMPONENTS), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The plot.
+
+@pytest.mark.e2e
+def test_energy_vs_latency_plot(tmp_path):
+  from ndpsim import plots  # pylint: disable=import-outside-toplevel
+  rows = [{"model": m, "policy": p, "e2e_latency_s_mean": 1.0 + i, "e2e_latency_s_ci95": 0.1,
+           "energy_per_token_j": 0.5 + 0.1 * i}
+          for m in ("qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v2-lite")
+          for i, p in enumerate(("monde", "tp_lb", "tp_lb_prefetch"))]
+  path = plots.energy_vs_latency(rows, tmp_path / "e.png", workload="tiny workload text")
+  assert path and pathlib.Path(path).stat().st_size > 0
+  title = plots.png_title(path)
+  assert "Energy per output token" in title and "tiny workload text" in title
+  assert "mixtral-8x7b" in title  # one subplot per model
+  no_energy = [{k: v for k, v in r.items() if k != "energy_per_token_j"} for r in rows]
+  assert plots.energy_vs_latency(no_energy, tmp_path / "none.png") is None
+  assert not (tmp_path / "none.png").exists()
