@@ -379,6 +379,7 @@ def write_plots(doc: dict, out_dir: pathlib.Path) -> list[str]:
       plots.speedup_bars(head0, out_dir / "speedup.png",
                          f"Speedup over MoNDE, {n0} NDP units", workload=at_n0),
       plots.lane_breakdown(head0, out_dir / "lane_breakdown.png", workload=at_n0),
+      plots.energy_vs_latency(head0, out_dir / "energy_vs_latency.png", workload=at_n0),
       plots.speedup_lines(swept, out_dir / "speedup_vs_ndp_units.png", "num_ndp_units",
                           "NDP-DIMMs", "Speedup over MoNDE vs NDP units",
                           workload=workload_text(cfg, [r["num_ndp_units"] for r in swept])),
