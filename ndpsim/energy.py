@@ -391,3 +391,21 @@ def describe_presets(system) -> dict[str, dict]:
 def dumps(system) -> str:
   """JSON text of :func:`describe_presets`."""
   return json.dumps(describe_presets(system), indent=1)
+
+
+def figures_table(system) -> str:
+  """Markdown table of a system's energy figures: part, preset, field, value,
+  provenance (``python -m ndpsim.energy SYSTEM`` prints it)."""
+  lines = ["| part | preset | field | value | provenance |", "|---|---|---|---|---|"]
+  for part, d in describe_presets(system).items():
+    for f, (v, prov, _) in d["fields"].items():
+      lines.append(f"| {part} | {d['preset']} | {f} | {v:g} | {prov} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from ndpsim.hw import system as _system  # pylint: disable=import-outside-toplevel
+  for _name in sys.argv[1:] or config.available("system"):
+    print(f"### {_name}\n\n{figures_table(_system.load_system(_name))}\n")
