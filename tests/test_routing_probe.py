@@ -7,6 +7,7 @@ import pytest
 
 from ndpsim import probe
 from ndpsim.base import ConfigError
+from ndpsim.probe import routing as P
 from ndpsim.workload import routing as R
 
 pytestmark = [pytest.mark.e2e, pytest.mark.inputs]
@@ -40,7 +41,7 @@ def test_probe_bad_values_exit_2(argv, flag, capsys):
 
 
 def test_probe_function_raises_config_error():
-  args = {k: v[1] for k, v in R.PROBE_ARGS.items()}
+  args = {k: v[1] for k, v in P.PROBE_ARGS.items()}
   args.update(model="mixtral-8x7b", output_len=-1)
   with pytest.raises(ConfigError, match="output_len"):
-    R.probe(args)
+    P.probe(args)

@@ -4,10 +4,14 @@ Each subcommand prints one JSON object on stdout.  Bad arguments print one
 line on stderr naming the flag and what to write instead, and exit with
 status 2.
 
-Subcommands are declared by the module that answers them: the module defines
-``PROBE_ARGS`` (``{flag: (type, default, help)}``; default ``REQUIRED`` means
-the flag must be given) and ``probe(args: dict) -> dict``.  Raising
-``ndpsim.base.ConfigError`` from ``probe`` reports a bad value the same way.
+Each subcommand is one small module of this package (``ndpsim/probe/dram.py``,
+``gpu.py``, ``link.py``, ``ndp.py``, ``model.py``, ``routing.py``) that declares its
+arguments as ``PROBE_ARGS`` (``{flag: (type, default, help)}``; default
+``REQUIRED`` means the flag must be given) and answers with
+``probe(args: dict) -> dict``; this module reads those declarations to parse
+flags and print help.  The physics modules (``ndpsim.hw.*``, ``ndpsim.workload.*``)
+know nothing of the command line.  Raising ``ndpsim.base.ConfigError`` from
+``probe`` reports a bad value the same way.
 """
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ from ndpsim.base import ConfigError
 REQUIRED = object()
 
 SUBCOMMANDS: dict[str, str] = {
-    "dram": "ndpsim.hw.dram",
-    "ndp": "ndpsim.hw.ndp",
-    "gpu": "ndpsim.hw.gpu",
-    "link": "ndpsim.hw.link",
-    "model": "ndpsim.workload.model_io",
-    "routing": "ndpsim.workload.routing",
+    "dram": "ndpsim.probe.dram",
+    "ndp": "ndpsim.probe.ndp",
+    "gpu": "ndpsim.probe.gpu",
+    "link": "ndpsim.probe.link",
+    "model": "ndpsim.probe.model",
+    "routing": "ndpsim.probe.routing",
 }
 
 
@@ -158,7 +162,3 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
   """Console-script entry point."""
   sys.exit(main())
-
-
-if __name__ == "__main__":
-  run()
