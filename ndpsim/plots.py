@@ -204,13 +204,14 @@ def energy_vs_latency(rows: Rows, path, workload: str = "",
                       columns: int = GRID_COLUMNS) -> str | None:
   """Per model (subplots, ``columns`` per row): energy per output token (J,
   ``energy_per_token_j``) against mean end-to-end latency (s), one point per
-  policy, the same colour for a policy in every subplot.  Lower-left is
+  policy, the same colour and marker for a policy in every subplot.  Lower-left is
   better on both; None when no row carries energy."""
   rows = [r for r in rows if r.get("energy_per_token_j") is not None]
   if not rows:
     return None
   models, pols = _uniq(r["model"] for r in rows), _uniq(r["policy"] for r in rows)
-  colours = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(pols)}
+  style = {p: (plt.get_cmap("tab10")(i % 10), "os^D"[(i // 10) % 4])
+           for i, p in enumerate(pols)}
   ncol = max(1, min(columns, len(models)))
   nrow = -(-len(models) // ncol)
   fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8),
@@ -221,13 +222,15 @@ def energy_vs_latency(rows: Rows, path, workload: str = "",
   for ax, m in zip(flat, models):
     for r in (r for r in rows if r["model"] == m):
       ax.errorbar(r["e2e_latency_s_mean"], r["energy_per_token_j"],
-                  xerr=r.get("e2e_latency_s_ci95") or 0.0, marker="o", ls="none",
-                  color=colours[r["policy"]], label=r["policy"], capsize=2)
+                  xerr=r.get("e2e_latency_s_ci95") or 0.0, ls="none",
+                  color=style[r["policy"]][0], marker=style[r["policy"]][1],
+                  label=r["policy"], capsize=2)
     ax.set_title(m, fontsize=9)
     ax.set_xlabel("end-to-end latency, s")
     ax.set_ylabel("energy per output token, J")
     ax.grid(alpha=0.3)
-  handles = [plt.Line2D([], [], marker="o", ls="none", color=colours[p]) for p in pols]
+  handles = [plt.Line2D([], [], marker=style[p][1], ls="none", color=style[p][0])
+             for p in pols]
   fig.legend(handles, pols, fontsize=7, loc="upper center", ncol=min(len(pols), 6),
              bbox_to_anchor=(0.5, 0.0))
   fig.suptitle(title_text("Energy per output token vs end-to-end latency", workload,
