@@ -349,3 +349,35 @@ def test_energy_vs_latency_plot(tmp_path):
   no_energy = [{k: v for k, v in r.items() if k != "energy_per_token_j"} for r in rows]
   assert plots.energy_vs_latency(no_energy, tmp_path / "none.png") is None
   assert not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.gradient
+@pytest.mark.slow  # a gradient through the engine: one compile, ~1 min on 2 busy cores
+def test_gradient_through_the_engine_matches_finite_differences():
+  """d (mean energy per token) / d link bandwidth through engine.simulate (time
+  -> static energy) against central differences at +-2 %."""
+  model = _toy_model()
+  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
+  rng = np.random.default_rng(5)
+  P, T = 4, 2
+  ids = np.argsort(rng.random((2, P + T, L, E)), axis=-1)[..., :k].astype(np.int32)
+  gates = np.full(ids.shape, 1.0 / k, np.float32)
+  r = R.Routing(prefill_ids=ids[:, :P], prefill_gates=gates[:, :P],
+                decode_ids=ids[:, P:], decode_gates=gates[:, P:])
+  s = _system()
+  ep = energy.for_system(s)
+
+  @jax.jit
+  def per_token(bw):
+    sp = dataclasses.replace(s.params, link=dataclasses.replace(s.params.link,
+                                                                bandwidth_gbps=bw))
+    res = engine.simulate((s.spec, sp), model, r, "gpu_offload", check=False)
+    return jnp.mean(energy.per_token_j(res, (s.spec, sp), model, ep, prompt_len=P,
+                                       batch_size=1).total_j)
+
+  bw = jnp.float32(s.params.link.bandwidth_gbps)
+  g = float(jax.grad(per_token)(bw))
+  h = 0.02 * float(bw)
+  fd = (float(per_token(bw + h)) - float(per_token(bw - h))) / (2 * h)
+  assert g < 0  # a faster link shortens the run: less idle energy
+  np.testing.assert_allclose(g, fd, rtol=0.05)
