@@ -210,10 +210,14 @@ def _dram_name_of(ndp_name: str) -> str | None:
   return ref if isinstance(ref, str) else None
 
 
+class MissingFigures(ConfigError):
+  """A part of the system has no energy preset (the message names the file)."""
+
+
 def _load(kind: str, name: str, part: str) -> config.Preset:
   if not name or not (config.config_root() / config.folder_of(kind) /
                       f"{name}.json").is_file():
-    raise ConfigError(
+    raise MissingFigures(
         f"no energy figures for {part} preset {name!r}: add hw_configs/"
         f"{config.folder_of(kind)}/{name}.json (fields of {kind}, each with its "
         f"provenance; shipped: {config.available(kind)}) or pick a part that has them")
@@ -223,7 +227,7 @@ def _load(kind: str, name: str, part: str) -> config.Preset:
 def load_presets(system) -> dict[str, config.Preset]:
   """The energy presets of a loaded ``system.SystemPreset``'s parts, by part
   (``gpu``, ``link``, ``ndp``; the NDP preset's ``params.dram`` names the DRAM
-  one).  ConfigError naming the missing file if a part has none."""
+  one).  :class:`MissingFigures` naming the file to add if a part has none."""
   spec = system.spec
   out = {"gpu": _load("gpu_energy", spec.gpu_name, "gpu"),
          "link": _load("link_energy", spec.link_name, "link"),
@@ -245,10 +249,11 @@ def for_system(system) -> EnergyParams:
 
 
 def has_figures(system) -> bool:
-  """True if every part of ``system`` has an energy preset."""
+  """True if every part of ``system`` has an energy preset (a preset that exists
+  but is wrong still raises its ConfigError)."""
   try:
     load_presets(system)
-  except ConfigError:
+  except MissingFigures:
     return False
   return True
 
