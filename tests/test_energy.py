@@ -278,6 +278,17 @@ def test_bad_figures_are_refused_naming_the_field(field, value, what):
 
 
 @pytest.mark.inputs
+def test_every_figure_has_a_range():
+  for cls in (energy.GpuEnergyParams, energy.LinkEnergyParams, energy.DramEnergyParams,
+              energy.NdpEnergyParams):
+    table = config.ranges_of(cls)
+    for f in dataclasses.fields(cls):
+      if f.name != "dram":
+        r = table[f.name]
+        assert r.hard[0] <= r.plausible[0] <= r.plausible[1] <= r.hard[1], (f.name, r)
+
+
+@pytest.mark.inputs
 def test_missing_part_figures_name_the_file_to_add():
   s = _system()
   s2 = s._replace(spec=dataclasses.replace(s.spec, gpu_name="my_gpu"))
