@@ -51,6 +51,7 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
+import importlib
 import json
 import os
 import pathlib
@@ -101,9 +102,14 @@ def register_kind(kind: str, spec_cls: type, params_cls: type,
   _KINDS[kind] = _Kind(build, spec_cls, params_cls)
 
 
+# The package whose import registers the shipped kinds.  It is looked up by name
+# when a preset is first loaded (as a plugin is), so that config, which every
+# hardware module imports, imports none of them: no import cycle config <-> hw.
+KINDS_PACKAGE = "ndpsim.hw"
+
+
 def _ensure_kinds_loaded() -> None:
-  # Importing the hardware package registers every kind.
-  import ndpsim.hw  # noqa: F401  pylint: disable=import-outside-toplevel
+  importlib.import_module(KINDS_PACKAGE)
 
 
 def config_root() -> pathlib.Path:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from ndpsim.base import ConfigError
 from ndpsim.probe import REQUIRED
 from ndpsim.workload import models as M
-from ndpsim.workload.model_io import model_from_any
-from ndpsim.workload.models import _DTYPE_FIELDS, DTYPE_BITS, canonical_dtype
+from ndpsim.workload.model_spec import _DTYPE_FIELDS, DTYPE_BITS, canonical_dtype
+
 
 PROBE_ARGS = {
     "model": (str, REQUIRED, "registry name, model .json or HF config.json"),
@@ -24,7 +24,7 @@ PROBE_ARGS = {
 
 def probe(args: dict) -> dict:
   """Sizes, parameter counts, KV bytes and FLOPs of one model, JSON-able."""
-  spec = model_from_any(args["model"])
+  spec = M.model_from_any(args["model"])
   if args["dtype"]:
     d = canonical_dtype(args["dtype"], "--dtype")
     spec = M.with_dtype(spec, d, d, vector_dtype=d if DTYPE_BITS[d] >= 16 else None)
