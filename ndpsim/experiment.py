@@ -107,6 +107,14 @@ flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() fi
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed)")
 flags.DEFINE_integer("num_processes", None, "number of processes (--distributed)")
 flags.DEFINE_integer("process_id", None, "this process's index (--distributed)")
+flags.DEFINE_string("trace_out", "", "write a Chrome/Perfetto trace JSON of one sequence "
+                    "of one cell to this file: every layer's slices on the GPU, each NDP "
+                    "unit and both link directions (open it in https://ui.perfetto.dev or "
+                    "chrome://tracing; README 'Timeline'); empty: no trace")
+flags.DEFINE_string("trace_cell", "", "MODEL,POLICY of the cell --trace_out traces (the "
+                    "study's first cell with both, e.g. qwen3-30b-a3b,tp_lb_prefetch); "
+                    "empty: the study's first cell")
+flags.DEFINE_integer("trace_seq", 0, "the sequence of that cell --trace_out traces")
 
 _LIST_TYPES = {"num_ndp_units": int, "sweep_ndp_units": int, "prefetch_budgets": float}
 
@@ -483,6 +491,12 @@ def run_experiment(fl=FLAGS) -> dict:
     policies.load_module(path)
   cfg = config_from_flags(fl)
   res = studies.resolve(cfg)  # cfg.allow_implausible from the flag
+  if fl.trace_out:  # a bad trace request fails before the study runs
+    from ndpsim import trace  # pylint: disable=import-outside-toplevel
+    trace.check_request(res, fl.trace_out, fl.trace_cell, fl.trace_seq)
+  elif fl.trace_cell or fl.trace_seq:
+    raise ConfigError("--trace_cell/--trace_seq: given without --trace_out; add "
+                      "--trace_out=FILE.json or leave them out")
   out_dir = pathlib.Path(fl.out_dir)
   if fl.resume and fl.overwrite:
     raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "
@@ -532,6 +546,10 @@ def run_experiment(fl=FLAGS) -> dict:
           "timing.json"
           + "".join(f", {p}" for p in doc.get("plots", []))
           + f" in {timing['total_wall_s']:.0f} s", file=sys.stderr)
+    if fl.trace_out:
+      path = trace.write(fl.trace_out, trace.for_study(res, rows, fl.trace_cell,
+                                                       fl.trace_seq))
+      print(f"wrote trace {path} (open it in https://ui.perfetto.dev)", file=sys.stderr)
   return doc
 
 
