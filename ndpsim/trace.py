@@ -123,11 +123,23 @@ def timeline(system, model, routing, policy, policy_params=None, *, seq: int = 0
 
 def write(path, trace: dict) -> pathlib.Path:
   """Writes ``trace`` (from :func:`timeline`) as compact JSON; returns the path."""
+  p = _check_path(path)
+  try:
+    p.write_text(json.dumps(trace, separators=(",", ":"), allow_nan=False))
+  except OSError as e:
+    raise ConfigError(f"trace: cannot write {str(p)!r} ({e.strerror or e}); give a file "
+                      "in a folder you can write to") from None
+  return p
+
+
+def _check_path(path) -> pathlib.Path:
   p = pathlib.Path(path)
   if p.is_dir():
     raise ConfigError(f"trace: {str(p)!r} is a folder; give a file name, e.g. "
                       f"{str(p / 'trace.json')!r}")
-  p.write_text(json.dumps(trace, separators=(",", ":"), allow_nan=False))
+  if not p.parent.is_dir():
+    raise ConfigError(f"trace: folder {str(p.parent)!r} of {str(p)!r} does not exist; "
+                      "create it or give a file in an existing folder")
   return p
 
 
@@ -310,6 +322,16 @@ def pick_cell(res, spec: str = ""):
   have = sorted({f"{c.model},{c.policy}" for c in cells})
   raise ConfigError(f"--trace_cell: {spec!r} is not a cell of this study; write one of "
                     + ", ".join(have[:12]) + (" ..." if len(have) > 12 else ""))
+
+
+def check_request(res, path, cell_spec: str = "", seq: int = 0) -> None:
+  """Checks a study trace request before the study runs (the binary's
+  ``--trace_out`` / ``--trace_cell`` / ``--trace_seq``): one ConfigError each."""
+  _check_path(path)
+  pick_cell(res, cell_spec)
+  if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < res.num_seqs:
+    raise ConfigError(f"--trace_seq: {seq!r}; write a sequence index in [0, "
+                      f"{res.num_seqs}) (the study's --num_seqs)")
 
 
 def for_study(res, rows: list[dict], cell_spec: str = "", seq: int = 0) -> dict:
