@@ -1,0 +1,227 @@
+"""Hardware co-design (issue 15, item 2): the cost/power model's closed forms,
+gradients of latency and cost against central finite differences, the budget
+respected by every returned point, and a co-design point within 1 % of a
+brute-force grid of equal cost on a tiny model.
+
+Compiles: one vmapped relaxed value-and-gradient (two budgets; the gradient
+check reuses it) and one hard chunk of 32 points (the co-design's candidates
+and the grid share it)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ndpsim import codesign as C
+from ndpsim.base import ConfigError
+from ndpsim.hw import system as system_mod
+from ndpsim.workload import model_io
+from ndpsim.workload import models as M
+from ndpsim.workload import routing as R
+
+TINY = pathlib.Path(__file__).parent / "data" / "exp_tiny_model.json"
+COST_FILE = pathlib.Path(C.cost_path("default"))
+SEQS, PROMPT, OUTPUT, UNITS = 2, 8, 4, 2
+CHUNK = 32
+# The tiny model's layers take microseconds: the relaxation's temperatures are
+# scaled down from the defaults (which suit the zoo's models).
+CFG = C.CodesignConfig(steps=12, candidates_every=3, temperature_s=(1e-5, 1e-6))
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+  model = model_io.model_from_any(TINY)
+  s = system_mod.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=UNITS)
+  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
+  rng = np.random.default_rng(5)
+  # Skewed routing (a few hot experts) so that residency matters.
+  logits = -1.5 * np.log(np.arange(1, E + 1))[rng.permutation(E)] + rng.gumbel(
+      size=(SEQS, PROMPT + OUTPUT, L, E))
+  ids = np.argsort(-logits, axis=-1)[..., :k].astype(np.int32)
+  g = np.full(ids.shape, 1.0 / k, np.float32)
+  r = R.Routing(prefill_ids=ids[:, :PROMPT], prefill_gates=g[:, :PROMPT],
+                decode_ids=ids[:, PROMPT:], decode_gates=g[:, PROMPT:])
+  system = (s.spec, s.params)
+  cp = C.load_cost(s.spec.gpu_name, s.spec.ndp_name, s.spec.link_name)
+  m = C.machine(system, model, PROMPT + OUTPUT)
+  return model, system, r, cp, m
+
+
+def _budgets():
+  model, system, _, cp, _ = _setup()
+  lo, hi = C.spend_range(system, model, PROMPT + OUTPUT, cp)
+  return np.array([lo + 0.3 * (hi - lo), lo + 0.7 * (hi - lo)])
+
+
+@functools.lru_cache(maxsize=None)
+def _codesign():
+  model, system, r, cp, _ = _setup()
+  return C.codesign(system, model, r, _budgets(), cp, CFG, chunk=CHUNK)
+
+
+@functools.lru_cache(maxsize=None)
+def _grid():
+  model, system, r, _, _ = _setup()
+  b = C.Space().bounds(system[1])
+  axes = {"macs_per_cycle": np.geomspace(*b[0], 3), "link_bandwidth_gbps": np.geomspace(*b[1], 4),
+          "dram_rate": np.geomspace(*b[2], 3), "resident_fraction": [0.0, 0.5, 1.0]}
+  pts = C.grid_points(system, axes)
+  return pts, C.hard_latency(system, model, r, pts, chunk=CHUNK)
+
+
+# ---------------------------------------------------------------------------
+# The cost model.
+
+@pytest.mark.analytic
+def test_cost_and_power_closed_forms():
+  """breakdown() equals the formulas worked by hand from the JSON figures."""
+  _, system, _, cp, m = _setup()
+  d = json.loads(COST_FILE.read_text())
+  v = lambda *path: functools.reduce(lambda o, k: o[k], path, d)["value"]  # noqa: E731
+  g, n, lo, li = ("gpu", "rtx5080"), ("ndp", "ddr5_rank_ndp_dimm"), ("ndp_logic",), (
+      "link", "pcie5_x16")
+  x = np.array([512.0, 20.0, 1.2, 0.4, 1.0, 1.0])
+  mem = v(*g, "memory_spot_usd_per_gb") * v(*g, "memory_retail_factor")
+  gpu_usd = v(*g, "list_price_usd") - mem * (1 - 0.4) * m.max_expert_gb
+  mac_usd = 512 * v(*lo, "mac_area_um2") * 1e-6 * v(*lo, "mac_overhead_factor") * v(
+      *lo, "logic_usd_per_mm2")
+  unit_usd = (m.unit_capacity_gb * v(*n, "dram_usd_per_gb") * (1 + v(*n, "speed_premium_per_rate")
+                                                               * 0.2)
+              + v(*n, "module_board_usd") + v(*lo, "base_usd") + mac_usd)
+  cost = gpu_usd + v(*li, "usd_per_gbps") * 20.0 + UNITS * unit_usd
+  unit_w = (v(*n, "dram_background_w") + v(*n, "dram_read_pj_per_bit") * 8 * m.stream_gbps_0
+            * 1.2 * 1e-3 + v(*lo, "static_w")
+            + 512 * m.clock_ghz * v(*lo, "mac_energy_pj") * v(*lo, "mac_overhead_factor") * 1e-3)
+  power = v(*g, "board_power_w") + 2 * 20.0 * 8 * v(*li, "pj_per_bit") * 1e-3 + UNITS * unit_w
+  b = C.breakdown(cp, m, x)
+  assert float(b["cost_usd"]) == pytest.approx(cost, rel=1e-5)
+  assert float(b["power_w"]) == pytest.approx(power, rel=1e-5)
+  # The machine: 64 GiB DDR5 DIMMs, the preset's stream bandwidth and clock.
+  assert m.unit_capacity_gb == pytest.approx(4 * 16 * 2 ** 30 / 1e9)
+  assert m.num_units == UNITS
+  # At resident_fraction 1 the GPU costs its list price.
+  full = C.breakdown(cp, m, np.array([128.0, 63.0, 1.0, 1.0, 1.0, 1.0]))
+  assert float(full["gpu_usd"]) == pytest.approx(v(*g, "list_price_usd"), rel=1e-6)
+
+
+@pytest.mark.inputs
+def test_cost_file_errors_name_the_field(tmp_path):
+  d = json.loads(COST_FILE.read_text())
+  with pytest.raises(ConfigError, match="ndp.hbm_pim.*missing"):
+    C.load_cost("rtx5080", "hbm_pim", "pcie5_x16")
+  bad = json.loads(json.dumps(d))
+  bad["link"]["pcie5_x16"]["pj_per_bit"]["unit"] = "nJ/bit"
+  p = tmp_path / "c.json"
+  p.write_text(json.dumps(bad))
+  with pytest.raises(ConfigError, match="pj_per_bit.unit.*pJ/bit"):
+    C.load_cost("rtx5080", "ddr5_rank_ndp_dimm", "pcie5_x16", name=str(p))
+  bad = json.loads(json.dumps(d))
+  del bad["ndp_logic"]["mac_area_um2"]["source"]
+  p.write_text(json.dumps(bad))
+  with pytest.raises(ConfigError, match="mac_area_um2.*source"):
+    C.load_cost("rtx5080", "ddr5_rank_ndp_dimm", "pcie5_x16", name=str(p))
+  with pytest.raises(ConfigError, match="kind"):
+    C.CodesignConfig(kind="energy_j").check()
+
+
+@pytest.mark.gradient
+def test_cost_gradients_match_finite_differences():
+  _, _, _, cp, m = _setup()
+  x = np.array([300.0, 25.0, 1.1, 0.6, 1.2, 0.9])
+  with jax.enable_x64(True):  # float64: totals of ~$1000 change by cents
+    cp64 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), cp)
+    for kind in C.BUDGET_KINDS:
+      f = lambda x, kind=kind: C.spend(cp64, m, x, kind)  # noqa: E731
+      g = np.asarray(jax.grad(f)(jnp.asarray(x)))
+      for i in range(6):
+        h = 1e-3 * x[i]
+        e = np.eye(6)[i] * h
+        fd = (float(f(jnp.asarray(x + e))) - float(f(jnp.asarray(x - e)))) / (2 * h)
+        assert g[i] == pytest.approx(fd, rel=1e-6, abs=1e-9), (kind, i)
+      # Biases cost nothing.
+      assert g[4] == 0 and g[5] == 0
+    gc = np.asarray(jax.grad(lambda x: C.spend(cp64, m, x))(jnp.asarray(x)))
+  assert (gc[:4] > 0).all(), gc  # everything else costs money
+
+
+@pytest.mark.analytic
+def test_projection_meets_the_budget_exactly():
+  model, system, _, cp, m = _setup()
+  b = C.Space().bounds(system[1])
+  x = np.asarray(C.to_point(jnp.full(6, 0.9), b), np.float64)
+  budget = float(C.spend(cp, m, x)) - 30.0
+  xp, ok = C.project(cp, m, x, budget, b)
+  assert ok and float(C.spend(cp, m, xp)) <= budget
+  assert float(C.spend(cp, m, xp)) == pytest.approx(budget, abs=0.05)
+  assert xp[4:] == pytest.approx(x[4:])  # the free knobs are untouched
+  lo, _ = C.spend_range(system, model, PROMPT + OUTPUT, cp)
+  xp, ok = C.project(cp, m, x, lo - 1.0, b)
+  assert not ok
+
+
+# ---------------------------------------------------------------------------
+# Gradients through the relaxed engine.
+
+@pytest.mark.gradient
+def test_latency_gradient_matches_finite_differences():
+  """d (relaxed e2e) / d z per co-designed coordinate (z: the unconstrained
+  variable the optimiser moves; x = lo (hi/lo)^sigmoid(z)) against central
+  differences, with the same compiled call the co-design uses (mu = 0)."""
+  model, system, r, cp, m = _setup()
+  ss, sp = system
+  b = jnp.asarray(C.Space().bounds(sp), jnp.float32)
+  pre, dec = C._ids(r)  # pylint: disable=protected-access
+  m_arr = jnp.asarray(np.array(m, np.float64), jnp.float32)
+  cpj = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), cp)
+  bud = jnp.asarray(_budgets(), jnp.float32)
+
+  def call(z):
+    return C._step_values(ss, sp, model, pre, dec, cpj, m_arr, b,  # pylint: disable=protected-access
+                          jnp.asarray(z, jnp.float32), bud, jnp.float32(1.0),
+                          jnp.float32(0.0), jnp.float32(2e-5), jnp.float32(1.0), 1,
+                          "cost_usd")
+
+  z0 = np.array([0.3, -0.2, 0.1, 0.4, 0.1, -0.1])
+  _, lat, g = call(np.stack([z0, z0]))
+  g = np.asarray(g)[0]
+  h = 0.002  # the relaxation is smooth but sharply curved at this temperature
+  nonzero = 0
+  for i in range(6):
+    e = np.eye(6)[i] * h
+    _, lp, _ = call(np.stack([z0 + e, z0 - e]))
+    fd = (float(lp[0]) - float(lp[1])) / (2 * h)
+    assert g[i] == pytest.approx(fd, rel=0.05, abs=2e-3 * float(lat[0])), (C.NAMES[i], g[i], fd)
+    nonzero += abs(fd) > 1e-3 * float(lat[0])
+  assert nonzero >= 3  # the check is not vacuous
+
+
+# ---------------------------------------------------------------------------
+# The co-design itself.
+
+@pytest.mark.policy
+def test_returned_points_respect_the_budget():
+  res = _codesign()
+  _, _, _, cp, m = _setup()
+  assert res.feasible.all()
+  spent = np.asarray(C.spend(cp, m, res.points), np.float64)
+  assert (spent <= res.budgets * (1 + 1e-6)).all(), (spent, res.budgets)
+  assert np.isfinite(res.e2e_s).all()
+  # More budget never hurts.
+  assert res.e2e_s[1] <= res.e2e_s[0] * (1 + 1e-3), res.e2e_s
+
+
+@pytest.mark.policy
+def test_codesign_within_one_percent_of_an_equal_cost_grid():
+  res = _codesign()
+  pts, e2e = _grid()
+  _, _, _, cp, m = _setup()
+  for k, budget in enumerate(res.budgets):
+    i, best = C.grid_best(cp, m, pts, e2e, budget)
+    assert i >= 0
+    assert res.e2e_s[k] <= best * 1.01, (k, budget, res.e2e_s[k], best, pts[i], res.points[k])
