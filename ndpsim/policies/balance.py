@@ -50,6 +50,37 @@ def _with_ndp_lane(slots: Slots, valid, h, q, gpu_end):
   return jnp.where(count <= nvalid, span, jnp.inf)
 
 
+def _prefix_spans(slots: Slots, order, rho, phi, gpu_bias, ndp_bias, chain_max):
+  """The prefix makespans [n + 1] in one form for both modes.
+
+  ``rho`` / ``phi`` [n] (in ``order``): each slot's resident and fetched
+  share (0/1 in hard mode, weights in relaxed mode).  The GPU lane in the
+  engine's max-plus form: resident parts first (``r``), fetched parts after
+  their serialized loads (``q``: cumulative link time, ``c``: cumulative
+  compute of fetched parts), i.e. ``gpu_pre + r + c`` or
+  ``link_delay + c + max_i (q_i - c_{i-1})`` over the fetched slots so far,
+  whichever is later.  ``chain_max(term, phi) -> [n + 1]`` is that running
+  max with entry 0 for the empty prefix: ``jax.lax.cummax`` (hard) or a
+  weighted cumulative log-sum-exp (relaxed).  Returns (spans, q)."""
+  g = slots.gpu_s[order] * gpu_bias
+  h = slots.ndp_tp_s[order] * ndp_bias
+  valid = slots.valid[order]
+  z = jnp.zeros((1,))
+  cat = lambda x: jnp.concatenate([z, jnp.cumsum(x)])
+  r = cat(rho * g)
+  q = cat(phi * slots.fetch_s[order])
+  c = cat(phi * g)
+  m = chain_max(q[1:] - c[:-1], phi)
+  gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
+  return _with_ndp_lane(slots, valid, h, q, gpu_end), q
+
+
+def _hard_chain(term, phi):
+  """Running max over the fetched slots (-inf before the first)."""
+  m = jax.lax.cummax(jnp.where(phi > 0, term, -jnp.inf))
+  return jnp.concatenate([jnp.full((1,), -jnp.inf), m])
+
+
 def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=None):
   """Makespan (relative to the router) of each prefix split, [n + 1].
 
@@ -59,20 +90,11 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=
   """
   if order is None:
     order = pb.order_desc(order_key)
-  g = slots.gpu_s[order] * gpu_bias
-  h = slots.ndp_tp_s[order] * ndp_bias
   valid = slots.valid[order]
   res = slots.resident[order] & valid
   fl = ~slots.resident[order] & valid
-  z = jnp.zeros((1,))
-  cat = lambda x: jnp.concatenate([z, jnp.cumsum(x)])
-  r = cat(jnp.where(res, g, 0.0))
-  q = cat(jnp.where(fl, slots.fetch_s[order], 0.0))
-  c = cat(jnp.where(fl, g, 0.0))
-  term = jnp.where(fl, q[1:] - c[:-1], -jnp.inf)
-  m = jnp.concatenate([jnp.full((1,), -jnp.inf), jax.lax.cummax(term)])
-  gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
-  span = _with_ndp_lane(slots, valid, h, q, gpu_end)
+  span, _ = _prefix_spans(slots, order, res.astype(jnp.float32), fl.astype(jnp.float32),
+                          gpu_bias, ndp_bias, _hard_chain)
   # GPU memory: the engine runs loads past the staging room on the NDP units.
   loads = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(fl.astype(jnp.int32))])
   return jnp.where(loads > slots.stage_room, jnp.inf, span), order
@@ -127,26 +149,22 @@ def soft_prefix_makespans(slots: Slots, order_key, res_w, gpu_bias, ndp_bias,
   fetched slots' chain terms becomes a weighted cumulative log-sum-exp at
   ``temperature`` (seconds), weighted by each slot's fetched share, so the
   estimate is continuous in ``res_w`` and equals the hard one for 0/1 weights
-  as the temperature falls.
+  as the temperature falls.  Both are :func:`_prefix_spans`; only the running
+  max differs.
   """
   order = jnp.argsort(-order_key, stable=True)
   t = jnp.asarray(temperature)
-  g = slots.gpu_s[order] * gpu_bias
-  h = slots.ndp_tp_s[order] * ndp_bias
   valid = slots.valid[order]
   rho = jnp.where(valid, res_w[order], 0.0)
   phi = jnp.where(valid, 1.0 - rho, 0.0)
-  z = jnp.zeros((1,))
-  cat = lambda x: jnp.concatenate([z, jnp.cumsum(x)])
-  r = cat(rho * g)
-  q = cat(phi * slots.fetch_s[order])
-  c = cat(phi * g)
-  term = q[1:] - c[:-1]
-  pos = phi > 0
-  logit = jnp.where(pos, term / t + jnp.log(jnp.where(pos, phi, 1.0)), -_BIG)
-  m = jnp.concatenate([jnp.full((1,), -_BIG), t * jax.lax.cumlogsumexp(logit)])
-  gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
-  return _with_ndp_lane(slots, valid, h, q, gpu_end), order
+
+  def soft_chain(term, phi):
+    pos = phi > 0
+    logit = jnp.where(pos, term / t + jnp.log(jnp.where(pos, phi, 1.0)), -_BIG)
+    return jnp.concatenate([jnp.full((1,), -_BIG), t * jax.lax.cumlogsumexp(logit)])
+
+  span, _ = _prefix_spans(slots, order, rho, phi, gpu_bias, ndp_bias, soft_chain)
+  return span, order
 
 
 def soft_split(slots: Slots, gpu_bias=1.0, ndp_bias=1.0, temperature=1e-5,
