@@ -424,11 +424,23 @@ def _on_sigint(signum, frame) -> None:  # pylint: disable=unused-argument
 
 def _check_interrupt(ev: dict, lead: bool) -> None:
   """run_cells' progress callback: stops at a cell boundary after Ctrl-C; the
-  lead process prints the event."""
+  lead process prints the event.
+
+  Test hook: with ``NDPSIM_INTERRUPT_AFTER_CELLS=k`` in the environment the
+  process sends itself SIGINT right after the k-th cell this run computed is
+  written -- a deterministic Ctrl-C through the same handler (tests only).
+  """
   if _INTERRUPTED:
     raise KeyboardInterrupt
   if lead:
     _progress(ev)
+  after = os.environ.get("NDPSIM_INTERRUPT_AFTER_CELLS")
+  if after is not None and ev["event"] == "cell":
+    if not after.isdigit() or int(after) < 1:
+      raise ConfigError(f"NDPSIM_INTERRUPT_AFTER_CELLS is {after!r}; write a positive "
+                        "integer (a test hook) or unset it")
+    if ev["done"] - ev["skipped"] == int(after):
+      signal.raise_signal(signal.SIGINT)
 
 
 def _clock(seconds: float) -> str:
