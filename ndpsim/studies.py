@@ -548,6 +548,9 @@ def fingerprint_fields(res: Resolved) -> dict[str, Any]:
 def cell_fingerprint(res: Resolved, cell: Cell) -> str:
   parts = [fingerprint_fields(res), repr(res.models[cell.model]),
            resolved.hardware_values(res.systems[cell.num_ndp_units]), list(cell)]
+  sysp = res.systems[cell.num_ndp_units]
+  if energy.has_figures(sysp):  # the rows' energy fields depend on these figures
+    parts.append(repr(energy.for_system(sysp)))
   if cell.policy == TUNED:  # its knobs come from a fit
     parts.append(_tuned_fingerprint(res, cell.model, cell.routing, cell.num_ndp_units))
   user = policies.user_source_digest(cell.policy)
@@ -770,6 +773,15 @@ def tuned_summary(tuned_fits: dict) -> dict[str, list[dict]]:
   return out
 
 
+def _energy_values(system) -> dict[str, Any]:
+  """{part: {preset, fields: {name: {value, provenance, source}}}}: the energy
+  figures behind the rows' energy fields (:mod:`ndpsim.energy`)."""
+  return {part: {"preset": d["preset"],
+                 "fields": {k: {"value": v, "provenance": pv, "source": src}
+                            for k, (v, pv, src) in d["fields"].items()}}
+          for part, d in energy.describe_presets(system).items()}
+
+
 def resolved_config(res: Resolved) -> dict[str, Any]:
   """The fully resolved configuration for results.json."""
   c = res.config
@@ -789,7 +801,8 @@ def resolved_config(res: Resolved) -> dict[str, Any]:
           k: float(v) for k, v in dataclasses.asdict(R.preset(name, 2, 1)).items()}}
     else:
       routing[name] = {"kind": "trace", "path": str(src), "layout": c.routing_layout}
-  systems = {str(n): {"name": s.name, **s.info, "values": resolved.hardware_values(s)}
+  systems = {str(n): {"name": s.name, **s.info, "values": resolved.hardware_values(s),
+                      **({"energy": _energy_values(s)} if energy.has_figures(s) else {})}
              for n, s in res.systems.items()}
   return {
       "ndpsim_version": ndpsim.__version__, "jax_version": jax.__version__,

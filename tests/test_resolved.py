@@ -2,6 +2,8 @@
 ``--set`` changes exactly its value and the fingerprints (issue 11 item 4)."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import pytest
 
@@ -62,3 +64,25 @@ def test_allow_implausible_is_a_setting_of_the_run_and_recorded():
   assert doc["flags"]["allow_implausible"] is True
   n = str(res.config.num_ndp_units[0])
   assert doc["systems"][n]["values"]["gpu.clock_mhz"]["value"] == pytest.approx(2.617)
+
+
+def test_energy_figures_are_recorded_and_fingerprinted(monkeypatch):
+  """results.json records the energy figures the rows' energy fields came from,
+  and a cell's fingerprint changes with them (so ``--resume`` recomputes rows
+  whose energy would differ)."""
+  from ndpsim import energy
+  res = _resolve()
+  n = res.config.num_ndp_units[0]
+  doc = studies.resolved_config(res)["systems"][str(n)]
+  assert set(doc["energy"]) >= {"gpu", "link", "ndp", "dram"}
+  for part in doc["energy"].values():
+    assert part["preset"] and part["fields"]
+    for e in part["fields"].values():
+      assert e["provenance"] in KINDS and e["value"] >= 0, e
+  cell = res.cells["headline"][0]
+  before = studies.cell_fingerprint(res, cell)
+  figures = energy.for_system(res.systems[n])
+  changed = dataclasses.replace(
+      figures, link=dataclasses.replace(figures.link, to_gpu_pj_per_bit=99.0))
+  monkeypatch.setattr(energy, "for_system", lambda s: changed)
+  assert studies.cell_fingerprint(res, cell) != before
