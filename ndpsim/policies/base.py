@@ -311,6 +311,15 @@ def inverse_permutation(order: jax.Array) -> jax.Array:
   return inv.reshape(order.shape)
 
 
+def budget_slots(ctx: Context, params: PolicyParams):
+  """The prefetch budget in experts per layer (traced float, whole):
+  ``floor(resident_fraction x ctx.capacity)``, with 1e-6 slack so that a
+  fraction meant to give a whole count (e.g. 0.25 x 8) is not floored below it
+  by rounding.  The one place the budget chain (``--headline_budget`` /
+  ``--prefetch_budgets`` -> ``resident_fraction`` -> experts) is floored."""
+  return jnp.floor(params.resident_fraction * ctx.capacity + 1e-6)
+
+
 def rank_desc(x: jax.Array, axis: int = -1) -> jax.Array:
   """Rank of each element when sorted descending (0 = largest); ties by index.
 

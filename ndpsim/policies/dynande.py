@@ -46,7 +46,7 @@ from ndpsim.policies import base as pb
 
 def init(ctx, params):
   return pb.Start(own=jnp.zeros((ctx.num_layers, ctx.num_experts)),
-                  capacity=jnp.floor(params.resident_fraction * ctx.capacity + 1e-6))
+                  capacity=pb.budget_slots(ctx, params))
 
 
 def _order(slots: pb.Slots, phase: str):

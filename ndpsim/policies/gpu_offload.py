@@ -16,7 +16,7 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  cap = jnp.floor(params.resident_fraction * ctx.capacity + 1e-6)
+  cap = pb.budget_slots(ctx, params)
   return pb.Start(own=jnp.full((ctx.num_layers, ctx.num_experts), -1.0), capacity=cap)
 
 

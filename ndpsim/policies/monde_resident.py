@@ -22,7 +22,7 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  cap = jnp.floor(params.resident_fraction * ctx.capacity + 1e-6)
+  cap = pb.budget_slots(ctx, params)
   return pb.Start(capacity=cap, resident=pb.top_m_mask(ctx.profile_counts, cap))
 
 

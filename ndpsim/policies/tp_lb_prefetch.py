@@ -28,7 +28,7 @@ from ndpsim.policies import base as pb
 
 
 def init(ctx, params):
-  return pb.Start(capacity=jnp.floor(params.resident_fraction * ctx.capacity + 1e-6))
+  return pb.Start(capacity=pb.budget_slots(ctx, params))
 
 
 def prefill_counts(ctx, slots):
