@@ -50,6 +50,11 @@ _EXPORTS = {
     "policy_names": ("ndpsim.policies", "names"),
     "load_policy_module": ("ndpsim.policies", "load_module"),
     "check_policy": ("ndpsim.policy_checks", "check_policy"),
+    # energy and timelines
+    "energy_per_token": ("ndpsim.energy", "per_token_j"),
+    "energy_figures": ("ndpsim.energy", "for_system"),
+    "timeline": ("ndpsim.trace", "timeline"),
+    "write_trace": ("ndpsim.trace", "write"),
     # errors
     "ConfigError": ("ndpsim.base", "ConfigError"),
     # modules
@@ -58,6 +63,10 @@ _EXPORTS = {
     "studies": ("ndpsim.studies", None),
     "tune": ("ndpsim.tune", None),
     "sensitivity": ("ndpsim.sensitivity", None),
+    "tune_layers": ("ndpsim.tune_layers", None),
+    "codesign": ("ndpsim.codesign", None),
+    "energy": ("ndpsim.energy", None),
+    "trace": ("ndpsim.trace", None),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
