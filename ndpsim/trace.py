@@ -18,9 +18,12 @@ Tracks (``pid`` / ``tid``, named by ``ph: "M"`` metadata events):
   MoE layer from its start to its end; ``steps`` -- the prefill and each
   decode step.
 * NDP units (pid 2): one track per unit, the expert work the unit does in the
-  layer (category ``expert_ndp``), from the end of the activation broadcast.
-  The engine models each unit's total per layer; its experts are drawn one
-  after another in the layer's issue order.
+  layer (category ``expert_ndp``), from the end of the activation broadcast:
+  under expert parallelism one slice per expert (the engine models each
+  unit's total per layer; its experts are drawn one after another in the
+  layer's issue order), under tensor parallelism one slice per layer (every
+  unit runs a 1/N slice of every NDP expert; args list the experts and their
+  times).
 * Link (pid 3): ``to GPU`` -- demand loads (category ``demand_load``, one per
   expert, in issue order), background loads in idle link time (category
   ``prefetch``: prefetch and adaptive swaps, with the expert equivalents moved)
@@ -292,14 +295,22 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
          **base, bytes=act_tokens * info["act_bytes"] if bool(r["w"]) else 0.0)
   ndp_s, unit = r["slot_ndp_s"], r["slot_unit"]
   start = float(r["bcast_start"]) + float(r["bcast"])
+  if info["tp"]:  # every unit runs a 1/N slice of every NDP expert: one slice each
+    on = np.flatnonzero(ndp_s > 0)
+    if on.size:
+      share = 1.0 - r["slot_gfrac"][on]
+      for u in range(info["units"]):
+        tr.add(NDP_PID, u + 1, f"TP slices of {on.size} expert(s)", "expert_ndp", start,
+               np.sum(ndp_s[on]), **base, experts=[int(x) for x in ids[on]],
+               expert_us=[float(x) * US for x in ndp_s[on]],
+               weight_bytes=float(np.sum(share)) * eb / info["units"])
+    return
   for u in range(info["units"]):
     cur = start
-    mine = (ndp_s > 0) & (True if info["tp"] else unit == u)
-    for i in np.flatnonzero(mine):
+    for i in np.flatnonzero((ndp_s > 0) & (unit == u)):
       share = 1.0 - float(r["slot_gfrac"][i])
       tr.add(NDP_PID, u + 1, f"expert {int(ids[i])}", "expert_ndp", cur, ndp_s[i], **base,
-             expert=ids[i], tokens=tok[i], ndp_share=share,
-             weight_bytes=share * eb / (info["units"] if info["tp"] else 1))
+             expert=ids[i], tokens=tok[i], ndp_share=share, weight_bytes=share * eb)
       cur += float(ndp_s[i])
 
 

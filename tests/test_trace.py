@@ -255,3 +255,81 @@ def test_bad_trace_requests_name_the_field():
     trace.timeline(_system(), model, r, "oracle")
   with pytest.raises(ConfigError, match=r"record=True needs the hard engine"):
     engine.simulate(_system(), model, r, "tp_lb", record=True, relaxed=True)
+
+
+def _tiny_study(**kw):
+  from ndpsim import studies  # pylint: disable=import-outside-toplevel
+  base = dict(models=(str(TINY),), policies=("monde", "tp_lb_prefetch"), prompt_len=PROMPT,
+              output_len=OUTPUT, num_seqs=SEQS, num_ndp_units=(4,), studies=("headline",))
+  base.update(kw)
+  return studies.resolve(studies.StudyConfig(**base))
+
+
+@pytest.mark.inputs
+def test_study_trace_request_is_checked_before_the_run(tmp_path):
+  """The binary's --trace_out / --trace_cell / --trace_seq, checked on a
+  resolved study (nothing simulated): one error naming the flag each."""
+  res = _tiny_study()
+  out = tmp_path / "t.json"
+  trace.check_request(res, out, "", 0)
+  assert tuple(trace.pick_cell(res, ""))[:2] == ("exp-tiny-moe", "monde")
+  assert trace.pick_cell(res, "exp-tiny-moe, tp_lb_prefetch").policy == "tp_lb_prefetch"
+  for spec, says in (("exp-tiny-moe", "write MODEL,POLICY"),
+                     ("exp-tiny-moe,ndp_ep", "not a cell of this study; write one of "
+                                             "exp-tiny-moe,monde, exp-tiny-moe,tp_lb_prefetch")):
+    with pytest.raises(ConfigError, match=f"^--trace_cell: .*{says}"):
+      trace.check_request(res, out, spec, 0)
+  with pytest.raises(ConfigError, match=r"^--trace_seq: 2; write a sequence index in \[0, 2\)"):
+    trace.check_request(res, out, "", 2)
+  with pytest.raises(ConfigError, match="is a folder; give a file name"):
+    trace.check_request(res, tmp_path, "", 0)
+  with pytest.raises(ConfigError, match="does not exist; create it"):
+    trace.check_request(res, tmp_path / "no" / "t.json", "", 0)
+
+
+@pytest.mark.e2e
+def test_binary_trace_flag_without_trace_out_exits_2(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  r = subprocess.run([sys.executable, "-m", "ndpsim.experiment", f"--models={TINY}",
+                      "--studies=headline", "--trace_cell=exp-tiny-moe,monde",
+                      f"--out_dir={tmp_path}"], capture_output=True, text=True,
+                     timeout=600, check=False)  # hang guard
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip().splitlines() == [
+      "error: --trace_cell/--trace_seq: given without --trace_out; add "
+      "--trace_out=FILE.json or leave them out"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_binary_trace_out_writes_the_cells_sequence(tmp_path):
+  """``--trace_out`` on a tiny study (two binary runs, several compiles): the trace of
+  the default cell (the first: monde, with its auto-tuned alphas) and of a
+  named one match the rows' per-sequence e2e latency, and pass the checks."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  base = [sys.executable, "-m", "ndpsim.experiment", f"--models={TINY}",
+          "--policies=tp_lb_prefetch", f"--prompt_len={PROMPT}", f"--output_len={OUTPUT}",
+          f"--num_seqs={SEQS}", "--num_ndp_units=4", "--studies=headline", "--plots=false",
+          f"--cache_dir={tmp_path / 'cache'}"]
+  for i, (cell, seq, policy) in enumerate(((None, 0, "monde"),
+                                           ("exp-tiny-moe,tp_lb_prefetch", 1,
+                                            "tp_lb_prefetch"))):
+    out = tmp_path / f"t{i}.json"
+    extra = [f"--trace_out={out}", f"--trace_seq={seq}", f"--out_dir={tmp_path / str(i)}"]
+    extra += [f"--trace_cell={cell}"] if cell else []
+    r = subprocess.run(base + extra, capture_output=True, text=True, timeout=1800,
+                       check=False)  # hang guard
+    assert r.returncode == 0, r.stderr[-2000:]
+    tr = json.loads(out.read_text())
+    check_schema(tr)
+    check_sums(tr, _own_result(tr), units=4)
+    assert (tr["otherData"]["policy"], tr["otherData"]["seq"]) == (policy, seq)
+    doc = json.loads((tmp_path / str(i) / "results.json").read_text())
+    with open(tmp_path / str(i) / "requests.csv") as f:
+      import csv  # pylint: disable=import-outside-toplevel
+      req = [q for q in csv.DictReader(f) if q["policy"] == policy]
+    assert doc["rows"]
+    np.testing.assert_allclose(tr["otherData"]["result"]["e2e_s"],
+                               float(req[seq]["e2e_s"]), rtol=RTOL)
