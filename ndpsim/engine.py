@@ -237,6 +237,9 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   if st.record:  # static: the default program is unchanged
     o = (lambda x: x) if order is None else (lambda x: x[order])
     ndp_frac = jnp.where(valid, 1.0 - gfrac, 0.0)
+    req = place.requests
+    kept = (jnp.zeros(ids.shape, bool) if req is None or req.keep is None
+            else jnp.asarray(req.keep, bool)[ids])  # stays resident after this layer
     rec = dict(
         t0=t0, attn_s=attn_s, tr=tr, shared_s=shared_s, end=end, lanes_end=lt.end,
         bg_pre_start=jnp.maximum(carry.bg_clock, carry.link_gpu_free),
@@ -246,6 +249,8 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
         fetch_start=jnp.maximum(tr, carry.link_gpu_free),
         slot_ids=o(ids), slot_tokens=o(tokens), slot_valid=o(valid),
         slot_resident=o(resident), slot_fetched=o(phi), slot_gfrac=o(gfrac),
+        slot_kept=o(kept), slot_kept_as_prefetch=o(kept & bool(req is not None
+                                                          and req.keep_is_prefetch)),
         slot_gpu_s=o(slots.gpu_s * gfrac),
         slot_fetch_s=o(jnp.where(phi, ctx.fetch_s * gfrac, 0.0)),
         slot_ndp_s=o(ndp_frac * (slots.ndp_tp_s if pol.ndp_mode == "tp"

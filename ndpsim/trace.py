@@ -25,10 +25,13 @@ Tracks (``pid`` / ``tid``, named by ``ph: "M"`` metadata events):
   unit runs a 1/N slice of every NDP expert; args list the experts and their
   times).
 * Link (pid 3): ``to GPU`` -- demand loads (category ``demand_load``, one per
-  expert, in issue order), background loads in idle link time (category
-  ``prefetch``: prefetch and adaptive swaps, with the expert equivalents moved)
-  and the partial-sum return (``return``); ``to NDP`` -- the activation
-  broadcast (``broadcast``).
+  expert, in issue order; named ``(kept)`` when the expert stays resident
+  afterwards and ``(kept: prefetch)`` when the policy counts that as a
+  prefetch, as ``tp_lb_prefetch`` does with the prefill's budget experts),
+  background loads in idle link time (category ``prefetch``: prefetch and
+  adaptive swaps, with the expert equivalents moved) and the partial-sum
+  return (``return``); ``to NDP`` -- the activation broadcast
+  (``broadcast``).
 
 Times: ``ts`` and ``dur`` in microseconds from the start of the sequence;
 every ``dur`` is the engine's own duration, so busy-time sums over a track
@@ -267,7 +270,7 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
     begin = max(cur, arrive[i])
     tr.add(GPU_PID, GPU_COMPUTE, f"expert {int(ids[i])}", "expert_gpu", begin, gpu_s[i],
            **base, expert=ids[i], tokens=tok[i], gpu_share=r["slot_gfrac"][i],
-           resident=False, fetched=True)
+           resident=False, fetched=True, kept=bool(r["slot_kept"][i]))
     cur = begin + float(gpu_s[i])
   tr.add(GPU_PID, GPU_COMPUTE, "reduction", "reduction", r["end"] - r["red"], r["red"],
          **base, partials=int(r["n_partials"]))
@@ -278,10 +281,13 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
   tr.add(LINK_PID, LINK_TO_GPU, "prefetch", "prefetch", r["bg_pre_start"], r["bg_pre_s"],
          **base, expert_equivalents=float(r["bg_pre_s"]) / f_s,
          bytes=float(r["bg_pre_s"]) / f_s * eb)
+  kept, kept_pf = r["slot_kept"], r["slot_kept_as_prefetch"]
   for i in np.flatnonzero(fetched):
-    tr.add(LINK_PID, LINK_TO_GPU, f"load expert {int(ids[i])}", "demand_load",
+    note = " (kept: prefetch)" if kept_pf[i] else " (kept)" if kept[i] else ""
+    tr.add(LINK_PID, LINK_TO_GPU, f"load expert {int(ids[i])}{note}", "demand_load",
            arrive[i] - float(fetch_link[i]), fetch_link[i], **base, expert=ids[i],
-           bytes=float(r["slot_gfrac"][i]) * eb)
+           bytes=float(r["slot_gfrac"][i]) * eb, kept=bool(kept[i]),
+           prefetch=bool(kept_pf[i]))
   tr.add(LINK_PID, LINK_TO_GPU, "prefetch", "prefetch", r["bg_post_start"], r["bg_post_s"],
          **base, expert_equivalents=float(r["bg_post_s"]) / f_s,
          bytes=float(r["bg_post_s"]) / f_s * eb)

@@ -203,6 +203,8 @@ def test_trace_schema_and_slice_sums_match_simresult(policy):
   # The paper's framework loads in the background; MoNDE copies on demand.
   assert ("prefetch" in cats) == (policy == "tp_lb_prefetch")
   assert ("demand_load" in cats) == (policy == "monde")
+  # MoNDE copies its hot experts for one use: none stays resident.
+  assert not any(e["args"]["kept"] for e in _slices(tr) if e["cat"] == "demand_load")
   o = tr["otherData"]
   assert (o["policy"], o["seq"], o["output_len"]) == (policy, seq, OUTPUT)
   steps = [e for e in _slices(tr) if e["cat"] == "step"]
