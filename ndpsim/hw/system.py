@@ -182,6 +182,30 @@ def load_system(name_or_path: str | dict, num_ndp_units: int | None = None,
   path, part names and every part's provenance.
   """
   overrides = dict(overrides or {})
+  sys_over = _system_overrides(overrides, num_ndp_units)
+  pre = config.load("system", name_or_path, overrides=sys_over or None,
+                    allow_implausible=allow_implausible)
+  spec = pre.spec
+  prov = {"system": pre.provenance}
+  for part, name in (("gpu", spec.gpu_name), ("ndp", spec.ndp_name),
+                     ("link", spec.link_name)):
+    try:
+      prov[part] = config.load(part, name).provenance
+    except ConfigError:
+      prov[part] = {}  # inline part: no file to cite
+  info = {"source": pre.source, "path": pre.path,
+          "parts": {"gpu": spec.gpu_name, "ndp": spec.ndp_name, "link": spec.link_name},
+          "num_ndp_units": spec.num_ndp_units,
+          "ndp_units_range": (spec.min_ndp_units, spec.max_ndp_units),
+          "ndp_total_capacity_bytes": ndp_total_capacity_bytes(spec),
+          "provenance": prov, "overrides": overrides}
+  return SystemPreset(pre.name, spec, pre.params, info)
+
+
+def _system_overrides(overrides: dict, num_ndp_units) -> dict[str, Any]:
+  """The system preset's overrides from ``load_system``'s grouped ones: the
+  ``system`` group's fields, the gpu/link/ndp groups (dram inside ndp) as
+  nested part overrides, and ``num_ndp_units``; bad groups raise ConfigError."""
   bad = sorted(set(overrides) - set(OVERRIDE_GROUPS))
   if bad:
     raise ConfigError(f"override group {bad[0]!r} is unknown; write one of "
@@ -209,20 +233,4 @@ def load_system(name_or_path: str | dict, num_ndp_units: int | None = None,
                         f"{sys_over['num_ndp_units']} disagree; give the unit count once "
                         "(num_ndp_units=...)")
     sys_over["num_ndp_units"] = num_ndp_units
-  pre = config.load("system", name_or_path, overrides=sys_over or None,
-                    allow_implausible=allow_implausible)
-  spec = pre.spec
-  prov = {"system": pre.provenance}
-  for part, name in (("gpu", spec.gpu_name), ("ndp", spec.ndp_name),
-                     ("link", spec.link_name)):
-    try:
-      prov[part] = config.load(part, name).provenance
-    except ConfigError:
-      prov[part] = {}  # inline part: no file to cite
-  info = {"source": pre.source, "path": pre.path,
-          "parts": {"gpu": spec.gpu_name, "ndp": spec.ndp_name, "link": spec.link_name},
-          "num_ndp_units": spec.num_ndp_units,
-          "ndp_units_range": (spec.min_ndp_units, spec.max_ndp_units),
-          "ndp_total_capacity_bytes": ndp_total_capacity_bytes(spec),
-          "provenance": prov, "overrides": overrides}
-  return SystemPreset(pre.name, spec, pre.params, info)
+  return sys_over
