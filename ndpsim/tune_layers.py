@@ -196,6 +196,20 @@ def _starts(L: int, reference: np.ndarray, c: LayerTuneConfig) -> np.ndarray:
   return np.stack(us)
 
 
+def choose(scores, rtol: float = 1e-6) -> tuple[int, bool]:
+  """Index of the candidate to keep among hard training scores whose first
+  entry is the heuristic's, and whether it beats the heuristic: the best one
+  if it is faster by more than ``rtol`` (float32 noise of a mean), else the
+  heuristic (index 0)."""
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 1 or len(scores) < 1 or not np.all(np.isfinite(scores)):
+    raise ValueError(f"scores must be a non-empty 1-D array of finite latencies, got "
+                     f"{scores!r}")
+  best = int(np.argmin(scores))
+  improved = bool(scores[best] < scores[0] * (1 - rtol))
+  return (best, True) if improved else (0, False)
+
+
 def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
         batch_size: int = 1, reference=None, progress=None) -> FitResult:
   """Fits the per-layer knobs of ``tuned`` on ``routing`` (training sequences).
@@ -245,12 +259,9 @@ def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
   pts = np.stack(cands).astype(np.float32)
   scores = hard_batch(system, model, routing, pts, batch_size=batch_size)
   evals += len(pts)
-  best = int(np.argmin(scores))
   hist["hard_e2e_s"] = scores.tolist()
   hist["hard_points"] = pts.tolist()
-  # Strictly better than the heuristic, beyond float32 noise of a mean.
-  improved = scores[best] < scores[0] * (1 - 1e-6)
-  best = best if improved else 0
+  best, improved = choose(scores)
   return FitResult(vector=pts[best], params=params_of(jnp.asarray(pts[best]), L),
                    train_e2e_s=float(scores[best]), heuristic_train_e2e_s=float(scores[0]),
                    heuristic_optimal=not improved, evaluations=evals, history=hist)
