@@ -321,6 +321,42 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
 
 
 # ---------------------------------------------------------------------------
+# Reading a trace back.
+
+def summary(trace: dict) -> dict:
+  """What a trace shows, in numbers (a trace from :func:`timeline` or its
+  JSON file loaded back).  Per phase: ``layers``; ``mean_us_per_layer`` of
+  each slice category (GPU compute, NDP unit 0, both link directions: summed
+  over the layer's slices, averaged over the phase's layers);
+  ``layers_gpu_and_ndp`` (layers with expert work on both sides) and
+  ``layers_ndp_only`` / ``layers_gpu_only``.  Plus the event count and the
+  sequence's TTFT and e2e (``otherData``)."""
+  per = {}
+  for e in trace["traceEvents"]:
+    if e["ph"] != "X" or e["cat"] in ("step", "overhead"):
+      continue
+    if e["pid"] == NDP_PID and e["tid"] != 1:
+      continue  # NDP unit 0 stands for the units
+    a = e["args"]
+    lay = per.setdefault(a["phase"], {}).setdefault((a.get("step"), a["layer"]), {})
+    lay[e["cat"]] = lay.get(e["cat"], 0.0) + e["dur"]
+  out = {"events": len(trace["traceEvents"]),
+         **{k: trace["otherData"]["result"][k] for k in ("ttft_s", "e2e_s")}}
+  for phase, layers in per.items():
+    cats = sorted({c for lay in layers.values() for c in lay} - {"layer"})
+    gpu = [("expert_gpu" in lay) for lay in layers.values()]
+    ndp = [("expert_ndp" in lay) for lay in layers.values()]
+    out[phase] = {
+        "layers": len(layers),
+        "mean_us_per_layer": {c: float(np.mean([lay.get(c, 0.0) for lay in layers.values()]))
+                              for c in ["layer", *cats]},
+        "layers_gpu_and_ndp": int(np.sum(np.logical_and(gpu, ndp))),
+        "layers_ndp_only": int(np.sum(np.logical_and(ndp, np.logical_not(gpu)))),
+        "layers_gpu_only": int(np.sum(np.logical_and(gpu, np.logical_not(ndp))))}
+  return out
+
+
+# ---------------------------------------------------------------------------
 # Studies (the experiment binary's --trace_out).
 
 def pick_cell(res, spec: str = ""):

@@ -210,6 +210,14 @@ def test_trace_schema_and_slice_sums_match_simresult(policy):
   steps = [e for e in _slices(tr) if e["cat"] == "step"]
   assert [e["name"] for e in steps] == ["prefill"] + [f"decode step {t}"
                                                       for t in range(OUTPUT)]
+  # Layer spans and the per-step overhead tile [0, e2e]; summary() reads them.
+  s = trace.summary(tr)
+  L = 4
+  assert (s["prefill"]["layers"], s["decode"]["layers"]) == (L, L * OUTPUT)
+  over = sum(e["dur"] for e in _slices(tr) if e["cat"] == "overhead")
+  np.testing.assert_allclose(L * s["prefill"]["mean_us_per_layer"]["layer"] + L * OUTPUT
+                             * s["decode"]["mean_us_per_layer"]["layer"] + over,
+                             plain["e2e_s"] * 1e6, rtol=RTOL)
 
 
 @pytest.mark.policy
