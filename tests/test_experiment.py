@@ -94,7 +94,9 @@ def interrupted_run(tmp_path_factory):
   makes the binary send itself SIGINT once its first cell is written (the
   same handler as a Ctrl-C), so no timing decides whether it lands."""
   out = tmp_path_factory.mktemp("exp")
-  cache = tmp_path_factory.mktemp("jaxcache")
+  # The session's compilation cache (tests/conftest.py), shared with the
+  # other binary runs and the direct calls; a folder of its own otherwise.
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jaxcache")
   cmd = _binary() + TINY_FLAGS + [f"--out_dir={out}", f"--cache_dir={cache}"]
   r1 = subprocess.run(cmd, env=_env(NDPSIM_INTERRUPT_AFTER_CELLS="1"), capture_output=True,
                       text=True, timeout=900)  # hang guard
