@@ -211,12 +211,13 @@ def choose(scores, rtol: float = 1e-6) -> tuple[int, bool]:
 
 
 def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
-        batch_size: int = 1, reference=None, progress=None) -> FitResult:
+        batch_size: int = 1, reference=None, start=None, progress=None) -> FitResult:
   """Fits the per-layer knobs of ``tuned`` on ``routing`` (training sequences).
 
   ``reference``: the heuristic's knob vector (default :func:`vector`\\ (L):
   ``tp_lb_prefetch`` at budget 1, biases 1); the first restart starts there
-  and it is always a hard-scored candidate.  ``progress``: called after each
+  and it is always a hard-scored candidate.  ``start``: a knob vector the
+  restarts start from instead (the reference stays a candidate).  ``progress``: called after each
   Adam step with ``{"step", "steps", "relaxed_e2e_s"}`` (one value per
   restart, before the step's update).
   """
@@ -233,7 +234,8 @@ def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
   ranks = [geo(*c.rank_temperature, i) for i in range(c.steps)]
   sizes = (1, L, L, L)
   lr = jnp.asarray(np.repeat(np.asarray(c.lr, np.float32), sizes))
-  us = jnp.asarray(_starts(L, ref, c))
+  us = jnp.asarray(_starts(L, ref if start is None else
+                          np.asarray(start, np.float32), c))
   pre, dec = _ids(routing)
   opt = optax.adam(1.0)
   st = opt.init(us)
