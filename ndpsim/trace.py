@@ -355,6 +355,56 @@ def summary(trace: dict) -> dict:
   return out
 
 
+_COLORS = {"attention": "#4c72b0", "shared_expert": "#64b5cd", "expert_gpu": "#55a868",
+           "reduction": "#8172b2", "expert_ndp": "#dd8452", "demand_load": "#c44e52",
+           "prefetch": "#937860", "return": "#da8bc3", "broadcast": "#8c8c8c"}
+
+
+def plot_layer(trace: dict, path, layer: int, step: int | None = None):
+  """PNG of one layer's slices (``step`` None: the prefill's layer ``layer``,
+  else decode step ``step``'s), one row per track, time from the layer's
+  start in microseconds (matplotlib, Agg).  Returns the path."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  phase = "prefill" if step is None else "decode"
+  mine = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] != "step"
+          and e["args"].get("phase") == phase and e["args"].get("layer") == layer
+          and e["args"].get("step") == step]
+  span = [e for e in mine if e["cat"] == "layer"]
+  if not span:
+    raise ConfigError(f"trace.plot_layer: no {phase} layer {layer}"
+                      + ("" if step is None else f" in step {step}")
+                      + "; give a layer and step the trace has")
+  t0 = span[0]["ts"]
+  names = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
+           if e["ph"] == "M" and e["name"] == "thread_name"}
+  rows = [k for k in sorted(names) if k[0] != GPU_PID or k[1] == GPU_COMPUTE]
+  fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
+  seen = set()
+  for y, key in enumerate(rows):
+    for e in (e for e in mine if (e["pid"], e["tid"]) == key):
+      lab = None if e["cat"] in seen else e["cat"]
+      seen.add(e["cat"])
+      ax.barh(y, e["dur"], left=e["ts"] - t0, height=0.6, color=_COLORS.get(e["cat"], "k"),
+              edgecolor="white", linewidth=0.3, label=lab)
+  ax.set_yticks(range(len(rows)), [names[k] for k in rows])
+  ax.invert_yaxis()
+  ax.axvline(span[0]["dur"], color="k", linewidth=0.8, linestyle=":")
+  ax.set_xlabel("time from the layer's start (us); dotted: layer end")
+  o = trace["otherData"]
+  ax.set_title(f"{o.get('model')} {o.get('policy')}, sequence {o.get('seq')}: "
+               + (f"prefill layer {layer}" if step is None else
+                  f"decode step {step}, layer {layer}"), fontsize=9)
+  ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=5,
+            frameon=False)
+  fig.tight_layout()
+  p = _check_path(path)
+  fig.savefig(p, dpi=110)
+  plt.close(fig)
+  return p
+
+
 # ---------------------------------------------------------------------------
 # Studies (the experiment binary's --trace_out).
 

@@ -220,6 +220,16 @@ def test_trace_schema_and_slice_sums_match_simresult(policy):
                              plain["e2e_s"] * 1e6, rtol=RTOL)
 
 
+@pytest.mark.e2e
+def test_plot_layer_writes_a_png_and_names_a_missing_layer(tmp_path):
+  tr, _, _ = _tiny_case("tp_lb_prefetch", True)
+  for step in (None, OUTPUT - 1):
+    p = trace.plot_layer(tr, tmp_path / f"l{step}.png", 3, step=step)
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ConfigError, match=f"no decode layer 3 in step {OUTPUT}; give"):
+    trace.plot_layer(tr, tmp_path / "x.png", 3, step=OUTPUT)
+
+
 @pytest.mark.policy
 def test_record_does_not_change_the_result():
   """The same sequence with record on (the trace's otherData) and off (a
