@@ -44,6 +44,9 @@ from ndpsim.policies.tuned import TunedParams
 from ndpsim.workload import models as M
 
 KNOB_GROUPS = ("resident_fraction", "layer_share", "layer_gpu_bias", "layer_ndp_bias")
+# What the fit minimises: mean e2e latency (s), mean energy per output token
+# (J, ndpsim.energy.per_token_j), or their product (J s).
+OBJECTIVES = ("latency", "energy", "edp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +60,10 @@ class LayerTuneConfig:
   hard_every: hard-score every restart's iterate every this many steps (and
   the last one).  restarts: number of starts: the heuristic's point first,
   then random perturbations of it (log-normal, ``restart_sigma``, seeded by
-  ``seed``)."""
+  ``seed``).  objective: one of :data:`OBJECTIVES` (energy and edp need the
+  system's energy figures: ``fit(..., eparams=energy.for_system(
+  system.load_system(...)))``);
+  the hard scoring of candidates uses the same objective."""
   steps: int = 10
   lr: tuple = (0.25, 0.15, 0.03, 0.03)
   temperature_rel: tuple = (0.1, 0.0125)
@@ -66,8 +72,12 @@ class LayerTuneConfig:
   restarts: int = 2
   restart_sigma: float = 0.3
   seed: int = 0
+  objective: str = "latency"
 
   def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ConfigError(f"LayerTuneConfig.objective = {self.objective!r}; write one of "
+                        f"{OBJECTIVES}")
     for name in ("steps", "hard_every", "restarts"):
       v = getattr(self, name)
       if not isinstance(v, int) or v < 1:
@@ -140,6 +150,26 @@ def _mean_e2e(ss, sp, model, pre, dec, params, batch_size, relaxed):
   return jnp.mean(_e2e(ss, sp, model, pre, dec, params, batch_size, relaxed))
 
 
+def _objective(ss, sp, model, pre, dec, params, batch_size, relaxed, objective, eparams):
+  """Scalar objective of one knob point (see :data:`OBJECTIVES`)."""
+  r = engine.simulate_core(ss, sp, model, policies.get("tuned"), params, pre, dec, None,
+                           batch_size, relaxed=relaxed)
+  t = jnp.mean(r.e2e_s)
+  if objective == "latency":
+    return t
+  from ndpsim import energy  # pylint: disable=import-outside-toplevel
+  j = jnp.mean(energy.per_token_j(r, (ss, sp), model, eparams, prompt_len=pre.shape[1],
+                                  batch_size=batch_size).total_j)
+  return j if objective == "energy" else j * t
+
+
+@functools.partial(jax.jit, static_argnames=("ss", "model", "batch_size", "objective"))
+def _hard_objective(ss, sp, model, pre, dec, pts, batch_size, objective, eparams):
+  L = M.num_moe_layers(model)
+  return jax.vmap(lambda v: _objective(ss, sp, model, pre, dec, params_of(v, L),
+                                       batch_size, False, objective, eparams))(pts)
+
+
 @functools.partial(jax.jit, static_argnames=("ss", "model", "batch_size"))
 def _hard_points(ss, sp, model, pre, dec, pts, batch_size):
   L = M.num_moe_layers(model)
@@ -147,14 +177,15 @@ def _hard_points(ss, sp, model, pre, dec, pts, batch_size):
                                  batch_size, False))(pts)
 
 
-@functools.partial(jax.jit, static_argnames=("ss", "model", "batch_size"))
-def _relaxed_value_grad(ss, sp, model, pre, dec, us, temp, rank_temp, batch_size):
+@functools.partial(jax.jit, static_argnames=("ss", "model", "batch_size", "objective"))
+def _relaxed_value_grad(ss, sp, model, pre, dec, us, temp, rank_temp, batch_size,
+                        objective="latency", eparams=None):
   L = M.num_moe_layers(model)
 
   def loss(u):
     base = PolicyParams(temperature_s=temp, rank_temperature=rank_temp)
-    return _mean_e2e(ss, sp, model, pre, dec, params_of(knobs_of(u, L), L, base),
-                     batch_size, True)
+    return _objective(ss, sp, model, pre, dec, params_of(knobs_of(u, L), L, base),
+                      batch_size, True, objective, eparams)
   return jax.vmap(jax.value_and_grad(loss))(us)
 
 
@@ -211,18 +242,27 @@ def choose(scores, rtol: float = 1e-6) -> tuple[int, bool]:
 
 
 def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
-        batch_size: int = 1, reference=None, start=None, progress=None) -> FitResult:
+        batch_size: int = 1, reference=None, start=None, eparams=None,
+        progress=None) -> FitResult:
   """Fits the per-layer knobs of ``tuned`` on ``routing`` (training sequences).
 
   ``reference``: the heuristic's knob vector (default :func:`vector`\\ (L):
   ``tp_lb_prefetch`` at budget 1, biases 1); the first restart starts there
   and it is always a hard-scored candidate.  ``start``: a knob vector the
-  restarts start from instead (the reference stays a candidate).  ``progress``: called after each
-  Adam step with ``{"step", "steps", "relaxed_e2e_s"}`` (one value per
-  restart, before the step's update).
+  restarts start from instead (the reference stays a candidate).
+  ``progress``: called after each Adam step with ``{"step", "steps",
+  "relaxed_e2e_s"}`` (one value per restart, before the step's update).
+  ``eparams``: the energy figures (:func:`ndpsim.energy.for_system` of the
+  loaded system preset) when ``config.objective`` is energy or edp; with
+  those objectives ``train_e2e_s``, ``heuristic_train_e2e_s`` and the
+  history's scores hold the objective's value (J or J s), not seconds.
   """
   c = config
   ss, sp = system
+  if c.objective != "latency" and eparams is None:
+    raise ConfigError(f"objective {c.objective!r} needs the energy figures: pass "
+                      "eparams=ndpsim.energy.for_system(ndpsim.hw.system."
+                      "load_system(<preset>))")
   engine.validate(ss, sp, model, routing.prefill_ids, routing.decode_ids, batch_size)
   L = M.num_moe_layers(model)
   ref = vector(L) if reference is None else np.asarray(reference, np.float32)
@@ -246,7 +286,7 @@ def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
   scale = None
   for i in range(c.steps):
     vals, g = _relaxed_value_grad(ss, sp, model, pre, dec, us, jnp.float32(temps[i]),
-                                  jnp.float32(ranks[i]), batch_size)
+                                  jnp.float32(ranks[i]), batch_size, c.objective, eparams)
     evals += c.restarts
     vals = [float(x) for x in np.asarray(vals)]
     hist["relaxed_e2e_s"].append(vals)
@@ -259,7 +299,11 @@ def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
     us = optax.apply_updates(us, lr * (1.0 - 0.75 * i / n) * upd)
   cands.extend(np.asarray(knobs_of(us, L)))
   pts = np.stack(cands).astype(np.float32)
-  scores = hard_batch(system, model, routing, pts, batch_size=batch_size)
+  if c.objective == "latency":
+    scores = hard_batch(system, model, routing, pts, batch_size=batch_size)
+  else:
+    scores = np.asarray(_hard_objective(ss, sp, model, pre, dec, jnp.asarray(pts),
+                                        batch_size, c.objective, eparams), np.float64)
   evals += len(pts)
   hist["hard_e2e_s"] = scores.tolist()
   hist["hard_points"] = pts.tolist()

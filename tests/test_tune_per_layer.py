@@ -188,3 +188,29 @@ def test_range_and_shape_checks_name_the_field():
     tune_layers.LayerTuneConfig(restarts=0)
   with pytest.raises(ConfigError, match="LayerTuneConfig.lr"):
     tune_layers.LayerTuneConfig(lr=(0.1, 0.1))
+
+
+@pytest.mark.inputs
+def test_objective_is_checked():
+  with pytest.raises(ConfigError, match="LayerTuneConfig.objective"):
+    tune_layers.LayerTuneConfig(objective="power")
+  with pytest.raises(ConfigError, match="needs the energy figures"):
+    tune_layers.fit(U.load(), MODEL, _routing(), tune_layers.LayerTuneConfig(objective="edp"))
+
+
+@pytest.mark.policy
+@pytest.mark.slow  # a relaxed compile with the energy model (~5 min on 2 loaded cores)
+def test_energy_objective_fit_is_never_worse_than_the_heuristic():
+  from ndpsim import energy  # pylint: disable=import-outside-toplevel
+  from ndpsim.hw import system as system_mod  # pylint: disable=import-outside-toplevel
+  ep = energy.for_system(system_mod.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=4))
+  cfg = tune_layers.LayerTuneConfig(steps=2, hard_every=1, restarts=1, objective="energy")
+  f = tune_layers.fit(U.load(), MODEL, _routing(seed=1), cfg, eparams=ep)
+  h = f.history
+  # The scores are J per output token: the heuristic's equals the energy model's.
+  r = engine.simulate(U.load(), MODEL, _routing(seed=1), "tp_lb_prefetch")
+  want = float(np.mean(np.asarray(energy.per_token_j(
+      r, U.load(), MODEL, ep, prompt_len=16).total_j, np.float64)))
+  assert h["hard_e2e_s"][0] == pytest.approx(want, rel=1e-5)
+  assert f.train_e2e_s <= f.heuristic_train_e2e_s
+  assert np.all(np.isfinite(h["relaxed_e2e_s"]))
