@@ -87,13 +87,24 @@ def _zero_acc(n_units: int) -> _Acc:
 
 
 class _Carry(NamedTuple):
-  t: jax.Array            # end of the previous layer, s
-  link_gpu_free: jax.Array  # demand traffic on link->GPU done at, s
-  link_ndp_free: jax.Array  # link->NDP free at, s
-  bg_clock: jax.Array     # idle link time accounted up to, s
+  """Per-sequence state carried through the scans.
+
+  The clock is relative (:func:`_rebase`): ``t`` and the link times are
+  seconds after ``origin``, the absolute time of the previous layer's end
+  carried as an unevaluated float32 sum ``origin_hi + origin_lo``.  Every
+  layer works on times of its own length scale (rounding ~1e-7 of a layer,
+  not of the run) and its length is added to the origin exactly (TwoSum), so
+  the clock's error does not grow with simulated time.
+  """
+  t: jax.Array            # end of the previous layer, s after origin
+  link_gpu_free: jax.Array  # demand traffic on link->GPU done at, s after origin
+  link_ndp_free: jax.Array  # link->NDP free at, s after origin
+  bg_clock: jax.Array     # idle link time accounted up to, s after origin
   res: rs.Residency       # GPU residency and background queue (engine-owned)
   own: Any                # the policy's own state
   acc: _Acc
+  origin_hi: jax.Array    # absolute time of the clock's zero, s (high part)
+  origin_lo: jax.Array    # (low part: origin = origin_hi + origin_lo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +118,29 @@ class _Static:
 
   def tokens(self, phase: str) -> int:
     return dict(self.phase_tokens)[phase]
+
+
+def _two_sum(a, b):
+  """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum:
+  no ordering of |a|, |b| needed)."""
+  s = a + b
+  bb = s - a
+  return s, (a - (s - bb)) + (b - bb)
+
+
+def _rebase(c: _Carry) -> _Carry:
+  """Moves the clock's zero to ``c.t``: the origin grows by ``c.t`` (exactly,
+  the rounding kept in ``origin_lo``), every relative time shrinks by it."""
+  d = c.t
+  hi, e = _two_sum(c.origin_hi, d)
+  return c._replace(t=jnp.zeros_like(d), link_gpu_free=c.link_gpu_free - d,
+                    link_ndp_free=c.link_ndp_free - d, bg_clock=c.bg_clock - d,
+                    origin_hi=hi, origin_lo=c.origin_lo + e)
+
+
+def _absolute(c: _Carry):
+  """``c.t`` as an absolute time, s (one float32 rounding)."""
+  return c.origin_hi + (c.origin_lo + c.t)
 
 
 # ---------------------------------------------------------------------------
@@ -189,10 +223,17 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
 
   # Background loads use the idle link up to the router's decision.
   idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
-  state = rs.arrivals(rs.drain(state, idle), layer)
-
-  # Prefill slots are the experts in id order (_slots_prefill): row reads.
-  resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
+  state = rs.drain(state, idle)
+  view = rs.arrivals(state, layer)  # what the policy reads
+  if phase == "prefill" or st.relaxed:
+    # Prefill slots are the experts in id order (_slots_prefill): row reads.
+    state = view
+    resident = (state.resident[layer] if phase == "prefill"
+                else state.resident[layer, ids]) & valid
+  else:
+    # Decode, hard: lazy residency (rs.resident_at); the arrivals row update
+    # exists only if the policy reads ``view`` (XLA drops it otherwise).
+    resident = rs.resident_at(state, layer, ids) & valid
   held = _held(ctx, state, phase)
   room = jnp.maximum(ctx.expert_slots - held, 0.0)
   soft = st.relaxed and state.soft is not None
@@ -208,7 +249,7 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   if soft:
     slots = slots._replace(res_w=jnp.where(valid, relaxed.slot_residency(
         state.soft, layer, ids, state.drained_s, pparams.temperature_s), 0.0))
-  place, own = pol.place(ctx, state, carry.own, layer, slots, pparams, phase)
+  place, own = pol.place(ctx, view, carry.own, layer, slots, pparams, phase)
   state = rs.apply(ctx, state, layer, place.requests)
   carry = carry._replace(own=own)
   order = _issue_order(phase, tokens)
@@ -229,8 +270,9 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
                      valid & (gfrac > 0) & resident)
   acc = _accumulate(st, ctx, phase, carry.acc, slots, gfrac, phi, lt, held, attn_s,
                     shared_s)
-  return _Carry(t=end, link_gpu_free=lt.link_gpu_free, link_ndp_free=lt.link_ndp_free,
-                bg_clock=lt.bg_clock, res=state, own=carry.own, acc=acc)
+  return _rebase(carry._replace(
+      t=end, link_gpu_free=lt.link_gpu_free, link_ndp_free=lt.link_ndp_free,
+      bg_clock=lt.bg_clock, res=state, acc=acc))
 
 
 def _staging_cut(place: pb.Placement, valid, order, room):
@@ -239,7 +281,7 @@ def _staging_cut(place: pb.Placement, valid, order, room):
   instead (policies are told the room and should not ask)."""
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
-  rank = jnp.cumsum(fetch if order is None else fetch[order])
+  rank = pb.cumsum((fetch if order is None else fetch[order]).astype(jnp.int32))
   over = fetch & ((rank if order is None else jnp.zeros_like(rank).at[order].set(rank))
                   > room)
   return jnp.where(over, 0.0, gfrac), fetch & ~over
@@ -250,10 +292,12 @@ def _mark_used(ctx, state: rs.Residency, phase: str, layer, ids, on_gpu_resident
   if phase == "prefill":  # prefill slots are the experts in id order
     row = state.used[layer] | (on_gpu_resident & state.prefetched[layer])
     return dataclasses.replace(state, used=state.used.at[layer].set(row))
-  # Flags only turn on: set True at used slots, drop the rest (no gather).
+  # Flags only turn on: OR a one-hot row of the used slots into the layer's
+  # row (a row update; a scatter under the vmap builds [S, k, 3] indices).
   now = on_gpu_resident & state.prefetched[layer, ids]
-  used = state.used.at[layer, jnp.where(now, ids, ctx.num_experts)].set(True, mode="drop")
-  return dataclasses.replace(state, used=used)
+  hit = jnp.any((ids[:, None] == jnp.arange(ctx.num_experts, dtype=ids.dtype))
+                & now[:, None], axis=0)
+  return dataclasses.replace(state, used=state.used.at[layer].set(state.used[layer] | hit))
 
 
 def _accumulate(st: _Static, ctx, phase: str, acc: _Acc, slots: pb.Slots, gfrac, phi,
@@ -356,9 +400,10 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
   start = st.policy.init(ctx, pparams)
   res = rs.empty(L, E, start.capacity, start.resident,
                  soft=st.relaxed and st.policy.soft_residency)
-  carry = _Carry(t=tab.over_prefill_s, link_gpu_free=jnp.zeros(()),
-                 link_ndp_free=jnp.zeros(()), bg_clock=jnp.zeros(()), res=res,
-                 own=start.own, acc=_zero_acc(st.num_units))
+  z = jnp.zeros(())
+  carry = _Carry(t=tab.over_prefill_s, link_gpu_free=z, link_ndp_free=z, bg_clock=z,
+                 res=res, own=start.own, acc=_zero_acc(st.num_units), origin_hi=z,
+                 origin_lo=z)
 
   # Prefill: one pass over the layers with all prompt tokens of the batch.
   if prefill_counts is None:
@@ -367,38 +412,40 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
   else:
     counts = prefill_counts
 
+  # Per-sequence inputs are indexed inside the scans, not scanned over: under
+  # the vmap over groups a scanned input would be transposed (copied) first.
   def prefill_body(c, xs):
-    layer, cnt, a, sh = xs
-    ids, tok, val = _slots_prefill(cnt)
+    layer, a, sh = xs
+    ids, tok, val = _slots_prefill(counts[layer])
     return _layer(st, ctx, pparams, "prefill", tab.prefill, c, layer, ids, tok, val,
                   a, sh), None
 
-  carry, _ = jax.lax.scan(prefill_body, carry, (jnp.arange(L), counts,
-                                                tab.attn_prefill_s, tab.shared_prefill_s))
+  carry, _ = jax.lax.scan(prefill_body, carry, (jnp.arange(L), tab.attn_prefill_s,
+                                                tab.shared_prefill_s))
   carry = _with_peak(carry)
-  ttft = carry.t
+  ttft = _absolute(carry)
   acc_prefill = carry.acc
 
   # Decode: steps x layers.
-  dec = jnp.moveaxis(decode_ids, 0, 2)  # [T, L, B, k]
-
   def step_body(c, xs):
-    ids_t, attn_t, over_t = xs
-    start = c.t
+    step, attn_t, over_t = xs
+    ids_t = decode_ids[:, step]  # [B, L, k]
+    start_hi, start_lo = c.origin_hi, c.origin_lo  # c.t = 0: layers rebase
     c = c._replace(t=c.t + over_t)
 
     def layer_body(c2, xs2):
-      layer, ids_l, a, sh = xs2
-      sids, tok, val = _slots_decode(ids_l, E, st.batch)
+      layer, a, sh = xs2
+      sids, tok, val = _slots_decode(ids_t[:, layer], E, st.batch)
       return _layer(st, ctx, pparams, "decode", tab.decode, c2, layer, sids, tok, val,
                     a, sh), None
 
-    c, _ = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_t,
-                                        tab.shared_decode_s))
-    return _with_peak(c), c.t - start
+    c, _ = jax.lax.scan(layer_body, c, (jnp.arange(L), attn_t, tab.shared_decode_s))
+    # Step length: exact difference of the high parts (error <= 1/2 ulp of
+    # the step), plus the low parts'.
+    return _with_peak(c), (c.origin_hi - start_hi) + (c.origin_lo - start_lo + c.t)
 
-  carry, step_s = jax.lax.scan(step_body, carry,
-                               (dec, tab.attn_decode_s, tab.over_decode_s))
+  carry, step_s = jax.lax.scan(step_body, carry, (jnp.arange(decode_ids.shape[1]),
+                                                  tab.attn_decode_s, tab.over_decode_s))
   st_ = carry.res
   prefetched_bytes = jnp.sum(st_.prefetched) * ctx.expert_bytes
   used_bytes = jnp.sum(st_.used) * ctx.expert_bytes

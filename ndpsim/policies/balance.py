@@ -42,7 +42,7 @@ def _with_ndp_lane(slots: Slots, valid, h, q, gpu_end):
   nvalid = jnp.sum(valid)
   count = jnp.arange(h.shape[0] + 1)
   hv = jnp.where(valid, h, 0.0)
-  ndp_left = jnp.sum(hv) - jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(hv)])
+  ndp_left = jnp.sum(hv) - jnp.concatenate([jnp.zeros((1,)), pb.cumsum(hv)])
   ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
   # The reduction follows the GPU lane too when it ends last: <= post_s.
   gpu_side = jnp.where((count > 0) & (count < nvalid), gpu_end + slots.post_s, gpu_end)
@@ -65,16 +65,16 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=
   res = slots.resident[order] & valid
   fl = ~slots.resident[order] & valid
   z = jnp.zeros((1,))
-  cat = lambda x: jnp.concatenate([z, jnp.cumsum(x)])
+  cat = lambda x: jnp.concatenate([z, pb.cumsum(x)])
   r = cat(jnp.where(res, g, 0.0))
   q = cat(jnp.where(fl, slots.fetch_s[order], 0.0))
   c = cat(jnp.where(fl, g, 0.0))
   term = jnp.where(fl, q[1:] - c[:-1], -jnp.inf)
-  m = jnp.concatenate([jnp.full((1,), -jnp.inf), jax.lax.cummax(term)])
+  m = jnp.concatenate([jnp.full((1,), -jnp.inf), pb.cummax(term)])
   gpu_end = jnp.maximum(slots.gpu_pre_s + r + c, slots.link_delay_s + c + m)
   span = _with_ndp_lane(slots, valid, h, q, gpu_end)
   # GPU memory: the engine runs loads past the staging room on the NDP units.
-  loads = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(fl.astype(jnp.int32))])
+  loads = jnp.concatenate([jnp.zeros((1,), jnp.int32), pb.cumsum(fl.astype(jnp.int32))])
   return jnp.where(loads > slots.stage_room, jnp.inf, span), order
 
 
