@@ -21,6 +21,9 @@ Suites (``--suite``, comma-separated; ``--quick`` is a one-minute smoke run):
   largest count (``ru_maxrss``) and XLA's compiled memory analysis.
 * ``sharding``: the sequence axis sharded over 8 forced host devices against
   1 device (child processes; ``XLA_FLAGS`` must precede the jax import).
+* ``hlo``: operations per decode-layer and prefill-layer loop iteration in
+  the optimized HLO (fusions, sorts, copies; compile only, so independent of
+  machine load).
 * ``compare``: old against new side by side: the ``throughput`` point at
   ``--seqs``' largest count (first model) and its peak resident memory, in
   child processes that import ndpsim from ``--baseline_root`` (a checkout of
@@ -259,6 +262,43 @@ def child_main(args) -> dict:
   return r
 
 
+def hlo_ops(model, policy, S=100, P=16, T=4) -> dict:
+  """Operations XLA runs per loop iteration (optimized HLO, top-level ops of
+  each ``while`` body: fusions, sorts, copies, ...; not tuples/constants).
+  ``decode_layer``: the body of the loop nested in another loop (one decode
+  layer step); ``prefill_layer``: the largest other body (one prefill layer)."""
+  import re  # pylint: disable=import-outside-toplevel
+  from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  st = make_setup(model, policy, S, P, T)
+  text = engine._simulate_jit.lower(st.ss, st.sp, st.model, st.policy, st.params,  # pylint: disable=protected-access
+                                    st.pre, st.dec, None, 1).compile().as_text()
+  comps, cur = {}, None
+  for line in text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if m:
+      cur = m.group(1)
+      comps[cur] = []
+    elif cur is not None and line.startswith("  ") and " = " in line:
+      comps[cur].append(line)
+  skip = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast")
+  def count(name):
+    ops = [re.search(r"=\s*\S+\s+([\w\-]+)\(", l) for l in comps.get(name, [])]
+    kinds = [m.group(1) for m in ops if m]
+    return dict(ops=sum(k not in skip for k in kinds), sorts=kinds.count("sort"),
+                copies=kinds.count("copy"))
+  loops = [(parent, m.group(1)) for parent, lines in comps.items() for l in lines
+           for m in [re.search(r"while\(.*body=%?([\w.\-]+)", l)] if m]
+  bodies = {b for _, b in loops}
+  nested = [b for parent, b in loops if parent in bodies]
+  top = [b for parent, b in loops if parent not in bodies]
+  out = {}
+  if nested:
+    out["decode_layer"] = max((count(b) for b in nested), key=lambda c: c["ops"])
+  if top:
+    out["prefill_layer"] = max((count(b) for b in top), key=lambda c: c["ops"])
+  return out
+
+
 def compare(args, seqs) -> dict:
   """Old (``--baseline_root``) against new (this checkout), alternating children."""
   S, m = max(seqs), args.models[0]
@@ -277,7 +317,8 @@ def compare(args, seqs) -> dict:
   keys = ("decode_steps_per_s", "prefill_steps_per_s", "whole_call_decode_steps_per_s",
           "peak_rss_bytes", "compile_s", "run_s")
   out = dict(model=m, policy=args.policy, seqs=S, roots=roots, runs=runs,
-             median={name: {k: med(name, k) for k in keys} for name in roots})
+             median={name: {k: med(name, k) for k in keys} for name in roots},
+             hlo_ops={name: runs[name][0]["hlo"] for name in roots})
   out["new_over_old"] = {k: out["median"]["new"][k] / out["median"]["old"][k] for k in keys}
   return out
 
@@ -311,7 +352,7 @@ def main(argv=None) -> dict:
     r = throughput_point(args.models[0], args.policy, args.child_seqs, args.prompt_len,
                          args.decode_len, args.short_len, args.repeats)
     r.update(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-             ndpsim_root=IMPORT_ROOT)
+             ndpsim_root=IMPORT_ROOT, hlo=hlo_ops(args.models[0], args.policy))
     return _emit(r, "")
   if args.child_seqs:
     return _emit(child_main(args), "")
@@ -352,6 +393,8 @@ def main(argv=None) -> dict:
       raise SystemExit("--suite=compare needs --baseline_root=DIR, a checkout of the old "
                        "code (e.g. git worktree add /tmp/old <commit>)")
     report["compare"] = compare(args, seqs)
+  if "hlo" in suites:
+    report["hlo"] = {m: hlo_ops(m, args.policy) for m in args.models}
   if "scaling" in suites:
     report["scaling"] = scaling(args)
   if "grad" in suites:
