@@ -589,11 +589,29 @@ def _tables(system, model, P, T, B):
 
 
 def simulate(system, model, routing, policy: str, params=None, *, batch_size: int = 1,
-             profile_counts=None, num_groups: int | None = None) -> RefResult:
+             profile_counts=None, num_groups: int | None = None,
+             dtype=None) -> RefResult:
   """Reference simulation of ``routing`` (first ``num_groups`` groups if given).
 
   Same arguments as :func:`ndpsim.engine.simulate`; ``policy`` is a name.
+  ``dtype``: ``np.float32`` or ``np.float64`` for this call's arithmetic and
+  outputs (default: the module's ``F``, float32 unless NDPSIM_REF_FLOAT64=1).
   """
+  global F, INF  # pylint: disable=global-statement
+  if dtype is None:
+    return _simulate(system, model, routing, policy, params, batch_size, profile_counts,
+                     num_groups)
+  saved = F, INF
+  F, INF = dtype, dtype(np.inf)
+  try:
+    return _simulate(system, model, routing, policy, params, batch_size, profile_counts,
+                     num_groups)
+  finally:
+    F, INF = saved
+
+
+def _simulate(system, model, routing, policy, params, batch_size, profile_counts,
+              num_groups) -> RefResult:
   from ndpsim import costs  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   from ndpsim import policies  # pylint: disable=import-outside-toplevel
@@ -623,8 +641,7 @@ def simulate(system, model, routing, policy: str, params=None, *, batch_size: in
              slots=F(costs.expert_slots(ss, sp, model, P + T, B)),
              share=F(costs.link_share(ss, sp)))
   eb = float(M.expert_bytes(model))
-  out = RefResult(np.zeros(G, np.float32), np.zeros((G, T), np.float32),
-                  np.zeros(G, np.float32), np.zeros(G), np.zeros(G), np.zeros(G), {},
+  out = RefResult(np.zeros(G, F), np.zeros((G, T), F), np.zeros(G, F), np.zeros(G), np.zeros(G), np.zeros(G), {},
                   np.zeros(G))
   for g in range(G):
     s = _init(policy, ctx, params)

@@ -21,10 +21,18 @@ Suites (``--suite``, comma-separated; ``--quick`` is a one-minute smoke run):
   largest count (``ru_maxrss``) and XLA's compiled memory analysis.
 * ``sharding``: the sequence axis sharded over 8 forced host devices against
   1 device (child processes; ``XLA_FLAGS`` must precede the jax import).
+* ``hlo``: operations per decode-layer and prefill-layer loop iteration in
+  the optimized HLO (fusions, sorts, copies; compile only, so independent of
+  machine load).
+* ``compare``: old against new side by side: the ``throughput`` point at
+  ``--seqs``' largest count (first model) and its peak resident memory, in
+  child processes that import ndpsim from ``--baseline_root`` (a checkout of
+  the old code) and from this checkout, alternating, ``--rounds`` times each;
+  reports the medians, their ratios and the load average around each child.
 
-Routing for speed runs is random top-k ids made with NumPy (distinct ids per
-token: a random start and a stride coprime with E), so routing generation is
-not timed.  Example::
+Routing for speed runs is random top-k ids (distinct ids per token: a random
+start and a stride coprime with E), made by JAX before timing, so routing
+generation is not timed.  Example::
 
   python benchmarks/throughput.py --quick
   python benchmarks/throughput.py --suite=throughput,reference --out=bench.json
@@ -45,8 +53,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+# ``compare`` children import ndpsim from another checkout (NDPSIM_BENCH_ROOT).
+IMPORT_ROOT = os.environ.get("NDPSIM_BENCH_ROOT", ROOT)
+if IMPORT_ROOT not in sys.path:
+  sys.path.insert(0, IMPORT_ROOT)
 
 SYSTEM = "paper_rtx5080_ndp_dimm"
 
@@ -58,6 +68,25 @@ def random_ids(rng, shape, num_experts: int, top_k: int) -> np.ndarray:
   start = rng.integers(0, num_experts, size=shape + (1,), dtype=np.int32)
   stride = strides[rng.integers(0, len(strides), size=shape + (1,))].astype(np.int32)
   return ((start + np.arange(top_k, dtype=np.int32) * stride) % num_experts).astype(np.int32)
+
+
+def device_random_ids(seed: int, shape, num_experts: int, top_k: int):
+  """:func:`random_ids` made by JAX on the device (jax.random, same form), so
+  that a large routing is one buffer, not a NumPy array plus its device copy
+  (the peak-memory figure is the simulation's, not the generator's)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  strides = jnp.asarray([s for s in range(1, num_experts) if math.gcd(s, num_experts) == 1]
+                        or [1], jnp.int32)
+
+  @jax.jit
+  def gen(key):
+    k1, k2 = jax.random.split(key)
+    start = jax.random.randint(k1, shape + (1,), 0, num_experts, dtype=jnp.int32)
+    stride = strides[jax.random.randint(k2, shape + (1,), 0, strides.shape[0])]
+    return (start + jnp.arange(top_k, dtype=jnp.int32) * stride) % num_experts
+
+  return jax.block_until_ready(gen(jax.random.PRNGKey(seed)))
 
 
 @dataclasses.dataclass
@@ -89,9 +118,8 @@ def make_setup(model_name, policy, S, P, T, *, units=4, layers=None, experts=Non
     model = dataclasses.replace(model, num_experts=experts)
   sysp = system_mod.load_system(SYSTEM, num_ndp_units=units)
   L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
-  rng = np.random.default_rng(seed)
-  pre = jnp.asarray(random_ids(rng, (S, P, L), E, k))
-  dec = jnp.asarray(random_ids(rng, (S, T, L), E, k))
+  pre = device_random_ids(seed, (S, P, L), E, k)
+  dec = device_random_ids(seed + 1, (S, T, L), E, k)
   return Setup(sysp.spec, sysp.params, model, policies.get(policy), PolicyParams(), pre, dec,
                S, P, T, L)
 
@@ -234,6 +262,67 @@ def child_main(args) -> dict:
   return r
 
 
+def hlo_ops(model, policy, S=100, P=16, T=4) -> dict:
+  """Operations XLA runs per loop iteration (optimized HLO, top-level ops of
+  each ``while`` body: fusions, sorts, copies, ...; not tuples/constants).
+  ``decode_layer``: the body of the loop nested in another loop (one decode
+  layer step); ``prefill_layer``: the largest other body (one prefill layer)."""
+  import re  # pylint: disable=import-outside-toplevel
+  from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  st = make_setup(model, policy, S, P, T)
+  text = engine._simulate_jit.lower(st.ss, st.sp, st.model, st.policy, st.params,  # pylint: disable=protected-access
+                                    st.pre, st.dec, None, 1).compile().as_text()
+  comps, cur = {}, None
+  for line in text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if m:
+      cur = m.group(1)
+      comps[cur] = []
+    elif cur is not None and line.startswith("  ") and " = " in line:
+      comps[cur].append(line)
+  skip = ("parameter", "get-tuple-element", "tuple", "constant", "bitcast")
+  def count(name):
+    ops = [re.search(r"=\s*\S+\s+([\w\-]+)\(", l) for l in comps.get(name, [])]
+    kinds = [m.group(1) for m in ops if m]
+    return dict(ops=sum(k not in skip for k in kinds), sorts=kinds.count("sort"),
+                copies=kinds.count("copy"))
+  loops = [(parent, m.group(1)) for parent, lines in comps.items() for l in lines
+           for m in [re.search(r"while\(.*body=%?([\w.\-]+)", l)] if m]
+  bodies = {b for _, b in loops}
+  nested = [b for parent, b in loops if parent in bodies]
+  top = [b for parent, b in loops if parent not in bodies]
+  out = {}
+  if nested:
+    out["decode_layer"] = max((count(b) for b in nested), key=lambda c: c["ops"])
+  if top:
+    out["prefill_layer"] = max((count(b) for b in top), key=lambda c: c["ops"])
+  return out
+
+
+def compare(args, seqs) -> dict:
+  """Old (``--baseline_root``) against new (this checkout), alternating children."""
+  S, m = max(seqs), args.models[0]
+  argv = ["--models", m, "--policy", args.policy, "--prompt_len", str(args.prompt_len),
+          "--decode_len", str(args.decode_len), "--short_len", str(args.short_len),
+          "--repeats", str(args.repeats), "--child_seqs", str(S), "--child_point"]
+  roots = dict(old=os.path.abspath(args.baseline_root), new=ROOT)
+  runs = {name: [] for name in roots}
+  for i in range(args.rounds):
+    for name in (("old", "new") if i % 2 == 0 else ("new", "old")):
+      before = os.getloadavg()
+      r = _child(argv, {"NDPSIM_BENCH_ROOT": roots[name]})
+      r.update(loadavg_before=before, loadavg_after=os.getloadavg())
+      runs[name].append(r)
+  med = lambda name, key: statistics.median(r[key] for r in runs[name])  # noqa: E731
+  keys = ("decode_steps_per_s", "prefill_steps_per_s", "whole_call_decode_steps_per_s",
+          "peak_rss_bytes", "compile_s", "run_s")
+  out = dict(model=m, policy=args.policy, seqs=S, roots=roots, runs=runs,
+             median={name: {k: med(name, k) for k in keys} for name in roots},
+             hlo_ops={name: runs[name][0]["hlo"] for name in roots})
+  out["new_over_old"] = {k: out["median"]["new"][k] / out["median"]["old"][k] for k in keys}
+  return out
+
+
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="one-minute smoke run")
@@ -253,8 +342,18 @@ def main(argv=None) -> dict:
   ap.add_argument("--out", default="")
   ap.add_argument("--child_seqs", type=int, default=0, help=argparse.SUPPRESS)
   ap.add_argument("--child_shard", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--child_point", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--baseline_root", default="",
+                  help="compare: a checkout of the old code (e.g. a git worktree)")
+  ap.add_argument("--rounds", type=int, default=2, help="compare: children per side")
   args = ap.parse_args(argv)
   args.models = args.models.split(",")
+  if args.child_seqs and args.child_point:
+    r = throughput_point(args.models[0], args.policy, args.child_seqs, args.prompt_len,
+                         args.decode_len, args.short_len, args.repeats)
+    r.update(peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             ndpsim_root=IMPORT_ROOT, hlo=hlo_ops(args.models[0], args.policy))
+    return _emit(r, "")
   if args.child_seqs:
     return _emit(child_main(args), "")
   import jax  # pylint: disable=import-outside-toplevel
@@ -289,6 +388,13 @@ def main(argv=None) -> dict:
         ref["ratio_whole_call"] = (best["whole_call_decode_steps_per_s"]
                                    / ref["decode_steps_per_s_whole_call"])
         ref["ratio_at_seqs"] = best["seqs"]
+  if "compare" in suites:
+    if not args.baseline_root:
+      raise SystemExit("--suite=compare needs --baseline_root=DIR, a checkout of the old "
+                       "code (e.g. git worktree add /tmp/old <commit>)")
+    report["compare"] = compare(args, seqs)
+  if "hlo" in suites:
+    report["hlo"] = {m: hlo_ops(m, args.policy) for m in args.models}
   if "scaling" in suites:
     report["scaling"] = scaling(args)
   if "grad" in suites:

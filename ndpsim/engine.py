@@ -87,13 +87,24 @@ def _zero_acc(n_units: int) -> _Acc:
 
 
 class _Carry(NamedTuple):
-  t: jax.Array            # end of the previous layer, s
-  link_gpu_free: jax.Array  # demand traffic on link->GPU done at, s
-  link_ndp_free: jax.Array  # link->NDP free at, s
-  bg_clock: jax.Array     # idle link time accounted up to, s
+  """Per-sequence state carried through the scans.
+
+  The clock is relative (:func:`_rebase`): ``t`` and the link times are
+  seconds after ``origin``, the absolute time of the previous layer's end
+  carried as an unevaluated float32 sum ``origin_hi + origin_lo``.  Every
+  layer works on times of its own length scale (rounding ~1e-7 of a layer,
+  not of the run) and its length is added to the origin exactly (TwoSum), so
+  the clock's error does not grow with simulated time.
+  """
+  t: jax.Array            # end of the previous layer, s after origin
+  link_gpu_free: jax.Array  # demand traffic on link->GPU done at, s after origin
+  link_ndp_free: jax.Array  # link->NDP free at, s after origin
+  bg_clock: jax.Array     # idle link time accounted up to, s after origin
   res: rs.Residency       # GPU residency and background queue (engine-owned)
   own: Any                # the policy's own state
   acc: _Acc
+  origin_hi: jax.Array    # absolute time of the clock's zero, s (high part)
+  origin_lo: jax.Array    # (low part: origin = origin_hi + origin_lo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +119,29 @@ class _Static:
 
   def tokens(self, phase: str) -> int:
     return dict(self.phase_tokens)[phase]
+
+
+def _two_sum(a, b):
+  """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum:
+  no ordering of |a|, |b| needed)."""
+  s = a + b
+  bb = s - a
+  return s, (a - (s - bb)) + (b - bb)
+
+
+def _rebase(c: _Carry) -> _Carry:
+  """Moves the clock's zero to ``c.t``: the origin grows by ``c.t`` (exactly,
+  the rounding kept in ``origin_lo``), every relative time shrinks by it."""
+  d = c.t
+  hi, e = _two_sum(c.origin_hi, d)
+  return c._replace(t=jnp.zeros_like(d), link_gpu_free=c.link_gpu_free - d,
+                    link_ndp_free=c.link_ndp_free - d, bg_clock=c.bg_clock - d,
+                    origin_hi=hi, origin_lo=c.origin_lo + e)
+
+
+def _absolute(c: _Carry):
+  """``c.t`` as an absolute time, s (one float32 rounding)."""
+  return c.origin_hi + (c.origin_lo + c.t)
 
 
 # ---------------------------------------------------------------------------
@@ -192,11 +226,18 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   # Background loads use the idle link up to the router's decision.
   idle = tr - jnp.maximum(carry.bg_clock, carry.link_gpu_free)
   drained0 = state.drained_s
-  state = rs.arrivals(rs.drain(state, idle), layer)
+  state = rs.drain(state, idle)
   drained1 = state.drained_s
-
-  # Prefill slots are the experts in id order (_slots_prefill): row reads.
-  resident = (state.resident[layer] if phase == "prefill" else state.resident[layer, ids]) & valid
+  view = rs.arrivals(state, layer)  # what the policy reads
+  if phase == "prefill" or st.relaxed:
+    # Prefill slots are the experts in id order (_slots_prefill): row reads.
+    state = view
+    resident = (state.resident[layer] if phase == "prefill"
+                else state.resident[layer, ids]) & valid
+  else:
+    # Decode, hard: lazy residency (rs.resident_at); the arrivals row update
+    # exists only if the policy reads ``view`` (XLA drops it otherwise).
+    resident = rs.resident_at(state, layer, ids) & valid
   held = _held(ctx, state, phase)
   room = jnp.maximum(ctx.expert_slots - held, 0.0)
   soft = st.relaxed and state.soft is not None
@@ -212,7 +253,7 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
   if soft:
     slots = slots._replace(res_w=jnp.where(valid, relaxed.slot_residency(
         state.soft, layer, ids, state.drained_s, pparams.temperature_s), 0.0))
-  place, own = pol.place(ctx, state, carry.own, layer, slots, pparams, phase)
+  place, own = pol.place(ctx, view, carry.own, layer, slots, pparams, phase)
   state = rs.apply(ctx, state, layer, place.requests)
   carry = carry._replace(own=own)
   order = _issue_order(phase, tokens)
@@ -240,13 +281,17 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
     req = place.requests
     kept = (jnp.zeros(ids.shape, bool) if req is None or req.keep is None
             else jnp.asarray(req.keep, bool)[ids])  # stays resident after this layer
+    # Times of this layer are relative to the carry's origin (the relative
+    # clock, :func:`_rebase`); the record holds absolute times.
+    ab = lambda x: carry.origin_hi + (carry.origin_lo + x)  # noqa: E731
     rec = dict(
-        t0=t0, attn_s=attn_s, tr=tr, shared_s=shared_s, end=end, lanes_end=lt.end,
-        bg_pre_start=jnp.maximum(carry.bg_clock, carry.link_gpu_free),
+        t0=ab(t0), attn_s=attn_s, tr=ab(tr), shared_s=shared_s, end=ab(end),
+        lanes_end=ab(lt.end),
+        bg_pre_start=ab(jnp.maximum(carry.bg_clock, carry.link_gpu_free)),
         bg_pre_s=drained1 - drained0,
-        bg_post_start=jnp.maximum(lt.fetch_end, carry.link_gpu_free),
+        bg_post_start=ab(jnp.maximum(lt.fetch_end, carry.link_gpu_free)),
         bg_post_s=state.drained_s - drained1,
-        fetch_start=jnp.maximum(tr, carry.link_gpu_free),
+        fetch_start=ab(jnp.maximum(tr, carry.link_gpu_free)),
         slot_ids=o(ids), slot_tokens=o(tokens), slot_valid=o(valid),
         slot_resident=o(resident), slot_fetched=o(phi), slot_gfrac=o(gfrac),
         slot_kept=o(kept), slot_kept_as_prefetch=o(kept & bool(req is not None
@@ -257,11 +302,12 @@ def _layer(st: _Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCosts,
                                  else slots.ndp_ep_s)),
         slot_unit=o(jnp.broadcast_to(place.ep_unit, ids.shape).astype(jnp.int32)),
         **{k: getattr(lt, k) for k in (
-            "gpu_end", "fetch_busy", "fetch_end", "w", "loads", "slowest", "bcast",
-            "ndp_end", "ret", "ret_end", "red", "n_partials")},
-        bcast_start=bcast_start)
-  return _Carry(t=end, link_gpu_free=lt.link_gpu_free, link_ndp_free=lt.link_ndp_free,
-                bg_clock=lt.bg_clock, res=state, own=carry.own, acc=acc), rec
+            "fetch_busy", "w", "loads", "slowest", "bcast", "ret", "red", "n_partials")},
+        **{k: ab(getattr(lt, k)) for k in ("gpu_end", "fetch_end", "ndp_end", "ret_end")},
+        bcast_start=ab(bcast_start))
+  return _rebase(carry._replace(
+      t=end, link_gpu_free=lt.link_gpu_free, link_ndp_free=lt.link_ndp_free,
+      bg_clock=lt.bg_clock, res=state, acc=acc)), rec
 
 
 def _staging_cut(place: pb.Placement, valid, order, room):
@@ -270,7 +316,7 @@ def _staging_cut(place: pb.Placement, valid, order, room):
   instead (policies are told the room and should not ask)."""
   gfrac = jnp.where(valid, place.gpu_frac, 0.0)
   fetch = place.fetch & valid & (gfrac > 0)
-  rank = jnp.cumsum(fetch if order is None else fetch[order])
+  rank = pb.cumsum((fetch if order is None else fetch[order]).astype(jnp.int32))
   over = fetch & ((rank if order is None else jnp.zeros_like(rank).at[order].set(rank))
                   > room)
   return jnp.where(over, 0.0, gfrac), fetch & ~over
@@ -281,10 +327,12 @@ def _mark_used(ctx, state: rs.Residency, phase: str, layer, ids, on_gpu_resident
   if phase == "prefill":  # prefill slots are the experts in id order
     row = state.used[layer] | (on_gpu_resident & state.prefetched[layer])
     return dataclasses.replace(state, used=state.used.at[layer].set(row))
-  # Flags only turn on: set True at used slots, drop the rest (no gather).
+  # Flags only turn on: OR a one-hot row of the used slots into the layer's
+  # row (a row update; a scatter under the vmap builds [S, k, 3] indices).
   now = on_gpu_resident & state.prefetched[layer, ids]
-  used = state.used.at[layer, jnp.where(now, ids, ctx.num_experts)].set(True, mode="drop")
-  return dataclasses.replace(state, used=used)
+  hit = jnp.any((ids[:, None] == jnp.arange(ctx.num_experts, dtype=ids.dtype))
+                & now[:, None], axis=0)
+  return dataclasses.replace(state, used=state.used.at[layer].set(state.used[layer] | hit))
 
 
 def _accumulate(st: _Static, ctx, phase: str, acc: _Acc, slots: pb.Slots, gfrac, phi,
@@ -387,9 +435,10 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
   start = st.policy.init(ctx, pparams)
   res = rs.empty(L, E, start.capacity, start.resident,
                  soft=st.relaxed and st.policy.soft_residency)
-  carry = _Carry(t=tab.over_prefill_s, link_gpu_free=jnp.zeros(()),
-                 link_ndp_free=jnp.zeros(()), bg_clock=jnp.zeros(()), res=res,
-                 own=start.own, acc=_zero_acc(st.num_units))
+  z = jnp.zeros(())
+  carry = _Carry(t=tab.over_prefill_s, link_gpu_free=z, link_ndp_free=z, bg_clock=z,
+                 res=res, own=start.own, acc=_zero_acc(st.num_units), origin_hi=z,
+                 origin_lo=z)
 
   # Prefill: one pass over the layers with all prompt tokens of the batch.
   if prefill_counts is None:
@@ -398,41 +447,44 @@ def _simulate_group(st: _Static, ctx, pparams, tab: Tables, prefill_ids, decode_
   else:
     counts = prefill_counts
 
+  # Per-sequence inputs are indexed inside the scans, not scanned over: under
+  # the vmap over groups a scanned input would be transposed (copied) first.
   def prefill_body(c, xs):
-    layer, cnt, a, sh = xs
-    ids, tok, val = _slots_prefill(cnt)
+    layer, a, sh = xs
+    ids, tok, val = _slots_prefill(counts[layer])
     return _layer(st, ctx, pparams, "prefill", tab.prefill, c, layer, ids, tok, val,
                   a, sh)
 
   carry, rec_prefill = jax.lax.scan(prefill_body, carry, (
-      jnp.arange(L), counts, tab.attn_prefill_s, tab.shared_prefill_s))
+      jnp.arange(L), tab.attn_prefill_s, tab.shared_prefill_s))
   carry = _with_peak(carry)
-  ttft = carry.t
+  ttft = _absolute(carry)
   acc_prefill = carry.acc
 
   # Decode: steps x layers.
-  dec = jnp.moveaxis(decode_ids, 0, 2)  # [T, L, B, k]
-
   def step_body(c, xs):
-    ids_t, attn_t, over_t = xs
-    start = c.t
+    step, attn_t, over_t = xs
+    ids_t = decode_ids[:, step]  # [B, L, k]
+    start_hi, start_lo = c.origin_hi, c.origin_lo  # c.t = 0: layers rebase
     c = c._replace(t=c.t + over_t)
 
     def layer_body(c2, xs2):
-      layer, ids_l, a, sh = xs2
-      sids, tok, val = _slots_decode(ids_l, E, st.batch)
+      layer, a, sh = xs2
+      sids, tok, val = _slots_decode(ids_t[:, layer], E, st.batch)
       return _layer(st, ctx, pparams, "decode", tab.decode, c2, layer, sids, tok, val,
                     a, sh)
 
-    c, recs = jax.lax.scan(layer_body, c, (jnp.arange(L), ids_t, attn_t,
-                                           tab.shared_decode_s))
+    c, recs = jax.lax.scan(layer_body, c, (jnp.arange(L), attn_t, tab.shared_decode_s))
+    # Step length: exact difference of the high parts (error <= 1/2 ulp of
+    # the step), plus the low parts'.
+    step_len = (c.origin_hi - start_hi) + (c.origin_lo - start_lo + c.t)
     if st.record:
-      return _with_peak(c), (c.t - start, dict(step_start=start, step_over_s=over_t,
-                                               layers=recs))
-    return _with_peak(c), c.t - start
+      return _with_peak(c), (step_len, dict(step_start=start_hi + start_lo,
+                                            step_over_s=over_t, layers=recs))
+    return _with_peak(c), step_len
 
-  carry, step_s = jax.lax.scan(step_body, carry,
-                               (dec, tab.attn_decode_s, tab.over_decode_s))
+  carry, step_s = jax.lax.scan(step_body, carry, (jnp.arange(decode_ids.shape[1]),
+                                                  tab.attn_decode_s, tab.over_decode_s))
   rec = None
   if st.record:
     step_s, rec_decode = step_s

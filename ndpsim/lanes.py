@@ -54,8 +54,8 @@ def gpu_lane_end(start, fetch_start, gpu_s, frac, fetch, fetch_s):
   res_work = jnp.sum(jnp.where(fetch, 0.0, work))
   fw = jnp.where(fetch, work, 0.0)
   ft = jnp.where(fetch, fetch_s * frac, 0.0)
-  arrive = fetch_start + jnp.cumsum(ft)
-  suffix = jnp.sum(fw) - jnp.cumsum(fw) + fw
+  arrive = fetch_start + pb.cumsum(ft)
+  suffix = jnp.sum(fw) - pb.cumsum(fw) + fw
   chain = jnp.max(jnp.where(fetch, arrive + suffix, -jnp.inf), initial=-jnp.inf)
   end = jnp.maximum(start + res_work + jnp.sum(fw), chain)
   return end, jnp.sum(ft)

@@ -73,6 +73,9 @@ class Residency:
   used: [L, E] bool, a prefetched expert served an activation on the GPU.
   capacity: resident experts allowed per layer (float, traced; from the
     policy's :class:`~ndpsim.policies.base.Start`).
+  held_n: experts resident or queued (all layers), float: the count of
+    ``resident | isfinite(queue_end_s)``, kept up to date by :func:`apply`
+    (no [L, E] reduction per layer or step).
   soft: None (hard residency) or a :class:`SoftResidency` (relaxed mode,
     policies with ``soft_residency``).
   """
@@ -84,6 +87,7 @@ class Residency:
   prefetched: jax.Array
   used: jax.Array
   capacity: jax.Array
+  held_n: jax.Array
   soft: Any = None
 
 
@@ -110,6 +114,7 @@ def empty(num_layers: int, num_experts: int, capacity, resident=None,
                    queued_s=jnp.zeros(()), drained_s=jnp.zeros(()), queue_key=z,
                    prefetched=z.astype(bool), used=z.astype(bool),
                    capacity=jnp.asarray(capacity, jnp.float32),
+                   held_n=jnp.sum(res).astype(jnp.float32),
                    soft=SoftResidency(keep=z, queued=z, end_s=z) if soft else None)
 
 
@@ -120,15 +125,40 @@ def drain(res: Residency, idle_s) -> Residency:
   return dataclasses.replace(res, drained_s=drained)
 
 
+def _arrived(res: Residency, queue_end_s):
+  return queue_end_s <= res.drained_s * (1 + 1e-7)
+
+
 def arrivals(res: Residency, layer) -> Residency:
   """Marks this layer's queued loads that have completed as resident."""
-  row = res.resident[layer] | (res.queue_end_s[layer] <= res.drained_s * (1 + 1e-7))
+  row = res.resident[layer] | _arrived(res, res.queue_end_s[layer])
   return dataclasses.replace(res, resident=res.resident.at[layer].set(row))
+
+
+def resident_at(res: Residency, layer, ids) -> jax.Array:
+  """[n] bool: experts ``ids`` of ``layer`` in GPU memory now, arrivals
+  included, without updating the [L, E] state (lazy residency).
+
+  Equal to ``arrivals(res, layer).resident[layer, ids]``: an arrival only
+  turns a flag on, ``drained_s`` never decreases, and a queued load keeps its
+  position once it has arrived (merges move loads not started yet; evicting
+  clears both the flag and the position), so the stored flags may lag the
+  arrivals as long as every read goes through here or :func:`arrivals`."""
+  return res.resident[layer, ids] | _arrived(res, res.queue_end_s[layer, ids])
 
 
 def held(res: Residency) -> jax.Array:
   """Experts resident or queued for residency (all layers), float."""
+  return res.held_n
+
+
+def count_held(res: Residency) -> jax.Array:
+  """:func:`held` counted from the [L, E] arrays."""
   return jnp.sum(res.resident | jnp.isfinite(res.queue_end_s)).astype(jnp.float32)
+
+
+def _row_held(res: Residency, layer):
+  return res.resident[layer] | jnp.isfinite(res.queue_end_s[layer])
 
 
 # ---------------------------------------------------------------------------
@@ -143,7 +173,8 @@ def apply(ctx, res: Residency, layer, req: Requests | None) -> Residency:
   if req.evict is not None:
     ev = req.evict
     res = dataclasses.replace(
-        res, resident=res.resident.at[layer].set(res.resident[layer] & ~ev),
+        res, held_n=res.held_n - jnp.sum(ev & _row_held(res, layer)),
+        resident=res.resident.at[layer].set(res.resident[layer] & ~ev),
         queue_end_s=res.queue_end_s.at[layer].set(
             jnp.where(ev, INF, res.queue_end_s[layer])))
   if req.keep is not None:
@@ -152,7 +183,8 @@ def apply(ctx, res: Residency, layer, req: Requests | None) -> Residency:
     if req.keep_is_prefetch:
       pre = pre.at[layer].set(pre[layer] | kp)
     res = dataclasses.replace(
-        res, resident=res.resident.at[layer].set(res.resident[layer] | kp),
+        res, held_n=res.held_n + jnp.sum(kp & ~_row_held(res, layer)),
+        resident=res.resident.at[layer].set(res.resident[layer] | kp),
         queue_end_s=res.queue_end_s.at[layer].set(jnp.where(kp, 0.0,
                                                             res.queue_end_s[layer])),
         prefetched=pre)
@@ -188,7 +220,7 @@ def enqueue(res: Residency, layer, want: jax.Array, order_score: jax.Array, fetc
   row_q = jnp.where(new, pos, row_q)
   return dataclasses.replace(
       res, queue_end_s=res.queue_end_s.at[layer].set(row_q),
-      queued_s=res.queued_s + jnp.sum(new) * fetch_s,
+      queued_s=res.queued_s + jnp.sum(new) * fetch_s, held_n=res.held_n + jnp.sum(new),
       prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
 
 
@@ -235,6 +267,7 @@ def merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency
   q = q.at[layer].set(jnp.where(new, front + (rank + ahead + 1.0) * f, q[layer]))
   return dataclasses.replace(
       res, queue_key=score, queue_end_s=q, queued_s=res.queued_s + jnp.sum(new) * f,
+      held_n=res.held_n + jnp.sum(new),
       prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
 
 
@@ -293,8 +326,9 @@ def _apply_soft(ctx, res: Residency, layer, req: Requests) -> Residency:
   q = res.queue_end_s
   q = jnp.where(jnp.isfinite(q) & (q > 0), end, q)
   row_q = jnp.where(kept_b, 0.0, jnp.where(queued_b, end[layer], q[layer]))
-  return dataclasses.replace(
+  res = dataclasses.replace(
       res, soft=soft, queued_s=queued_s, queue_key=score,
       resident=res.resident.at[layer].set(res.resident[layer] | kept_b),
       queue_end_s=q.at[layer].set(row_q),
       prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | kept_b | queued_b))
+  return dataclasses.replace(res, held_n=count_held(res))

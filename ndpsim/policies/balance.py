@@ -42,7 +42,7 @@ def _with_ndp_lane(slots: Slots, valid, h, q, gpu_end):
   nvalid = jnp.sum(valid)
   count = jnp.arange(h.shape[0] + 1)
   hv = jnp.where(valid, h, 0.0)
-  ndp_left = jnp.sum(hv) - jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(hv)])
+  ndp_left = jnp.sum(hv) - jnp.concatenate([jnp.zeros((1,)), pb.cumsum(hv)])
   ndp_end = jnp.maximum(slots.bcast_s + ndp_left, slots.link_delay_s + q) + slots.post_s
   # The reduction follows the GPU lane too when it ends last: <= post_s.
   gpu_side = jnp.where((count > 0) & (count < nvalid), gpu_end + slots.post_s, gpu_end)
@@ -66,7 +66,7 @@ def _prefix_spans(slots: Slots, order, rho, phi, gpu_bias, ndp_bias, chain_max):
   h = slots.ndp_tp_s[order] * ndp_bias
   valid = slots.valid[order]
   z = jnp.zeros((1,))
-  cat = lambda x: jnp.concatenate([z, jnp.cumsum(x)])
+  cat = lambda x: jnp.concatenate([z, pb.cumsum(x)])
   r = cat(rho * g)
   q = cat(phi * slots.fetch_s[order])
   c = cat(phi * g)
@@ -77,7 +77,7 @@ def _prefix_spans(slots: Slots, order, rho, phi, gpu_bias, ndp_bias, chain_max):
 
 def _hard_chain(term, phi):
   """Running max over the fetched slots (-inf before the first)."""
-  m = jax.lax.cummax(jnp.where(phi > 0, term, -jnp.inf))
+  m = pb.cummax(jnp.where(phi > 0, term, -jnp.inf))
   return jnp.concatenate([jnp.full((1,), -jnp.inf), m])
 
 
@@ -96,7 +96,7 @@ def prefix_makespans(slots: Slots, order_key, gpu_bias=1.0, ndp_bias=1.0, order=
   span, _ = _prefix_spans(slots, order, res.astype(jnp.float32), fl.astype(jnp.float32),
                           gpu_bias, ndp_bias, _hard_chain)
   # GPU memory: the engine runs loads past the staging room on the NDP units.
-  loads = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(fl.astype(jnp.int32))])
+  loads = jnp.concatenate([jnp.zeros((1,), jnp.int32), pb.cumsum(fl.astype(jnp.int32))])
   return jnp.where(loads > slots.stage_room, jnp.inf, span), order
 
 

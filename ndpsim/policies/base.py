@@ -302,6 +302,31 @@ class Policy(NamedTuple):
 SMALL_RANK = 32
 
 
+def cumsum(x: jax.Array) -> jax.Array:
+  """Inclusive cumsum along the last axis.  Rows up to :data:`SMALL_RANK`
+  long are summed left to right in one elementwise expression (XLA fuses it
+  with its neighbours; ``jnp.cumsum`` is a separate ``reduce-window`` op on
+  XLA:CPU), in the order a plain loop sums them."""
+  n = x.shape[-1]
+  if n > SMALL_RANK:
+    return jnp.cumsum(x, axis=-1)
+  out = [x[..., 0]]
+  for i in range(1, n):
+    out.append(out[-1] + x[..., i])
+  return jnp.stack(out, axis=-1)
+
+
+def cummax(x: jax.Array) -> jax.Array:
+  """Running maximum along the last axis (short rows as in :func:`cumsum`)."""
+  n = x.shape[-1]
+  if n > SMALL_RANK:
+    return jax.lax.cummax(x, axis=x.ndim - 1)
+  out = [x[..., 0]]
+  for i in range(1, n):
+    out.append(jnp.maximum(out[-1], x[..., i]))
+  return jnp.stack(out, axis=-1)
+
+
 def inverse_permutation(order: jax.Array) -> jax.Array:
   """``argsort(order)`` along the last axis for permutations, by a scatter."""
   n = order.shape[-1]
