@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ndpsim import base
+from ndpsim import base, ranking
 
 INF = jnp.inf
 
@@ -204,7 +204,6 @@ def enqueue(res: Residency, layer, want: jax.Array, order_score: jax.Array, fetc
   """Appends background loads of ``want`` [E] experts of ``layer`` to the
   queue in descending ``order_score`` (ties: lower id); each costs
   ``fetch_s`` link seconds.  Resident or queued experts are skipped."""
-  from ndpsim.policies import base as pb  # pylint: disable=import-outside-toplevel
   row_q = res.queue_end_s[layer]
   new = want & ~res.resident[layer] & jnp.isinf(row_q)
   if at_most_one:
@@ -215,7 +214,7 @@ def enqueue(res: Residency, layer, want: jax.Array, order_score: jax.Array, fetc
     before = jnp.cumsum(new_sorted, axis=-1) - new_sorted
     rank = jnp.zeros_like(before).at[order].set(before, unique_indices=True)
   else:
-    rank = pb.rank_desc(jnp.where(new, order_score, -INF))
+    rank = ranking.rank_desc(jnp.where(new, order_score, -INF))
   pos = res.queued_s + (rank + 1.0) * fetch_s
   row_q = jnp.where(new, pos, row_q)
   return dataclasses.replace(
