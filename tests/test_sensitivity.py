@@ -74,35 +74,16 @@ def test_elasticity_matches_finite_differences(ranked_tp, param):
   assert abs(g - fd) <= 1e-4 * abs(fd), (g, fd)
 
 
-def test_forward_mode_equals_reverse_mode(ranked_tp):
-  """The binary's forward-mode pass (``--studies=sensitivity``) and the
-  library's reverse-mode pass are one implementation with two modes: on the
-  same inputs they agree leaf by leaf (x64, ``ndp_tp``), and averaging only
-  the first ``num_groups`` groups is the mean over those groups."""
-  r, system, rows = ranked_tp
-  model = M.get_model(MODEL)
-  with jax.enable_x64(True):
-    e2e_f, fwd = sensitivity.elasticities(system, model, r, "ndp_tp", mode="forward")
-    e2e_1, one = sensitivity.elasticities(system, model, r, "ndp_tp", mode="forward",
-                                          num_groups=1)
-    full = np.asarray(engine.simulate(system, model, r, "ndp_tp").e2e_s, np.float64)
-  by = {x.param: x for x in rows}
-  assert set(fwd) == set(by)
-  for k, (v, d) in fwd.items():
-    assert v == by[k].value
-    assert abs(d - by[k].d_latency_d_log_param) <= 1e-9 * max(1e-12, abs(d)) + 1e-15, k
-  assert np.isclose(e2e_f, full.mean(), rtol=1e-12)
-  assert np.isclose(e2e_1, full[0], rtol=1e-12) and full[0] != full[1]
-
-
 def test_unknown_mode_is_refused():
   with pytest.raises(ValueError, match="mode='sideways'.*'reverse' or 'forward'"):
     sensitivity.elasticities(U.load(), M.get_model(MODEL), None, "ndp_tp", mode="sideways")
 
 
 def test_the_binary_study_runs_the_same_elasticities():
-  """``--studies=sensitivity`` (:func:`ndpsim.studies.sensitivity`) reports
-  what :func:`sensitivity.elasticities` gives on the study's own workload."""
+  """``--studies=sensitivity`` (:func:`ndpsim.studies.sensitivity`: forward
+  mode, the first ``num_groups`` groups) reports what the library's
+  reverse-mode :func:`sensitivity.elasticities` gives on the study's own
+  workload, leaf by leaf: one implementation, two modes that agree."""
   import pathlib
 
   from ndpsim import studies
