@@ -124,6 +124,19 @@ def speedup_bars(rows: Rows, path, title: str = "", workload: str = "") -> str |
   return _save(fig, path)
 
 
+def _model_grid(n: int, columns: int):
+  """(figure, flat axes, columns used) of a grid with one subplot per model,
+  ``columns`` per row; the unused cells are hidden."""
+  ncol = max(1, min(columns, n))
+  nrow = -(-n // ncol)
+  fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8),
+                           squeeze=False)
+  flat = axes.reshape(-1)
+  for ax in flat[n:]:
+    ax.set_visible(False)
+  return fig, flat, ncol
+
+
 def lane_breakdown(rows: Rows, path, workload: str = "",
                    columns: int = GRID_COLUMNS) -> str | None:
   """Per model (subplots in a grid of ``columns`` per row): busy seconds of each
@@ -132,13 +145,7 @@ def lane_breakdown(rows: Rows, path, workload: str = "",
   if not rows:
     return None
   models = _uniq(r["model"] for r in rows)
-  ncol = max(1, min(columns, len(models)))
-  nrow = -(-len(models) // ncol)
-  fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8),
-                           squeeze=False)
-  flat = axes.reshape(-1)
-  for ax in flat[len(models):]:
-    ax.set_visible(False)
+  fig, flat, ncol = _model_grid(len(models), columns)
   for ax, m in zip(flat, models):
     rs = [r for r in rows if r["model"] == m]
     keys = ["e2e_latency_s_mean"] + lane_keys(rs[0])
@@ -212,13 +219,7 @@ def energy_vs_latency(rows: Rows, path, workload: str = "",
   models, pols = _uniq(r["model"] for r in rows), _uniq(r["policy"] for r in rows)
   style = {p: (plt.get_cmap("tab10")(i % 10), "os^D"[(i // 10) % 4])
            for i, p in enumerate(pols)}
-  ncol = max(1, min(columns, len(models)))
-  nrow = -(-len(models) // ncol)
-  fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow + 0.8),
-                           squeeze=False)
-  flat = axes.reshape(-1)
-  for ax in flat[len(models):]:
-    ax.set_visible(False)
+  fig, flat, ncol = _model_grid(len(models), columns)
   for ax, m in zip(flat, models):
     for r in (r for r in rows if r["model"] == m):
       ax.errorbar(r["e2e_latency_s_mean"], r["energy_per_token_j"],
