@@ -40,13 +40,12 @@ def _parser():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--models", default="mixtral-8x7b,deepseek-v2-lite",
                  help="comma-separated zoo models; default %(default)s")
-  p.add_argument("--choices", default="paper_rtx5080_ndp_dimm:2,paper_rtx5080_ndp_dimm:4,"
-                 "paper_rtx5080_ddr4_ndp_dimm:4",
+  p.add_argument("--choices", default="paper_rtx5080_ndp_dimm:2,paper_rtx5080_ddr4_ndp_dimm:4",
                  help="comma-separated system_preset:num_ndp_units discrete choices; the "
                  "first is the one the grid checks; default %(default)s")
   p.add_argument("--budget_fractions", default="0.2,0.5,0.85",
                  help="budgets per choice, as fractions of its (cheapest, dearest) range")
-  p.add_argument("--check", default="0.2,0.5",
+  p.add_argument("--check", default="0.2,0.5,0.85",
                  help="budget fractions (a subset of --budget_fractions) of the first "
                  "choice at which the grid checks the co-design")
   p.add_argument("--kind", default="cost_usd", choices=C.BUDGET_KINDS)
@@ -56,6 +55,8 @@ def _parser():
   p.add_argument("--routing", default="mixtral_8x7b")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=C.CodesignConfig().steps)
+  p.add_argument("--cache_dir", default="",
+                 help="persistent JAX compilation cache folder (a rerun skips compiling)")
   p.add_argument("--out", default=str(ROOT / "docs" / "results" / "codesign"),
                  help="output path stem: writes STEM.json and STEM.png")
   return p
@@ -76,6 +77,16 @@ def _grid_axes(bounds):
           "link_bandwidth_gbps": np.geomspace(*bounds[1], 6),
           "dram_rate": np.geomspace(*bounds[2], 3),
           "resident_fraction": [0.0, 0.5, 1.0]}
+
+
+def _uniform_best(res, k):
+  """The fastest feasible uniformly projected candidate of budget k (what the
+  co-design returned before the other projections), s."""
+  h = res.history
+  u = h["projections"].index("uniform")
+  e = np.asarray(h["candidates_e2e_s"])[k, :, u]
+  ok = np.asarray(h["candidates_feasible"])[k, :, u]
+  return float(np.min(np.where(ok, e, np.inf)))
 
 
 def run_model(a, name, choices, fracs, checks, log):
@@ -114,6 +125,8 @@ def run_model(a, name, choices, fracs, checks, log):
     for k, b in enumerate(budgets):
       rows.append({"choice": f"{preset}:{n}", "budget": float(b), "feasible": bool(res.feasible[k]),
                    "spend": float(res.spend[k]), "e2e_s": float(res.e2e_s[k]),
+                   "projection": res.history["best_projection"][k],
+                   "uniform_only_e2e_s": _uniform_best(res, k),
                    "point": dict(zip(C.NAMES, map(float, res.points[k]))),
                    "breakdown": {kk: float(v) for kk, v in C.breakdown(cp, m, res.points[k]).items()}})
     rows.append({"choice": f"{preset}:{n}", "preset_point": True,
@@ -134,9 +147,12 @@ def run_model(a, name, choices, fracs, checks, log):
                         "grid_best_point": dict(zip(C.NAMES, map(float, pts[i]))) if i >= 0 else None,
                         "grid_best_spend": float(C.spend(cp, m, pts[i], a.kind)) if i >= 0 else None,
                         "codesign_vs_grid": gap, "within_1pct": bool(gap <= 0.01),
+                        "projection": res.history["best_projection"][k],
+                        "uniform_only_e2e_s": _uniform_best(res, k),
                         "codesign_evaluations": int(res.evaluations)})
-        log(f"  check at {budgets[k]:.0f}: co-design {res.e2e_s[k]:.5g} s vs grid best "
-            f"{best:.5g} s ({gap:+.2%})")
+        log(f"  check at {budgets[k]:.0f}: co-design {res.e2e_s[k]:.5g} s "
+            f"({res.history['best_projection'][k]}; uniform projection alone "
+            f"{_uniform_best(res, k):.5g} s) vs grid best {best:.5g} s ({gap:+.2%})")
       checked_hist = {"points": res.history["points"], "grid_points": pts.tolist(),
                       "grid_e2e_s": e.tolist()}
   pts_ = [rw for rw in rows if rw.get("feasible", True) and not rw.get("preset_point")]
@@ -200,36 +216,44 @@ def main(argv=None) -> int:
   except ConfigError as e:
     print(f"codesign: {e}", file=sys.stderr)
     return 2
+  if a.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", a.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   out = pathlib.Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
-  doc = {"workload": {"models": a.models.split(","), "choices": a.choices, "kind": a.kind,
+  doc = {"command": "python3 benchmarks/codesign.py " + " ".join(
+      x for x in (argv if argv is not None else sys.argv[1:]) if not x.startswith("--cache_dir")),
+         "workload": {"models": a.models.split(","), "choices": a.choices, "kind": a.kind,
                       "num_seqs": a.num_seqs, "prompt_len": a.prompt_len,
                       "output_len": a.output_len, "routing": a.routing, "seed": a.seed,
                       "steps": a.steps, "budget_fractions": fracs, "check": checks,
-                      "cost_file": str(C.cost_path("default").relative_to(ROOT))},
+                      "cost_file": str(C.cost_path("default").relative_to(ROOT)),
+                      "projections": list(C.CodesignConfig().projections)},
          "models": []}
   for name in a.models.split(","):
     doc["models"].append(run_model(a, name.strip(), choices, fracs, checks, log))
     doc["wall_s"] = time.time() - t0
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
   plot(doc, out.with_suffix(".png"))
-  print(f"| model | choice | budget | spend | hard e2e s | MACs | link GB/s | DRAM rate | "
-        f"resident fraction | gpu_bias | ndp_bias |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print("| model | choice | budget | spend | hard e2e s | MACs | link GB/s | DRAM rate | "
+        "resident fraction | gpu_bias | ndp_bias | projection |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for mres in doc["models"]:
     for rw in mres["pareto"]:
       p = rw["point"]
       print(f"| {mres['model']} | {rw['choice']} | {rw['budget']:.0f} | {rw['spend']:.0f} | "
             f"{rw['e2e_s']:.4g} | {p['macs_per_cycle']:.0f} | {p['link_bandwidth_gbps']:.1f} | "
             f"{p['dram_rate']:.3f} | {p['resident_fraction']:.2f} | {p['gpu_bias']:.2f} | "
-            f"{p['ndp_bias']:.2f} |")
+            f"{p['ndp_bias']:.2f} | {rw['projection']} |")
   print()
-  print("| model | choice | budget | co-design e2e s | grid best e2e s (points) | co-design vs grid |")
-  print("|---|---|---|---|---|---|")
+  print("| model | choice | budget | co-design e2e s (projection) | uniform projection "
+        "only e2e s | grid best e2e s (points) | co-design vs grid |")
+  print("|---|---|---|---|---|---|---|")
   for mres in doc["models"]:
     for c in mres["checks"]:
-      print(f"| {mres['model']} | {c['choice']} | {c['budget']:.0f} | {c['codesign_e2e_s']:.5g} | "
+      print(f"| {mres['model']} | {c['choice']} | {c['budget']:.0f} | "
+            f"{c['codesign_e2e_s']:.5g} ({c['projection']}) | {c['uniform_only_e2e_s']:.5g} | "
             f"{c['grid_best_e2e_s']:.5g} ({c['grid_points']}) | {c['codesign_vs_grid']:+.2%} |")
   log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} in "
       f"{time.time() - t0:.0f} s")

@@ -19,68 +19,45 @@ The co-designed point ``x`` [6], natural units (:data:`NAMES`):
   slots the GPU has after non-expert weights, KV cache and reserve.  The
   budget and the policy's prefetch budget are one variable: memory the policy
   did not fill would be paid for and idle, so the co-design buys exactly the
-  GPU memory its resident experts use (priced per GB, a hypothetical SKU with
-  that much memory; at 1 it is the shipped card at its list price);
+  GPU memory its resident experts use;
 * ``gpu_bias``, ``ndp_bias``: the load balancer's knobs (cost nothing).
 
-Parameterisation: ``x_i = lo_i (hi_i / lo_i) ** sigmoid(z_i)`` (log-uniform
-between bounds, :class:`Space`) for the hardware and biases,
-``resident_fraction = sigmoid(z)``.  The budget is a differentiable
-**penalty** during descent: ``loss = relaxed e2e / e2e_0 + mu *
-relu(cost / budget - 1) ** 2`` with ``mu`` raised geometrically; every
-candidate is then **projected** onto the budget exactly -- bisection on
-``t`` in ``s(t) = t s`` where ``s = sigmoid(z)`` of the costed coordinates
-(cost is increasing in each, so the largest feasible ``t`` is found to 1e-9)
--- and scored with the *hard* engine; the best feasible candidate is
-returned.  Returned points therefore always satisfy the budget; a budget below
-the cheapest point of a choice is reported infeasible, never clamped.
+Parameterisation: ``x = to_point(sigmoid(z))`` (log-uniform between the
+bounds of :class:`Space`, ``resident_fraction`` linear); Adam moves ``z``.
+The budget is a differentiable **penalty** during descent: ``loss = relaxed
+e2e / e2e_0 + mu relu(spend / budget - 1) ** 2`` with ``mu`` raised
+geometrically.  The iterates every ``candidates_every`` steps are then
+**projected** exactly onto the budget by every method of
+``CodesignConfig.projections`` (``ndpsim.codesign_project``: uniform,
+cost-weighted, greedy by latency lost per dollar using the relaxed engine's
+gradient at the iterate), all projected points of all budgets are scored in
+one vmapped call of the *hard* engine, and the fastest feasible one is
+returned.  Returned points always satisfy the budget; a budget below a
+choice's cheapest point is reported infeasible, never clamped.
 
-One jitted, vmapped call per discrete choice and step: the K budgets of a
-Pareto sweep are optimised together (``vmap`` over budgets of the relaxed
-engine's value and gradient), and all K x C candidates are scored in one
-vmapped hard call.
-
-The cost and power model (:class:`CostParams`, data in
-``hw_configs/cost/default.json`` with provenance per field)::
-
-  cost_usd = gpu_usd + link_usd + N x unit_usd
-  gpu_usd  = list_price - mem_usd_per_gb x (max_expert_gb - expert_gb)
-  link_usd = usd_per_gbps x link_bandwidth_gbps
-  unit_usd = capacity_gb x dram_usd_per_gb x (1 + premium x (dram_rate - 1))
-             + module_board_usd + logic_base_usd
-             + macs x mac_area_mm2 x overhead x logic_usd_per_mm2
-  power_w  = gpu_board_w + link_w + N x unit_w
-  link_w   = 2 x link_bandwidth_gbps x 8 x pj_per_bit x 1e-3
-  unit_w   = dram_background_w + read_pj_per_bit x 8 x stream_gbps_0 x dram_rate x 1e-3
-             + logic_static_w + macs x clock_ghz x mac_energy_pj x overhead x 1e-3
-
-with ``mem_usd_per_gb = memory_spot_usd_per_gb x memory_retail_factor`` and
-``expert_gb = resident_fraction x max_expert_gb``.  Power is a peak (every
-lane busy), not an energy: energy per request needs the engine's busy times.
+The cost and power model (prices from ``hw_configs/cost/default.json``,
+power from the parts' energy presets) is ``ndpsim.codesign_cost``; its names
+are re-exported here.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ndpsim import base, config, costs, engine, policies
+from ndpsim import base, engine, policies
 from ndpsim.base import ConfigError
-from ndpsim.hw import ndp as ndp_mod
+from ndpsim.codesign_cost import (  # noqa: F401  (re-exported)
+    BUDGET_KINDS, HW, NAMES, PROVENANCES, CostParams, Machine, breakdown, cost_path,
+    load_cost, machine, power_figures, spend)
+from ndpsim.codesign_project import (  # noqa: F401  (re-exported)
+    PROJECTIONS, Space, project, project_all, spend_gradient, to_point, to_unit)
 from ndpsim.policies.base import PolicyParams
-from ndpsim.workload import models as M
-
-NAMES = ("macs_per_cycle", "link_bandwidth_gbps", "dram_rate", "resident_fraction",
-         "gpu_bias", "ndp_bias")
-HW = NAMES[:4]          # the coordinates that cost money or power
-BUDGET_KINDS = ("cost_usd", "power_w")
-PROVENANCES = base.PROVENANCES
 
 # DRAM timings JEDEC fixes in ns (their cycle counts scale with the data rate).
 _NS_TIMINGS = ("cl_cycles", "t_rcd_cycles", "t_rp_cycles", "t_ras_cycles", "t_rtp_cycles",
@@ -89,210 +66,7 @@ _NS_TIMINGS = ("cl_cycles", "t_rcd_cycles", "t_rp_cycles", "t_ras_cycles", "t_rt
 
 
 # ---------------------------------------------------------------------------
-# The cost model.
-
-@base.params_dataclass
-class CostParams:
-  """Traced cost/power figures of one discrete choice (see the module docstring).
-
-  gpu_list_price_usd, gpu_board_power_w, gpu_memory_usd_per_gb (retail);
-  dram_usd_per_gb, module_board_usd, dram_background_w, dram_read_pj_per_bit,
-  speed_premium_per_rate (per NDP unit's DIMM type); logic_base_usd,
-  mac_area_mm2, mac_energy_pj, mac_overhead_factor, logic_usd_per_mm2,
-  logic_static_w (the NDP logic); link_usd_per_gbps, link_pj_per_bit.
-  """
-  gpu_list_price_usd: Any
-  gpu_board_power_w: Any
-  gpu_memory_usd_per_gb: Any
-  dram_usd_per_gb: Any
-  module_board_usd: Any
-  dram_background_w: Any
-  dram_read_pj_per_bit: Any
-  speed_premium_per_rate: Any
-  logic_base_usd: Any
-  mac_area_mm2: Any
-  mac_energy_pj: Any
-  mac_overhead_factor: Any
-  logic_usd_per_mm2: Any
-  logic_static_w: Any
-  link_usd_per_gbps: Any
-  link_pj_per_bit: Any
-
-
-class Machine(NamedTuple):
-  """Concrete figures of a discrete choice the cost model reads (floats).
-
-  num_units: NDP units.  unit_capacity_gb: DRAM per unit, 1e9 B.
-  stream_gbps_0: one unit's internal stream bandwidth at dram_rate 1, 1e9 B/s.
-  clock_ghz: NDP MAC clock.  max_expert_gb: GPU memory for resident experts
-  at resident_fraction 1, 1e9 B.
-  """
-  num_units: float
-  unit_capacity_gb: float
-  stream_gbps_0: float
-  clock_ghz: float
-  max_expert_gb: float
-
-
-_UNITS = {"usd": "USD", "w": "W", "usd_per_gb": "USD/GB", "pj_per_bit": "pJ/bit",
-          "um2": "um2", "pj": "pJ", "usd_per_mm2": "USD/mm2", "usd_per_gbps": "USD per GB/s",
-          "1": "1"}
-
-
-def _field(entry: Any, where: str, unit: str) -> float:
-  if not isinstance(entry, dict) or "value" not in entry:
-    raise ConfigError(f"{where}: write an object {{\"value\": ..., \"unit\": \"{unit}\", "
-                      "\"provenance\": ..., \"source\" or \"reasoning\": ...}")
-  v = entry["value"]
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-    raise ConfigError(f"{where}.value is {v!r}; write a number >= 0 (in {unit})")
-  if entry.get("unit") != unit:
-    raise ConfigError(f"{where}.unit is {entry.get('unit')!r}; write \"{unit}\"")
-  prov = entry.get("provenance")
-  if prov not in PROVENANCES:
-    raise ConfigError(f"{where}.provenance is {prov!r}; write one of {list(PROVENANCES)}")
-  if prov in ("spec", "measured") and not str(entry.get("source", "")).strip():
-    raise ConfigError(f"{where}: a {prov} figure needs \"source\": where a reader finds it "
-                      "and the figure taken from it")
-  if prov in ("assumed", "derived") and not str(entry.get("reasoning", "")).strip():
-    raise ConfigError(f"{where}: an {prov} figure needs \"reasoning\": why this value")
-  return float(v)
-
-
-def cost_path(name: str = "default"):
-  """Path of a shipped cost file (``hw_configs/cost/<name>.json``) or of a
-  given ``.json`` path."""
-  import pathlib  # pylint: disable=import-outside-toplevel
-  p = pathlib.Path(name)
-  if p.suffix == ".json":
-    return p
-  return config.config_root() / "cost" / f"{name}.json"
-
-
-def load_cost(gpu: str, ndp: str, link: str, name: str = "default") -> CostParams:
-  """CostParams for the named parts from a cost file; ConfigError naming the
-  missing part or bad field."""
-  p = cost_path(name)
-  if not p.is_file():
-    raise ConfigError(f"cost file {str(p)!r} does not exist; write a path to a cost "
-                      "JSON or 'default'")
-  d = json.loads(p.read_text())
-
-  def part(group, key):
-    have = d.get(group, {})
-    if key not in have:
-      raise ConfigError(f"{p}: {group}.{key} is missing: the cost model has no figures "
-                        f"for the {group} preset {key!r} (it has {sorted(have)}); add "
-                        f"an entry for it")
-    return have[key]
-
-  g, n, lo, li = part("gpu", gpu), part("ndp", ndp), d.get("ndp_logic", {}), part("link", link)
-
-  def f(obj, grp, k, unit):
-    if k not in obj:
-      raise ConfigError(f"{p}: field {grp}.{k} is missing; add it ({unit})")
-    return _field(obj[k], f"{p}: {grp}.{k}", unit)
-
-  return CostParams(
-      gpu_list_price_usd=f(g, f"gpu.{gpu}", "list_price_usd", "USD"),
-      gpu_board_power_w=f(g, f"gpu.{gpu}", "board_power_w", "W"),
-      gpu_memory_usd_per_gb=(f(g, f"gpu.{gpu}", "memory_spot_usd_per_gb", "USD/GB")
-                             * f(g, f"gpu.{gpu}", "memory_retail_factor", "1")),
-      dram_usd_per_gb=f(n, f"ndp.{ndp}", "dram_usd_per_gb", "USD/GB"),
-      module_board_usd=f(n, f"ndp.{ndp}", "module_board_usd", "USD"),
-      dram_background_w=f(n, f"ndp.{ndp}", "dram_background_w", "W"),
-      dram_read_pj_per_bit=f(n, f"ndp.{ndp}", "dram_read_pj_per_bit", "pJ/bit"),
-      speed_premium_per_rate=f(n, f"ndp.{ndp}", "speed_premium_per_rate", "1"),
-      logic_base_usd=f(lo, "ndp_logic", "base_usd", "USD"),
-      mac_area_mm2=f(lo, "ndp_logic", "mac_area_um2", "um2") * 1e-6,
-      mac_energy_pj=f(lo, "ndp_logic", "mac_energy_pj", "pJ"),
-      mac_overhead_factor=f(lo, "ndp_logic", "mac_overhead_factor", "1"),
-      logic_usd_per_mm2=f(lo, "ndp_logic", "logic_usd_per_mm2", "USD/mm2"),
-      logic_static_w=f(lo, "ndp_logic", "static_w", "W"),
-      link_usd_per_gbps=f(li, f"link.{link}", "usd_per_gbps", "USD per GB/s"),
-      link_pj_per_bit=f(li, f"link.{link}", "pj_per_bit", "pJ/bit"))
-
-
-def breakdown(cp: CostParams, m: Machine, x) -> dict:
-  """Cost (USD) and peak power (W) of point ``x`` [..., 6], by component.
-
-  Returns arrays of x's batch shape: cost_usd, power_w, gpu_usd, link_usd,
-  unit_usd (one NDP unit), gpu_w, link_w, unit_w.  Differentiable in x and cp.
-  """
-  x = jnp.asarray(x)
-  macs, bw, rate, rf = x[..., 0], x[..., 1], x[..., 2], x[..., 3]
-  expert_gb = rf * m.max_expert_gb
-  gpu_usd = cp.gpu_list_price_usd - cp.gpu_memory_usd_per_gb * (m.max_expert_gb - expert_gb)
-  link_usd = cp.link_usd_per_gbps * bw
-  mac_usd = macs * cp.mac_area_mm2 * cp.mac_overhead_factor * cp.logic_usd_per_mm2
-  unit_usd = (m.unit_capacity_gb * cp.dram_usd_per_gb
-              * (1.0 + cp.speed_premium_per_rate * (rate - 1.0))
-              + cp.module_board_usd + cp.logic_base_usd + mac_usd)
-  gpu_w = cp.gpu_board_power_w + 0.0 * rf
-  link_w = 2.0 * bw * 8.0 * cp.link_pj_per_bit * 1e-3
-  unit_w = (cp.dram_background_w + cp.dram_read_pj_per_bit * 8.0 * m.stream_gbps_0 * rate
-            * 1e-3 + cp.logic_static_w
-            + macs * m.clock_ghz * cp.mac_energy_pj * cp.mac_overhead_factor * 1e-3)
-  return {"cost_usd": gpu_usd + link_usd + m.num_units * unit_usd,
-          "power_w": gpu_w + link_w + m.num_units * unit_w,
-          "gpu_usd": gpu_usd, "link_usd": link_usd, "unit_usd": unit_usd,
-          "gpu_w": gpu_w, "link_w": link_w, "unit_w": unit_w}
-
-
-def spend(cp: CostParams, m: Machine, x, kind: str = "cost_usd"):
-  """The budgeted quantity (``kind``: cost_usd or power_w) at ``x`` [..., 6]."""
-  return breakdown(cp, m, x)[kind]
-
-
-# ---------------------------------------------------------------------------
-# The design space and the system at a point.
-
-@dataclasses.dataclass(frozen=True)
-class Space:
-  """Bounds (lo, hi) per coordinate of :data:`NAMES`, natural units;
-  ``None`` bounds of the link bandwidth mean (preset / 8, preset): x2 to x16
-  lanes of the preset's generation.  Every bound is assumed: the range a
-  designer could build (MAC lanes 32-2048 per unit; DRAM 2/3 to 4/3 of the
-  preset's data rate, DDR5-3200 to DDR5-6400 for DDR5-4800; biases as the
-  tuner's grid, 0.5-2)."""
-  macs_per_cycle: tuple = (32.0, 2048.0)
-  link_bandwidth_gbps: tuple | None = None
-  dram_rate: tuple = (2.0 / 3.0, 4.0 / 3.0)
-  gpu_bias: tuple = (0.5, 2.0)
-  ndp_bias: tuple = (0.5, 2.0)
-
-  def bounds(self, sp) -> np.ndarray:
-    """[6, 2] (lo, hi); resident_fraction is (0, 1)."""
-    bw = float(sp.link.bandwidth_gbps)
-    link = self.link_bandwidth_gbps or (bw / 8.0, bw)
-    out = np.array([self.macs_per_cycle, link, self.dram_rate, (0.0, 1.0),
-                    self.gpu_bias, self.ndp_bias], np.float64)
-    for name, (lo, hi) in zip(NAMES, out):
-      if not (0 <= lo < hi) or (name != "resident_fraction" and lo <= 0):
-        raise ConfigError(f"Space.{name} is ({lo}, {hi}); write 0 < lo < hi")
-    return out
-
-
-def to_point(s, bounds):
-  """Normalised s in [0, 1]^6 -> x [..., 6] (log-uniform; resident_fraction linear)."""
-  lo, hi = jnp.asarray(bounds[:, 0]), jnp.asarray(bounds[:, 1])
-  safe_lo = jnp.where(lo > 0, lo, 1.0)
-  logx = jnp.log(safe_lo) + s * (jnp.log(jnp.where(lo > 0, hi, 2.0)) - jnp.log(safe_lo))
-  lin = lo + s * (hi - lo)
-  return jnp.where(jnp.arange(6) == 3, lin, jnp.exp(logx))
-
-
-def to_unit(x, bounds) -> np.ndarray:
-  """Inverse of :func:`to_point` (NumPy)."""
-  x, lo, hi = np.asarray(x, np.float64), bounds[:, 0], bounds[:, 1]
-  s = np.empty_like(x)
-  for i in range(6):
-    if i == 3:
-      s[..., i] = (x[..., i] - lo[i]) / (hi[i] - lo[i])
-    else:
-      s[..., i] = np.log(x[..., i] / lo[i]) / np.log(hi[i] / lo[i])
-  return s
-
+# The system at a point.
 
 def with_hardware(sp, x):
   """SystemParams at the hardware coordinates of ``x`` [6] (see the module
@@ -310,18 +84,6 @@ def policy_params(x, temperature_s=2e-5, rank_temperature=1.0) -> PolicyParams:
   """The ``tuned`` knobs of ``x`` [6]."""
   return PolicyParams(resident_fraction=x[3], gpu_bias=x[4], ndp_bias=x[5],
                       temperature_s=temperature_s, rank_temperature=rank_temperature)
-
-
-def machine(system, model, context_len: int, batch: int = 1) -> Machine:
-  """The concrete :class:`Machine` figures of a loaded system for a model."""
-  ss, sp = system
-  cap = float(costs.resident_capacity(ss, sp, model, context_len, batch))
-  return Machine(num_units=float(ss.num_ndp_units),
-                 unit_capacity_gb=ndp_mod.capacity_bytes(ss.ndp) / 1e9,
-                 stream_gbps_0=float(ndp_mod.stream_bandwidth_gbps(ss.ndp, sp.ndp)),
-                 clock_ghz=float(sp.ndp.clock_mhz) / 1e3,
-                 max_expert_gb=cap * M.num_moe_layers(model) * float(M.expert_bytes(model))
-                 / 1e9)
 
 
 def point_of(system, x_defaults=None) -> np.ndarray:
@@ -376,31 +138,6 @@ def relaxed_latency(system, model, routing, x, *, temperature_s=2e-5,
 
 
 # ---------------------------------------------------------------------------
-# Projection onto the budget.
-
-def project(cp: CostParams, m: Machine, x, budget: float, bounds, kind: str = "cost_usd",
-            iters: int = 60):
-  """The largest ``t`` in [0, 1] with spend(s = t s_x on the costed coordinates)
-  <= budget, and the point there.  Returns (x_feasible [6], feasible bool):
-  infeasible when even t = 0 (every costed coordinate at its lower bound)
-  exceeds the budget; then x is that cheapest point."""
-  s = to_unit(np.asarray(x, np.float64), bounds)
-  mask = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
-  pt = lambda t: np.asarray(to_point(jnp.asarray(s * (1 - mask + t * mask)), bounds),  # noqa: E731
-                            np.float64)
-  val = lambda t: float(spend(cp, m, pt(t), kind))  # noqa: E731
-  if val(1.0) <= budget:
-    return pt(1.0), True
-  if val(0.0) > budget:
-    return pt(0.0), False
-  lo, hi = 0.0, 1.0
-  for _ in range(iters):
-    mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if val(mid) <= budget else (lo, mid)
-  return pt(lo), True
-
-
-# ---------------------------------------------------------------------------
 # The co-design loop.
 
 @dataclasses.dataclass(frozen=True)
@@ -409,8 +146,10 @@ class CodesignConfig:
   each).  lr: Adam step in the unconstrained z per coordinate.  mu: (start,
   end) of the geometric penalty weight.  temperature_s, rank_temperature:
   (start, end) of the relaxation's geometric annealing (as ``tune``).
-  candidates_every: project and hard-score every this many steps (and the
-  last).  kind: the budgeted quantity, cost_usd or power_w."""
+  candidates_every: take the iterate as a candidate every this many steps
+  (and the start and the last).  kind: the budgeted quantity, cost_usd or
+  power_w.  projections: the projections every candidate is scored under
+  (names of :data:`PROJECTIONS`)."""
   steps: int = 24
   lr: tuple = (0.6, 0.6, 0.6, 0.6, 0.05, 0.05)
   mu: tuple = (3.0, 300.0)
@@ -418,6 +157,7 @@ class CodesignConfig:
   rank_temperature: tuple = (3.0, 0.5)
   candidates_every: int = 3
   kind: str = "cost_usd"
+  projections: tuple = PROJECTIONS
 
   def check(self):
     if self.kind not in BUDGET_KINDS:
@@ -428,6 +168,10 @@ class CodesignConfig:
     if len(self.lr) != 6:
       raise ConfigError(f"CodesignConfig.lr has {len(self.lr)} entries; write 6, one "
                         f"per coordinate of {list(NAMES)}")
+    bad = [p for p in self.projections if p not in PROJECTIONS]
+    if bad or not self.projections:
+      raise ConfigError(f"CodesignConfig.projections is {self.projections!r}; write a "
+                        f"non-empty tuple of {list(PROJECTIONS)}")
 
 
 class CodesignResult(NamedTuple):
@@ -436,28 +180,96 @@ class CodesignResult(NamedTuple):
   feasible: np.ndarray     # [K] bool: the budget admits a point of this choice
   spend: np.ndarray        # [K] cost (or power) at the point, <= budget
   e2e_s: np.ndarray        # [K] hard mean e2e at the point
-  evaluations: int         # relaxed vmapped calls x K + hard points scored
+  evaluations: int         # relaxed vmapped calls x K + distinct hard points scored
   history: dict            # per step: points [K, 6], relaxed e2e, spend; candidates
 
 
 def _schedule(a, b, steps):
   n = max(steps - 1, 1)
-  return [a * (b / a) ** (i / n) for i in range(steps)]
+  return [a * (b / a) ** (min(i, n) / n) for i in range(steps + 1)]
 
 
 @functools.partial(jax.jit, static_argnames=("ss", "model", "batch", "kind"))
-def _step_values(ss, sp0, model, pre, dec, cp, m_arr, bounds, z, budgets, e2e0, mu, temp,
+def _step_values(ss, sp0, model, pre, dec, cp, m_arr, bounds, z, budgets, mu, temp,
                  rank_temp, batch, kind):
+  """Per budget k (z [K, 6], budgets [K]): relaxed latency [K], s, its
+  gradient d lat / d z [K, 6], penalty mu relu(spend / budget - 1)^2 [K] and
+  its gradient [K, 6]."""
   m = Machine(*[m_arr[i] for i in range(5)])
 
-  def loss(zk, bk):
-    x = to_point(jax.nn.sigmoid(zk), bounds)
-    lat = _mean_e2e(ss, sp0, model, pre, dec, x, batch, True, temp, rank_temp)
-    over = jax.nn.relu(spend(cp, m, x, kind) / bk - 1.0)
-    return lat / e2e0 + mu * over ** 2, lat
+  def lat_fn(zk):
+    return _mean_e2e(ss, sp0, model, pre, dec, to_point(jax.nn.sigmoid(zk), bounds), batch,
+                     True, temp, rank_temp)
 
-  (val, lat), g = jax.vmap(jax.value_and_grad(loss, has_aux=True))(z, budgets)
-  return val, lat, g
+  def pen_fn(zk, bk):
+    over = jax.nn.relu(spend(cp, m, to_point(jax.nn.sigmoid(zk), bounds), kind) / bk - 1.0)
+    return mu * over ** 2
+
+  lat, g_lat = jax.vmap(jax.value_and_grad(lat_fn))(z)
+  pen, g_pen = jax.vmap(jax.value_and_grad(pen_fn))(z, budgets)
+  return lat, g_lat, pen, g_pen
+
+
+def _start_z(start, bounds, K):
+  if start is None:
+    s0 = np.full(6, 0.5)
+  else:
+    s0 = np.clip(to_unit(np.asarray(start, np.float64), bounds), 1e-3, 1 - 1e-3)
+  return jnp.asarray(np.tile(np.log(s0 / (1 - s0)), (K, 1)), jnp.float32)
+
+
+def _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size, start,
+             progress):
+  """The penalised Adam descent; returns (candidates: list over steps of
+  (x [K, 6], d lat / d s [K, 6])), history)."""
+  ss, sp0 = system
+  pre, dec = _ids(routing)
+  args = (ss, sp0, model, pre, dec,
+          jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), cost),
+          jnp.asarray(np.array(m, np.float64), jnp.float32), jnp.asarray(bounds, jnp.float32))
+  bud = jnp.asarray(budgets, jnp.float32)
+  temps, ranks = _schedule(*c.temperature_s, c.steps), _schedule(*c.rank_temperature, c.steps)
+  mus = _schedule(*c.mu, c.steps)
+  z = _start_z(start, bounds, len(budgets))
+  opt, lr = optax.adam(1.0), jnp.asarray(c.lr, jnp.float32)
+  st = opt.init(z)
+  hist, cands, e2e0 = {"points": [], "relaxed_e2e_s": [], "spend": []}, [], None
+  for i in range(c.steps + 1):  # the last pass only scores the final iterate
+    lat, g_lat, _, g_pen = _step_values(*args, z, bud, jnp.float32(mus[i]),
+                                        jnp.float32(temps[i]), jnp.float32(ranks[i]),
+                                        batch_size, c.kind)
+    e2e0 = float(np.mean(np.asarray(lat))) if e2e0 is None else e2e0
+    s = np.asarray(jax.nn.sigmoid(z), np.float64)
+    xs = np.asarray(to_point(jnp.asarray(s, jnp.float32), args[-1]), np.float64)
+    sp_now = np.asarray(spend(cost, m, xs, c.kind), np.float64)
+    hist["points"].append(xs.tolist())
+    hist["relaxed_e2e_s"].append(np.asarray(lat, np.float64).tolist())
+    hist["spend"].append(sp_now.tolist())
+    if i % c.candidates_every == 0 or i == c.steps:
+      cands.append((xs, np.asarray(g_lat, np.float64) / np.maximum(s * (1 - s), 1e-12)))
+    if i == c.steps:
+      break
+    if progress is not None:
+      progress({"step": i + 1, "steps": c.steps, "relaxed_e2e_s": np.asarray(lat),
+                "spend": sp_now})
+    upd, st = opt.update(g_lat / e2e0 + g_pen, st, z)
+    z = optax.apply_updates(z, lr * (1.0 - 0.75 * i / max(c.steps - 1, 1)) * upd)
+  return cands, hist
+
+
+def _score(system, model, routing, cost, m, bounds, budgets, cands, c, batch_size, chunk):
+  """Projects every candidate by every method, scores the distinct points in
+  one hard call; returns (points [K, C, P, 6], feasible [K, C, P], e2e [K, C, P],
+  distinct points scored)."""
+  K, C, P = len(budgets), len(cands), len(c.projections)
+  xs = np.stack([x for x, _ in cands], 1).reshape(K * C, 6)
+  gs = np.stack([g for _, g in cands], 1).reshape(K * C, 6)
+  proj = project_all(cost, m, xs, np.repeat(budgets, C), bounds, c.kind, gs)
+  pts = np.stack([proj[p][0] for p in c.projections], 1).reshape(K, C, P, 6)
+  ok = np.stack([proj[p][1] for p in c.projections], 1).reshape(K, C, P)
+  uniq, inv = np.unique(pts.reshape(-1, 6).astype(np.float32), axis=0, return_inverse=True)
+  lat = hard_latency(system, model, routing, uniq, batch_size=batch_size, chunk=chunk)
+  return pts, ok, lat[inv.reshape(-1)].reshape(K, C, P), len(uniq)
 
 
 def codesign(system, model, routing, budgets, cost: CostParams,
@@ -470,81 +282,33 @@ def codesign(system, model, routing, budgets, cost: CostParams,
   budgets: [K] in USD (kind cost_usd) or W (power_w).  start: x [6] to start
   from (default: the middle of every log range, resident_fraction 0.5, biases
   1).  progress: called per step with {"step", "steps", "relaxed_e2e_s" [K],
-  "spend" [K]}.
+  "spend" [K]}.  history["best_projection"] [K] names the projection of each
+  returned point.
   """
   c = config_
   c.check()
-  ss, sp0 = system
-  engine.validate(ss, sp0, model, routing.prefill_ids, routing.decode_ids, batch_size)
-  P, T = routing.prefill_ids.shape[1], routing.decode_ids.shape[1]
-  m = machine(system, model, P + T, batch_size)
-  bounds = space.bounds(sp0)
+  engine.validate(system[0], system[1], model, routing.prefill_ids, routing.decode_ids,
+                  batch_size)
+  m = machine(system, model, routing.prefill_ids.shape[1] + routing.decode_ids.shape[1],
+              batch_size)
+  bounds = space.bounds(system[1])
   budgets = np.asarray(budgets, np.float64).reshape(-1)
   K = len(budgets)
-  if start is None:
-    s0 = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
-  else:
-    s0 = np.clip(to_unit(np.asarray(start, np.float64), bounds), 1e-3, 1 - 1e-3)
-  z = jnp.asarray(np.tile(np.log(s0 / (1 - s0)), (K, 1)), jnp.float32)
-  pre, dec = _ids(routing)
-  m_arr = jnp.asarray(np.array(m, np.float64), jnp.float32)
-  bj = jnp.asarray(bounds, jnp.float32)
-  cpj = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), cost)
-  temps = _schedule(*c.temperature_s, c.steps)
-  ranks = _schedule(*c.rank_temperature, c.steps)
-  mus = _schedule(*c.mu, c.steps)
-  opt = optax.adam(1.0)
-  st = opt.init(z)
-  lr = jnp.asarray(c.lr, jnp.float32)
-  bud = jnp.asarray(budgets, jnp.float32)
-  # Latency scale: the relaxed latency at the start (the same compiled call, mu 0).
-  _, lat0, _ = _step_values(ss, sp0, model, pre, dec, cpj, m_arr, bj, z, bud,
-                            jnp.float32(1.0), jnp.float32(0.0), jnp.float32(temps[0]),
-                            jnp.float32(ranks[0]), batch_size, c.kind)
-  e2e0 = float(np.mean(np.asarray(lat0)))
-  hist = {"points": [], "relaxed_e2e_s": [], "spend": []}
-  cands = [[] for _ in range(K)]
-  for i in range(c.steps):
-    val, lat, g = _step_values(ss, sp0, model, pre, dec, cpj, m_arr, bj, z, bud,
-                               jnp.float32(e2e0),
-                               jnp.float32(mus[i]), jnp.float32(temps[i]),
-                               jnp.float32(ranks[i]), batch_size, c.kind)
-    xs = np.asarray(to_point(jax.nn.sigmoid(z), bj), np.float64)
-    sp_now = np.asarray(spend(cost, m, xs, c.kind), np.float64)
-    hist["points"].append(xs.tolist())
-    hist["relaxed_e2e_s"].append(np.asarray(lat, np.float64).tolist())
-    hist["spend"].append(sp_now.tolist())
-    if progress is not None:
-      progress({"step": i + 1, "steps": c.steps, "relaxed_e2e_s": np.asarray(lat),
-                "spend": sp_now})
-    if (i + 1) % c.candidates_every == 0 or i == c.steps - 1:
-      for k in range(K):
-        cands[k].append(xs[k])
-    upd, st = opt.update(g, st, z)
-    z = optax.apply_updates(z, lr * (1.0 - 0.75 * i / max(c.steps - 1, 1)) * upd)
-  xs = np.asarray(to_point(jax.nn.sigmoid(z), bj), np.float64)
-  for k in range(K):
-    cands[k].append(xs[k])
-  # Project every candidate onto its budget, score all in one hard call.
-  proj, ok = [], []
-  for k in range(K):
-    for x in cands[k]:
-      xp, f = project(cost, m, x, budgets[k], bounds, c.kind)
-      proj.append(xp)
-      ok.append(f)
-  C = len(cands[0])
-  lat = hard_latency(system, model, routing, np.asarray(proj), batch_size=batch_size,
-                     chunk=chunk).reshape(K, C)
-  proj = np.asarray(proj).reshape(K, C, 6)
-  ok = np.asarray(ok).reshape(K, C)
-  best = np.argmin(np.where(ok, lat, np.inf), axis=1)
-  pts = proj[np.arange(K), best]
-  hist["candidates"] = proj.tolist()
-  hist["candidates_e2e_s"] = lat.tolist()
-  return CodesignResult(budgets=budgets, points=pts, feasible=ok.any(axis=1),
-                        spend=np.asarray(spend(cost, m, pts, c.kind), np.float64),
-                        e2e_s=np.where(ok.any(axis=1), lat[np.arange(K), best], np.nan),
-                        evaluations=(c.steps + 1) * K + K * C, history=hist)
+  cands, hist = _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size,
+                         start, progress)
+  pts, ok, lat, n_hard = _score(system, model, routing, cost, m, bounds, budgets, cands, c,
+                                batch_size, chunk)
+  flat_ok, flat_lat = ok.reshape(K, -1), lat.reshape(K, -1)
+  best = np.argmin(np.where(flat_ok, flat_lat, np.inf), axis=1)
+  points = pts.reshape(K, -1, 6)[np.arange(K), best]
+  feasible = flat_ok.any(axis=1)
+  hist.update(candidates=pts.tolist(), candidates_e2e_s=lat.tolist(),
+              candidates_feasible=ok.tolist(), projections=list(c.projections),
+              best_projection=[c.projections[b % len(c.projections)] for b in best])
+  return CodesignResult(budgets=budgets, points=points, feasible=feasible,
+                        spend=np.asarray(spend(cost, m, points, c.kind), np.float64),
+                        e2e_s=np.where(feasible, flat_lat[np.arange(K), best], np.nan),
+                        evaluations=(c.steps + 1) * K + n_hard, history=hist)
 
 
 # ---------------------------------------------------------------------------

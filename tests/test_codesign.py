@@ -1,7 +1,8 @@
 """Hardware co-design (issue 15, item 2): the cost/power model's closed forms,
 gradients of latency and cost against central finite differences, the budget
-respected by every returned point, and a co-design point within 1 % of a
-brute-force grid of equal cost on a tiny model.
+respected by every returned point, every projection exact and never worse
+than the uniform one, and a co-design point within 1 % of a brute-force grid
+of equal cost on a tiny model.
 
 Compiles: one vmapped relaxed value-and-gradient (two budgets; the gradient
 check reuses it) and one hard chunk of 32 points (the co-design's candidates
@@ -27,6 +28,7 @@ from ndpsim.workload import routing as R
 
 TINY = pathlib.Path(__file__).parent / "data" / "exp_tiny_model.json"
 COST_FILE = pathlib.Path(C.cost_path("default"))
+ENERGY = COST_FILE.parent.parent / "energy"
 SEQS, PROMPT, OUTPUT, UNITS = 2, 8, 4, 2
 CHUNK = 32
 # The tiny model's layers take microseconds: the relaxation's temperatures are
@@ -95,10 +97,19 @@ def test_cost_and_power_closed_forms():
                                                                * 0.2)
               + v(*n, "module_board_usd") + v(*lo, "base_usd") + mac_usd)
   cost = gpu_usd + v(*li, "usd_per_gbps") * 20.0 + UNITS * unit_usd
-  unit_w = (v(*n, "dram_background_w") + v(*n, "dram_read_pj_per_bit") * 8 * m.stream_gbps_0
-            * 1.2 * 1e-3 + v(*lo, "static_w")
-            + 512 * m.clock_ghz * v(*lo, "mac_energy_pj") * v(*lo, "mac_overhead_factor") * 1e-3)
-  power = v(*g, "board_power_w") + 2 * 20.0 * 8 * v(*li, "pj_per_bit") * 1e-3 + UNITS * unit_w
+  # Power: every figure but the GPU's board power from the energy presets.
+  e = {k: json.loads((ENERGY / k / f"{n_}.json").read_text())["params"]
+       for k, n_ in (("ndp", "ddr5_rank_ndp_dimm"), ("link", "pcie5_x16"))}
+  dram = json.loads((ENERGY / "dram" / f"{e['ndp']['dram']}.json").read_text())["params"]
+  ss = system[0]
+  stream_pj = (dram["read_pj_per_bit"] + e["ndp"]["pe_path_pj_per_bit"]
+               + dram["act_energy_pj"] / (8 * ss.ndp.dram.row_bytes))
+  unit_w = (ss.ndp.dram_parts * dram["background_power_mw"] * 1e-3
+            + stream_pj * 8 * m.stream_gbps_0 * 1.2 * 1e-3 + e["ndp"]["logic_static_power_w"]
+            + 512 * m.clock_ghz * e["ndp"]["mac_pj"] * 1e-3)
+  link_w = (20.0 * 8 * (e["link"]["to_gpu_pj_per_bit"] + e["link"]["to_ndp_pj_per_bit"]) * 1e-3
+            + e["link"]["static_power_w"] * 20.0 / float(system[1].link.bandwidth_gbps))
+  power = v(*g, "board_power_w") + link_w + UNITS * unit_w
   b = C.breakdown(cp, m, x)
   assert float(b["cost_usd"]) == pytest.approx(cost, rel=1e-5)
   assert float(b["power_w"]) == pytest.approx(power, rel=1e-5)
@@ -116,10 +127,10 @@ def test_cost_file_errors_name_the_field(tmp_path):
   with pytest.raises(ConfigError, match="ndp.hbm_pim.*missing"):
     C.load_cost("rtx5080", "hbm_pim", "pcie5_x16")
   bad = json.loads(json.dumps(d))
-  bad["link"]["pcie5_x16"]["pj_per_bit"]["unit"] = "nJ/bit"
+  bad["link"]["pcie5_x16"]["usd_per_gbps"]["unit"] = "USD/Gbps"
   p = tmp_path / "c.json"
   p.write_text(json.dumps(bad))
-  with pytest.raises(ConfigError, match="pj_per_bit.unit.*pJ/bit"):
+  with pytest.raises(ConfigError, match="usd_per_gbps.unit.*USD per GB/s"):
     C.load_cost("rtx5080", "ddr5_rank_ndp_dimm", "pcie5_x16", name=str(p))
   bad = json.loads(json.dumps(d))
   del bad["ndp_logic"]["mac_area_um2"]["source"]
@@ -128,6 +139,11 @@ def test_cost_file_errors_name_the_field(tmp_path):
     C.load_cost("rtx5080", "ddr5_rank_ndp_dimm", "pcie5_x16", name=str(p))
   with pytest.raises(ConfigError, match="kind"):
     C.CodesignConfig(kind="energy_j").check()
+  with pytest.raises(ConfigError, match="projections.*uniform"):
+    C.CodesignConfig(projections=("nearest",)).check()
+  # A part without an energy preset has no power figures: the error names the file.
+  with pytest.raises(ConfigError, match="energy/link/cxl9_x4.json"):
+    C.power_figures("ddr5_rank_ndp_dimm", "cxl9_x4")
 
 
 @pytest.mark.gradient
@@ -152,17 +168,35 @@ def test_cost_gradients_match_finite_differences():
 
 @pytest.mark.analytic
 def test_projection_meets_the_budget_exactly():
+  """Every projection lands on the budget (to bisection precision), leaves
+  the free knobs alone and reports a budget below the cheapest point
+  infeasible; the cost-weighted one cuts the nearly free MAC lanes least."""
   model, system, _, cp, m = _setup()
   b = C.Space().bounds(system[1])
   x = np.asarray(C.to_point(jnp.full(6, 0.9), b), np.float64)
   budget = float(C.spend(cp, m, x)) - 30.0
-  xp, ok = C.project(cp, m, x, budget, b)
-  assert ok and float(C.spend(cp, m, xp)) <= budget
-  assert float(C.spend(cp, m, xp)) == pytest.approx(budget, abs=0.05)
-  assert xp[4:] == pytest.approx(x[4:])  # the free knobs are untouched
+  grad = np.array([-1.0, -1.0, -1.0, -1.0, 0.0, 0.0])  # d latency / d s
   lo, _ = C.spend_range(system, model, PROMPT + OUTPUT, cp)
-  xp, ok = C.project(cp, m, x, lo - 1.0, b)
-  assert not ok
+  got = {}
+  for method in C.PROJECTIONS:
+    xp, ok = C.project(cp, m, x, budget, b, method=method, latency_grad_s=grad)
+    assert ok and float(C.spend(cp, m, xp)) <= budget, method
+    assert float(C.spend(cp, m, xp)) == pytest.approx(budget, abs=0.05), method
+    assert xp[4:] == pytest.approx(x[4:]), method  # the free knobs are untouched
+    assert (xp[:4] <= x[:4] * (1 + 1e-6)).all(), method  # nothing grows
+    _, ok = C.project(cp, m, x, lo - 1.0, b, method=method, latency_grad_s=grad)
+    assert not ok, method
+    got[method] = xp
+  s = {k: C.to_unit(v, b) for k, v in got.items()}
+  assert s["cost_weighted"][0] > s["uniform"][0]  # MAC lanes: cut least
+  # Greedy with equal latency gradients cuts the coordinate with the most
+  # dollars per unit of s first, and only it (30 USD is less than its range).
+  w = C.spend_gradient(cp, m, C.to_unit(x, b)[None], b)[0]
+  first = int(np.argmax(w[:4]))
+  cut = [i for i in range(4) if s["greedy"][i] < C.to_unit(x, b)[i] - 1e-6]
+  assert cut == [first], (cut, w)
+  with pytest.raises(ConfigError, match="greedy.*latency_grad_s"):
+    C.project(cp, m, x, budget, b, method="greedy")
 
 
 # ---------------------------------------------------------------------------
@@ -182,10 +216,10 @@ def test_latency_gradient_matches_finite_differences():
   bud = jnp.asarray(_budgets(), jnp.float32)
 
   def call(z):
-    return C._step_values(ss, sp, model, pre, dec, cpj, m_arr, b,  # pylint: disable=protected-access
-                          jnp.asarray(z, jnp.float32), bud, jnp.float32(1.0),
-                          jnp.float32(0.0), jnp.float32(2e-5), jnp.float32(1.0), 1,
-                          "cost_usd")
+    lat, g, _, _ = C._step_values(ss, sp, model, pre, dec, cpj, m_arr, b,  # pylint: disable=protected-access
+                                  jnp.asarray(z, jnp.float32), bud, jnp.float32(0.0),
+                                  jnp.float32(2e-5), jnp.float32(1.0), 1, "cost_usd")
+    return None, lat, g
 
   z0 = np.array([0.3, -0.2, 0.1, 0.4, 0.1, -0.1])
   _, lat, g = call(np.stack([z0, z0]))
@@ -225,3 +259,25 @@ def test_codesign_within_one_percent_of_an_equal_cost_grid():
     i, best = C.grid_best(cp, m, pts, e2e, budget)
     assert i >= 0
     assert res.e2e_s[k] <= best * 1.01, (k, budget, res.e2e_s[k], best, pts[i], res.points[k])
+
+
+@pytest.mark.policy
+def test_projections_never_worse_than_uniform_and_within_budget():
+  """Every candidate is scored under every projection in the same hard call:
+  each projected point meets its budget, and the returned point is at least
+  as fast as the best uniformly projected candidate (the only projection of
+  the first version), never slower."""
+  res = _codesign()
+  _, _, _, cp, m = _setup()
+  h = res.history
+  pts, e2e = np.asarray(h["candidates"]), np.asarray(h["candidates_e2e_s"])
+  ok = np.asarray(h["candidates_feasible"])
+  assert h["projections"] == list(C.PROJECTIONS) and pts.shape[2] == len(C.PROJECTIONS)
+  spent = np.asarray(C.spend(cp, m, pts), np.float64)
+  assert ok.all()
+  assert (spent <= res.budgets[:, None, None] * (1 + 1e-6)).all()
+  u = C.PROJECTIONS.index("uniform")
+  best_uniform = e2e[:, :, u].min(axis=1)
+  assert (res.e2e_s <= best_uniform).all(), (res.e2e_s, best_uniform)
+  for k in range(len(res.budgets)):
+    assert h["best_projection"][k] in C.PROJECTIONS
