@@ -19,6 +19,14 @@ decode length.  Progress goes to stderr; the JSON (rewritten after every
 model, so ``--resume`` skips the models done) and a plot go to ``--out``.
 
   python benchmarks/tune_per_layer.py --out docs/results/tune_per_layer
+
+``--fit scored`` fits the learned residency score of ``scored`` instead
+(:mod:`ndpsim.tune_scored`: weights of the prefill rate, decode rate, decode
+recency and layer position, and the swap margin) and scores on held-out
+sequences ``tp_lb_prefetch``, the fit, a random search of equal budget,
+``tp_lb_adaptive`` (the hand-made decode re-ranking) and ``oracle``:
+
+  python benchmarks/tune_per_layer.py --fit scored --out docs/results/tune_scored
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from ndpsim import costs, engine, tune_layers  # noqa: E402
+from ndpsim import costs, engine, tune_layers, tune_scored  # noqa: E402
 from ndpsim.hw import system as system_mod  # noqa: E402
 from ndpsim.study_config import DEFAULT_MODELS, DEFAULT_SYSTEM  # noqa: E402
 from ndpsim.workload import models as M  # noqa: E402
@@ -138,6 +146,86 @@ def run_model(system, model, a) -> dict:
   return out
 
 
+def run_model_scored(system, model, a) -> dict:
+  """``--fit scored``: the learned residency score (module docstring)."""
+  t0 = time.time()
+  train = _routing(model, a.train_seed, a.num_train, a.prompt_len, a.train_output_len,
+                   a.routing)
+  held = _routing(model, a.heldout_seed, a.num_heldout, a.prompt_len, a.output_len,
+                  a.routing)
+  engine.validate(system[0], system[1], model, held.prefill_ids, held.decode_ids, 1)
+  cfg = tune_scored.ScoredTuneConfig(steps=a.steps, restarts=a.restarts)
+  _log(f"  fitting {tune_scored.N_KNOBS} score knobs: {cfg.steps} Adam steps x "
+       f"{cfg.restarts} restarts on {a.num_train} training sequences of "
+       f"{a.prompt_len}+{a.train_output_len}")
+
+  def step(ev):
+    v = ", ".join(f"{x:.4g}" for x in ev["relaxed_e2e_s"])
+    _log(f"    step {ev['step']}/{ev['steps']}: relaxed training e2e {v} s "
+         f"({time.time() - t0:.0f} s)")
+
+  f = tune_scored.fit(system, model, train, cfg, progress=step)
+  _log(f"  fit: training {f.train_e2e_s:.5g} s vs heuristic {f.heuristic_train_e2e_s:.5g} s"
+       f" ({f.evaluations} evaluations; heuristic optimal: {f.heuristic_optimal}); "
+       f"random search of {f.evaluations} ({time.time() - t0:.0f} s)")
+  rv, re_, rn = tune_scored.random_search(system, model, train, f.evaluations,
+                                          seed=a.train_seed, config=cfg)
+  _log(f"  held-out: {a.num_heldout} sequences of {a.prompt_len}+{a.output_len}, hard "
+       f"({time.time() - t0:.0f} s)")
+  pts = np.stack([tune_scored.vector(), f.vector, rv])
+  per = tune_scored.hard_per_sequence(system, model, held, pts, chunk=3)
+  others = {n: np.asarray(engine.simulate(system, model, held, n).e2e_s, np.float64)
+            for n in ("tp_lb_adaptive", "oracle")}
+  heur = per[0]
+  out = {"model": model.name, "num_moe_layers": M.num_moe_layers(model),
+         "num_experts": model.num_experts, "knobs": list(tune_scored.KNOBS),
+         "scored_vector": f.vector.tolist(), "random_search_vector": rv.tolist()}
+  out["training"] = {"tp_lb_prefetch_e2e_s": f.heuristic_train_e2e_s,
+                     "scored_e2e_s": f.train_e2e_s, "random_search_e2e_s": re_,
+                     "heuristic_optimal": bool(f.heuristic_optimal),
+                     "iterates_best_e2e_s": float(min(f.history["hard_e2e_s"][1:])),
+                     "evaluations": {"scored": f.evaluations, "random_search": rn}}
+  runs = {"scored": per[1], "random_search": per[2], **others}
+  out["heldout_mean_e2e_s"] = {"tp_lb_prefetch": float(np.mean(heur)),
+                               **{n: float(np.mean(p)) for n, p in runs.items()}}
+  out["heldout_gain_vs_tp_lb_prefetch"] = {}
+  for n, p in runs.items():
+    g = heur / p - 1.0
+    lo, hi = bootstrap_ci(g)
+    out["heldout_gain_vs_tp_lb_prefetch"][n] = {"mean": float(np.mean(g)), "ci95": [lo, hi]}
+  out["history"] = {k: f.history[k] for k in ("relaxed_e2e_s", "relaxed_grad", "starts",
+                                              "hard_e2e_s", "hard_points")}
+  out["wall_s"] = time.time() - t0
+  return out
+
+
+def plot_scored(doc: dict, path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  ms = doc["models"]
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+  names = ("scored", "random_search", "tp_lb_adaptive", "oracle")
+  w = 0.2
+  for j, n in enumerate(names):
+    g = np.array([100 * m["heldout_gain_vs_tp_lb_prefetch"][n]["mean"] for m in ms])
+    ci = np.array([[100 * v for v in m["heldout_gain_vs_tp_lb_prefetch"][n]["ci95"]]
+                   for m in ms]).reshape(-1, 2)
+    x = np.arange(len(ms)) + (j - 1.5) * w
+    ax.bar(x, g, w, label=n, yerr=[g - ci[:, 0], ci[:, 1] - g])
+  ax.set_xticks(range(len(ms)), [m["model"] for m in ms], rotation=15, fontsize=8)
+  ax.set_ylabel("held-out speedup over tp_lb_prefetch, % (95% CI)")
+  ax.legend(fontsize=7)
+  k = len(ms[0]["knobs"])
+  for j, m in enumerate(ms):
+    bx.bar(np.arange(k) + (j - 1.5) * w, m["scored_vector"], w, label=m["model"])
+  bx.set_xticks(range(k), ms[0]["knobs"], fontsize=8)
+  bx.set_ylabel("fitted score weights (heuristic: 1, 0, 0, 0, 0.02)")
+  bx.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def plot(doc: dict, path: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -167,8 +255,29 @@ def plot(doc: dict, path: pathlib.Path) -> None:
   fig.savefig(path, dpi=120)
 
 
+def _report_scored(doc: dict, stem: pathlib.Path, jpath: pathlib.Path) -> int:
+  plot_scored(doc, stem.with_suffix(".png"))
+  print("| model | held-out gain: scored (95% CI) | random search, equal evals | "
+        "tp_lb_adaptive | oracle bound | evals | heuristic optimal on training | "
+        "fitted w_prefill, w_decode, w_recency, w_layer, margin |")
+  print("|---|---|---|---|---|---|---|---|")
+  for m in doc["models"]:
+    g = m["heldout_gain_vs_tp_lb_prefetch"]
+    t = m["training"]
+    print(f"| {m['model']} | {g['scored']['mean']:+.2%} ({g['scored']['ci95'][0]:+.2%}, "
+          f"{g['scored']['ci95'][1]:+.2%}) | {g['random_search']['mean']:+.2%} | "
+          f"{g['tp_lb_adaptive']['mean']:+.2%} | {g['oracle']['mean']:+.2%} | "
+          f"{t['evaluations']['scored']} | {'yes' if t['heuristic_optimal'] else 'no'} | "
+          f"{', '.join(f'{x:.3g}' for x in m['scored_vector'])} |")
+  _log(f"wrote {jpath} and {stem.with_suffix('.png')}")
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--fit", choices=("layers", "scored"), default="layers",
+                 help="layers: tuned's per-layer knobs (ndpsim.tune_layers); scored: the "
+                 "learned residency score of the scored policy (ndpsim.tune_scored)")
   p.add_argument("--models", default=",".join(DEFAULT_MODELS))
   p.add_argument("--system", default=DEFAULT_SYSTEM)
   p.add_argument("--num_ndp_units", type=int, default=4)
@@ -204,18 +313,27 @@ def main(argv=None) -> int:
   workload = {k: getattr(a, k) for k in ("system", "num_ndp_units", "routing", "prompt_len",
                                          "output_len", "train_output_len", "num_train",
                                          "num_heldout", "train_seed", "heldout_seed",
-                                         "steps", "restarts", "start_fraction")}
+                                         "steps", "restarts", "start_fraction", "fit")}
   for i, name in enumerate(names):
     if any(d["model"] == name for d in done):
       _log(f"[{i + 1}/{len(names)}] {name}: in {jpath}, skipped")
       continue
     _log(f"[{i + 1}/{len(names)}] {name}")
-    done.append(run_model(system, M.get_model(name), a))
-    g = done[-1]["heldout_gain_vs_tp_lb_prefetch"]
-    _log(f"  {name}: held-out gain tuned {g['tuned']['mean']:+.2%} "
-         f"[{g['tuned']['ci95'][0]:+.2%}, {g['tuned']['ci95'][1]:+.2%}], random search "
-         f"{g['random_search']['mean']:+.2%}, oracle bound {g['oracle']['mean']:+.2%} "
-         f"({done[-1]['wall_s']:.0f} s)")
+    if a.fit == "scored":
+      done.append(run_model_scored(system, M.get_model(name), a))
+      g = done[-1]["heldout_gain_vs_tp_lb_prefetch"]
+      _log(f"  {name}: held-out gain scored {g['scored']['mean']:+.2%} "
+           f"[{g['scored']['ci95'][0]:+.2%}, {g['scored']['ci95'][1]:+.2%}], random search "
+           f"{g['random_search']['mean']:+.2%}, tp_lb_adaptive "
+           f"{g['tp_lb_adaptive']['mean']:+.2%}, oracle bound {g['oracle']['mean']:+.2%} "
+           f"({done[-1]['wall_s']:.0f} s)")
+    else:
+      done.append(run_model(system, M.get_model(name), a))
+      g = done[-1]["heldout_gain_vs_tp_lb_prefetch"]
+      _log(f"  {name}: held-out gain tuned {g['tuned']['mean']:+.2%} "
+           f"[{g['tuned']['ci95'][0]:+.2%}, {g['tuned']['ci95'][1]:+.2%}], random search "
+           f"{g['random_search']['mean']:+.2%}, oracle bound {g['oracle']['mean']:+.2%} "
+           f"({done[-1]['wall_s']:.0f} s)")
     doc = {"workload": workload, "models": done,
            "gain": "per held-out sequence, e2e(tp_lb_prefetch) / e2e(policy) - 1, hard "
            "engine; mean and 95% percentile-bootstrap CI over the held-out sequences"}
@@ -223,6 +341,8 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(jpath)
   doc = json.loads(jpath.read_text())
+  if a.fit == "scored":
+    return _report_scored(doc, stem, jpath)
   plot(doc, stem.with_suffix(".png"))
   print("| model | held-out gain: tuned (95% CI) | random search, equal evals | scalar grid "
         "best | oracle bound | evals tuned / grid | heuristic optimal on training | "
