@@ -3,8 +3,8 @@
 With no flags it runs the default study on the shipped platform (RTX 5080 +
 4 NDP-DIMMs over PCIe 5.0): four MoE models, batch 1, 512 prompt + 512 output
 tokens, eleven policies, routing from the ``mixtral_8x7b`` calibrated
-preset; plus the NDP-unit sweep (2-6) and the prefetch-budget sweep on the
-first model.  It prints a table and writes into ``--out_dir``:
+preset; plus the NDP-unit sweep (2-6) and the ``resident_fraction`` (prefetch
+budget) sweep on the first model.  It prints a table and writes into ``--out_dir``:
 ``results.json`` (resolved configuration, rows, speedup summaries),
 ``results.csv`` (the rows), ``requests.csv`` (one row per cell and sequence
 group: TTFT, TPOT, e2e, bytes, hits), ``report.md`` (the printed tables under
@@ -12,315 +12,30 @@ a line stating the workload), ``timing.json`` (wall times), PNG plots, and
 ``cells/`` (one file per finished cell: ``--resume`` skips those).  Progress
 lines on stderr end in an estimate of the time left.
 
-This is the only module that reads absl FLAGS; the work is in
-:mod:`ndpsim.studies` and :mod:`ndpsim.plots`.  Bad flags print one line
+The flags and their conversion to a ``StudyConfig`` are in
+:mod:`ndpsim.experiment_flags`, the text outputs in
+:mod:`ndpsim.experiment_report`, the work in :mod:`ndpsim.studies` and
+:mod:`ndpsim.plots`; this module runs them.  Bad flags print one line
 (``error: --flag: what to write``) on stderr and exit with status 2.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import pathlib
 import signal
 import sys
 import time
-from typing import Any
 
 from absl import app, flags, logging
 
 from ndpsim.base import ConfigError
-from ndpsim.study_config import StudyConfig
-
-FLAGS = flags.FLAGS
-_D = StudyConfig()  # the one set of defaults (flags and the Python API share it)
-flags.DEFINE_string("system", _D.system,
-                    "system preset name (hw_configs/systems/) or path to a .json")
-flags.DEFINE_list("models", list(_D.models),
-                  "models: registry names, model .json files or HF config.json paths")
-flags.DEFINE_list("policies", list(_D.policies),
-                  "policies of the headline (monde, the speedup baseline, always runs, "
-                  "its alpha auto-tuned on profiling sequences first); "
-                  "tuned fits its knobs per model first (ndpsim.tune.fit on "
-                  "--tune_num_seqs training sequences at fold_in(seed, 2))")
-flags.DEFINE_integer("tune_num_seqs", _D.tune_num_seqs, "training sequences of each tuned fit (a "
-                     "multiple of --batch_size); never the evaluation sequences")
-flags.DEFINE_list("num_ndp_units", [str(n) for n in _D.num_ndp_units],
-                  "NDP units of the headline; a list sweeps the headline over each")
-flags.DEFINE_float("headline_budget", _D.headline_budget,
-                   "prefetch/resident budget of the headline, a fraction in [0, 1] of "
-                   "the GPU memory left for experts")
-flags.DEFINE_list("prefetch_budgets", [f"{b:g}" for b in _D.prefetch_budgets],
-                  "budgets the prefetch study sweeps (fractions in [0, 1])")
-flags.DEFINE_multi_string("policy_module", [], "a Python file defining your own "
-                          "ndpsim.policies.Policy (repeatable); its policies can then be "
-                          "named in --policies and the sweep lists")
-flags.DEFINE_list("prefetch_policies", list(_D.prefetch_policies),
-                  "policies the prefetch study sweeps")
-flags.DEFINE_list("sweep_ndp_units", [str(n) for n in _D.sweep_ndp_units],
-                  "NDP-unit counts the ndp_units study sweeps")
-flags.DEFINE_list("sweep_models", list(_D.sweep_models),
-                  "models of the ndp_units and prefetch studies (empty: the first of "
-                  "--models)")
-flags.DEFINE_list("sweep_policies", list(_D.sweep_policies),
-                  "policies of the ndp_units study")
-flags.DEFINE_integer("prompt_len", None, "prompt tokens per sequence (default 512, or "
-                     "the trace's)")
-flags.DEFINE_integer("output_len", None, "output tokens per sequence (default 512, or "
-                     "the trace's)")
-flags.DEFINE_integer("batch_size", _D.batch_size, "sequences decoded together")
-flags.DEFINE_integer("num_seqs", None, "sequences per cell (default 8, or the trace's "
-                     "evaluation half); more narrows the 95% intervals")
-flags.DEFINE_string("routing", _D.routing,
-                    "routing preset name (ndpsim.workload.routing.PRESETS) or a "
-                    ".npz/.csv trace file, or a folder or glob of per-layer CSV files")
-flags.DEFINE_enum("routing_layout", _D.routing_layout, ["sequences", "decoder_batch"],
-                  "how a CSV --routing trace maps to sequences: 'sequences' (token_id "
-                  "counts one layer's tokens; sequences of prompt_len + output_len tokens "
-                  "end to end) or 'decoder_batch' (NeuPIMs-MoE/DynaNDE decoder folders: "
-                  "one folder or file per token position, token_id = request in the "
-                  "batch; request s, position t -> sequence s, token t); see "
-                  "docs/routing.md 'Trace formats'")
-flags.DEFINE_integer("seed", _D.seed, "seed of the evaluation routing (MoNDE's profile uses "
-                     "fold_in(seed, 1))")
-flags.DEFINE_string("out_dir", "ndpsim_results", "folder for results, plots and cells")
-flags.DEFINE_list("studies", list(_D.studies),
-                  "studies to run: headline, ndp_units, prefetch, routing, sensitivity")
-flags.DEFINE_multi_string("set", [], "hardware override component.field=value, e.g. "
-                          "gpu.memory_bandwidth_gbps=800 (repeatable); the unit count "
-                          "is --num_ndp_units, not system.num_ndp_units")
-flags.DEFINE_string("dtype", _D.dtype, "storage dtype of every weight group (bf16, fp8, int4, "
-                    "...); empty keeps each model's own")
-flags.DEFINE_boolean("resume", False, "reuse the finished cells in --out_dir")
-flags.DEFINE_boolean("overwrite", False, "replace the results of an earlier run in "
-                     "--out_dir (without it, or --resume, such a folder is refused)")
-flags.DEFINE_boolean("plots", True, "write the PNG plots")
-flags.DEFINE_string("cache_dir", "", "persistent JAX compilation cache folder (speeds up "
-                    "re-runs and --resume); empty = none")
-flags.DEFINE_boolean("allow_implausible", False, "accept hardware values (presets, --set) "
-                     "outside their plausible range for the unit, e.g. a 2.6 MHz GPU "
-                     "clock; never outside what the float32 engine can carry (README "
-                     "'Validation')")
-flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() first "
-                     "(one process per host; see docs/results.md)")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed)")
-flags.DEFINE_integer("num_processes", None, "number of processes (--distributed)")
-flags.DEFINE_integer("process_id", None, "this process's index (--distributed)")
-flags.DEFINE_string("trace_out", "", "write a Chrome/Perfetto trace JSON of one sequence "
-                    "of one cell to this file: every layer's slices on the GPU, each NDP "
-                    "unit and both link directions (open it in https://ui.perfetto.dev or "
-                    "chrome://tracing; README 'Timeline'); empty: no trace")
-flags.DEFINE_string("trace_cell", "", "MODEL,POLICY of the cell --trace_out traces (the "
-                    "study's first cell with both, e.g. qwen3-30b-a3b,tp_lb_prefetch); "
-                    "empty: the study's first cell")
-flags.DEFINE_integer("trace_seq", 0, "the sequence of that cell --trace_out traces")
-
-_LIST_TYPES = {"num_ndp_units": int, "sweep_ndp_units": int, "prefetch_budgets": float}
-
-
-def _typed_list(name: str, values: list[str]) -> tuple:
-  tp = _LIST_TYPES.get(name, str)
-  out = []
-  for v in values:
-    try:
-      x = tp(v)
-    except ValueError:
-      kind = "integers" if tp is int else "numbers"
-      raise ConfigError(f"--{name}: {v!r} is not a number; write a comma-separated list "
-                        f"of {kind}") from None
-    out.append(x)
-  return tuple(out)
-
-
-def config_from_flags(fl=FLAGS):
-  """A ``StudyConfig`` from parsed flags (ConfigError on a malformed list)."""
-  from ndpsim import studies  # pylint: disable=import-outside-toplevel
-  kw: dict[str, Any] = {}
-  for name in ("models", "policies", "num_ndp_units", "prefetch_budgets",
-               "prefetch_policies", "sweep_ndp_units", "sweep_models", "sweep_policies",
-               "studies"):
-    kw[name] = _typed_list(name, list(fl[name].value))
-  for name in ("system", "headline_budget", "prompt_len", "output_len", "batch_size",
-               "num_seqs", "routing", "seed", "dtype", "tune_num_seqs", "routing_layout",
-               "allow_implausible"):
-    kw[name] = fl[name].value
-  kw["overrides"] = tuple(fl["set"].value)
-  return studies.StudyConfig(**kw)
-
+from ndpsim.experiment_flags import FLAGS, config_from_flags  # noqa: F401
+from ndpsim.experiment_report import (format_tables, paper_comparison,  # noqa: F401
+                                      requests_csv, rows_csv, rows_of, workload_text)
 
 # ---------------------------------------------------------------------------
-# Output.
-
-def _units_text(units) -> str:
-  """``4`` / ``2-6`` / ``2,4,8``: a list of unit counts, short."""
-  us = sorted({int(u) for u in units})
-  if len(us) > 2 and us == list(range(us[0], us[-1] + 1)):
-    return f"{us[0]}-{us[-1]}"
-  return ",".join(str(u) for u in us)
-
-
-def workload_text(cfg: dict, num_ndp_units=None) -> str:
-  """One line stating the workload of a run from results.json's ``config``:
-  system and its parts, NDP units (``num_ndp_units``: the units of one figure;
-  default the headline's), prompt/output lengths, routing, sequences, batch."""
-  f = cfg["flags"]
-  units = f["num_ndp_units"] if num_ndp_units is None else (
-      num_ndp_units if isinstance(num_ndp_units, (list, tuple)) else [num_ndp_units])
-  sysd = next(iter(cfg.get("systems", {}).values()), {})
-  parts = sysd.get("parts", {})
-  hw = (f" ({parts['gpu']} + {parts['ndp']} over {parts['link']})"
-        if {"gpu", "ndp", "link"} <= set(parts) else "")
-  routing = f["routing"]
-  is_trace = any(v.get("kind") == "trace" for v in cfg.get("routing", {}).values())
-  layout = f.get("routing_layout", "sequences")
-  rt = (f"routing trace {routing}" + (f" ({layout} layout)" if layout != "sequences" else "")
-        if is_trace else f"routing preset {routing}, seed {f['seed']}")
-  extra = "".join(f", --set {o}" for o in f.get("overrides", []))
-  extra += f", dtype {f['dtype']}" if f.get("dtype") else ""
-  return (f"{f['system']}{hw}, {_units_text(units)} NDP units; {f['prompt_len']} prompt "
-          f"+ {f['output_len']} output tokens; {rt}; {f['num_seqs']} sequences per "
-          f"cell, batch {f['batch_size']}{extra}")
-
-
-def format_tables(doc: dict) -> str:
-  """The printed report: the workload, headline table, per-policy summary,
-  the comparison with the paper (headline study only), sweeps."""
-  rows = doc["rows"]
-  out = io.StringIO()
-  st = doc["config"]["studies"]
-  out.write(f"Workload: {workload_text(doc['config'])}.\n\n")
-  head = _rows_of(rows, st.get("headline", []))
-  if head:
-    out.write("## Headline: end-to-end latency and speedup over monde\n\n")
-    out.write(_row_table(head))
-    for n, summ in doc["summary_by_num_ndp_units"].items():
-      out.write(f"\n## Speedup over monde per policy (N = {n}, over models)\n\n")
-      out.write(_summary_table(summ))
-    out.write(paper_comparison(doc))
-  for name, key, label in (("ndp_units", "num_ndp_units", "N"),
-                           ("prefetch", "prefetch_budget", "budget")):
-    rs = [r for r in _rows_of(rows, st.get(name, []))
-          if name != "prefetch" or r["policy"] != "monde"]
-    if rs:
-      out.write(f"\n## Study {name}: speedup over monde vs {label}\n\n")
-      out.write(_pivot(rs, key, label))
-  for preset, summ in doc.get("summary_by_routing", {}).items():
-    out.write(f"\n## Study routing: preset {preset} (speedup over monde, over models)\n\n")
-    out.write(_summary_table(summ))
-  fits = [f for fs in doc.get("tuned", {}).values() for f in fs]
-  if fits:
-    out.write("\n## tuned: knobs fitted on training sequences (tune.fit)\n\n"
-              "| model | N | routing | resident_fraction | gpu_bias | ndp_bias | "
-              "training e2e s (heuristic) | evaluations |\n|---|---|---|---|---|---|---|---|\n")
-    for f in fits:
-      k = f["knobs"]
-      out.write(f"| {f['model']} | {f['num_ndp_units']} | {f['routing']} | "
-                f"{k['resident_fraction']:.3g} | {k['gpu_bias']:.3g} | {k['ndp_bias']:.3g} | "
-                f"{f['train_e2e_s']:.4g} ({f['heuristic_train_e2e_s']:.4g}) | "
-                f"{f['evaluations']} |\n")
-  sens = doc.get("sensitivity")
-  if sens:
-    out.write(f"\n## Sensitivity ({sens['model']}, {sens['policy']}, mean e2e "
-              f"{sens['e2e_latency_s_mean']:.4g} s): d latency / d log parameter, s\n\n")
-    items = sorted(sens["elasticities"].items(), key=lambda kv: -abs(kv[1]))[:15]
-    out.write("| parameter | value | d e2e / d log p (s) |\n|---|---|---|\n")
-    for k, v in items:
-      out.write(f"| {k} | {sens['values'][k]:.4g} | {v:+.4g} |\n")
-  return out.getvalue()
-
-
-def paper_comparison(doc: dict) -> str:
-  """The paragraph comparing the headline's ``tp_lb_prefetch`` speedup with the
-  paper's (empty when the headline did not run both it and monde): what is
-  compared, this run's mean and max over its models, the paper's numbers."""
-  st = doc["config"]["studies"]
-  s = doc.get("summary", {}).get("tp_lb_prefetch")
-  if not st.get("headline") or not s:
-    return ""
-  f = doc["config"]["flags"]
-  p = doc.get("paper", {})
-  return (f"\n## Comparison with the paper\n\n"
-          f"`tp_lb_prefetch` (the paper's framework) over `monde`, mean e2e speedup over "
-          f"the {s['num_models']} headline model(s) at {f['num_ndp_units'][0]} NDP units on "
-          f"this workload: mean {s['mean_speedup']:.2f}x, max {s['max_speedup']:.2f}x "
-          f"({s['max_model']}).  The paper (arXiv 2601.03992) reports "
-          f"{p.get('tp_lb_prefetch_mean_speedup', 2.41)}x mean and "
-          f"{p.get('tp_lb_prefetch_max_speedup', 2.56)}x max on its own models and "
-          "workload; the two are comparable only as far as the workloads are.\n")
-
-
-def _rows_of(rows, cells):
-  want = {tuple(c) for c in cells}
-  return [r for r in rows if (r["model"], r["policy"], r["num_ndp_units"],
-                              r["prefetch_budget"], r["routing"]) in want]
-
-
-def _fmt_speed(r):
-  s = r.get("speedup_vs_monde")
-  return "-" if s is None else f"{s:.2f}x ±{r['speedup_vs_monde_ci95']:.2f}"
-
-
-def _row_table(rows) -> str:
-  lines = ["| model | policy | N | e2e latency s (±95%) | TTFT s | TPOT ms | speedup |",
-           "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['model']} | {r['policy']} | {r['num_ndp_units']} | "
-                 f"{r['e2e_latency_s_mean']:.4g} ±{r['e2e_latency_s_ci95']:.2g} | "
-                 f"{r['ttft_s_mean']:.4g} | {1e3 * r['tpot_s_mean']:.4g} | "
-                 f"{_fmt_speed(r)} |")
-  return "\n".join(lines) + "\n"
-
-
-def _summary_table(summ) -> str:
-  lines = ["| policy | mean | geomean | max (model) |", "|---|---|---|---|"]
-  for p, s in summ.items():
-    lines.append(f"| {p} | {s['mean_speedup']:.2f}x | {s['geomean_speedup']:.2f}x | "
-                 f"{s['max_speedup']:.2f}x ({s['max_model']}) |")
-  return "\n".join(lines) + "\n"
-
-
-def _pivot(rows, key, label) -> str:
-  xs = sorted({r[key] for r in rows})
-  series = list(dict.fromkeys((r["model"], r["policy"]) for r in rows))
-  val = {(r["model"], r["policy"], r[key]): r for r in rows}
-  lines = ["| model | policy | " + " | ".join(f"{label}={x:g}" for x in xs) + " |",
-           "|---|---|" + "---|" * len(xs)]
-  for m, p in series:
-    cells = [_fmt_speed(val[(m, p, x)]).split(" ")[0] if (m, p, x) in val else ""
-             for x in xs]
-    lines.append(f"| {m} | {p} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-CSV_SKIP = ("e2e_latency_s_per_group",)
-
-
-def rows_csv(rows: list[dict]) -> str:
-  """The rows as CSV (list-valued fields left out; a field only some rows have,
-  such as monde's alpha, is empty in the others)."""
-  keys = list(dict.fromkeys(k for r in rows for k in r if k not in CSV_SKIP))
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-  w.writeheader()
-  for r in rows:
-    w.writerow({k: r.get(k, "") for k in keys})
-  return buf.getvalue()
-
-
-def requests_csv(requests: list[dict]) -> str:
-  """requests.csv: one line per (cell, sequence group) of
-  :func:`ndpsim.studies.split_requests`, a fixed header even when empty."""
-  from ndpsim import results, studies  # pylint: disable=import-outside-toplevel
-  keys = [*studies.REQUEST_CELL_KEYS, "sequence_group", "sequences",
-          *results.REQUEST_FIELDS]
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-  w.writeheader()
-  for r in requests:
-    w.writerow({k: r[k] for k in keys})
-  return buf.getvalue()
-
+# results.json and the plots.
 
 def build_document(res, rows: list[dict], sens: dict | None,
                    tuned_fits: dict | None = None) -> dict:
@@ -345,7 +60,7 @@ def build_document(res, rows: list[dict], sens: dict | None,
           "tuned": studies.tuned_summary(tuned_fits or {}),
           "paper": {"tp_lb_prefetch_mean_speedup": 2.41, "tp_lb_prefetch_max_speedup": 2.56},
           "speedup_definition": "mean e2e latency of monde (same model, NDP units and "
-          "routing, headline budget) / mean e2e latency of the row; ci95: 1.96 sd / "
+          "routing, headline resident_fraction) / mean e2e latency of the row; ci95: 1.96 sd / "
           "sqrt(n) of the paired per-sequence-group ratio",
           "timing": "wall times are in timing.json, so that two runs of the same "
           "settings write byte-identical results.json and results.csv"}
@@ -360,7 +75,7 @@ def split_timing(rows: list[dict], tuned_fits: dict) -> tuple[list[dict], dict, 
   out_rows = []
   for r in rows:
     timing["cells"].append({**{k: r[k] for k in ("model", "policy", "num_ndp_units",
-                                                 "prefetch_budget", "routing") if k in r},
+                                                 "resident_fraction", "routing") if k in r},
                             "wall_s": r.get("wall_s")})
     out_rows.append({k: v for k, v in r.items() if k not in _WALL_KEYS})
   fits = {}
@@ -377,10 +92,10 @@ def write_plots(doc: dict, out_dir: pathlib.Path) -> list[str]:
   from ndpsim import plots  # pylint: disable=import-outside-toplevel
   rows, cfg = doc["rows"], doc["config"]
   st = cfg["studies"]
-  head = _rows_of(rows, st.get("headline", []))
+  head = rows_of(rows, st.get("headline", []))
   n0 = cfg["flags"]["num_ndp_units"][0]
   head0 = [r for r in head if r["num_ndp_units"] == n0]
-  swept = _rows_of(rows, st.get("ndp_units", []))
+  swept = rows_of(rows, st.get("ndp_units", []))
   at_n0 = workload_text(cfg, n0)
   sens = doc.get("sensitivity")
   made = [
@@ -391,11 +106,12 @@ def write_plots(doc: dict, out_dir: pathlib.Path) -> list[str]:
       plots.speedup_lines(swept, out_dir / "speedup_vs_ndp_units.png", "num_ndp_units",
                           "NDP-DIMMs", "Speedup over MoNDE vs NDP units",
                           workload=workload_text(cfg, [r["num_ndp_units"] for r in swept])),
-      plots.speedup_lines([r for r in _rows_of(rows, st.get("prefetch", []))
+      plots.speedup_lines([r for r in rows_of(rows, st.get("prefetch", []))
                            if r["policy"] != "monde"],
-                          out_dir / "speedup_vs_prefetch_budget.png", "prefetch_budget",
-                          "prefetch budget (fraction of GPU memory left for experts)",
-                          "Speedup over MoNDE vs prefetch budget", workload=at_n0),
+                          out_dir / "speedup_vs_prefetch_budget.png", "resident_fraction",
+                          "resident_fraction (prefetch budget: fraction of the GPU memory "
+                          "left for experts)",
+                          "Speedup over MoNDE vs resident_fraction", workload=at_n0),
       plots.sensitivity_bars(sens, out_dir / "sensitivity.png",
                              workload=workload_text(cfg, sens["num_ndp_units"])
                              if sens else ""),
@@ -485,7 +201,8 @@ def _progress(ev: dict) -> None:
   t = ev["elapsed_s"]
   eta = eta_text(ev["done"], ev["total"], ev.get("skipped", 0), t)
   print(f"[{ev['done']:3d}/{ev['total']} {_clock(t)} ETA {eta}] {c.model} "
-        f"{c.policy} N={c.num_ndp_units} budget={c.prefetch_budget:g} {c.routing}: e2e "
+        f"{c.policy} N={c.num_ndp_units} resident_fraction={r['resident_fraction']:g} "
+        f"{c.routing}: e2e "
         f"{r['e2e_latency_s_mean']:.4g} s ±{r['e2e_latency_s_ci95']:.2g} "
         f"({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
 
@@ -495,29 +212,8 @@ def run_experiment(fl=FLAGS) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from ndpsim import studies  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
-  if not (fl.out_dir or "").strip():
-    raise ConfigError("--out_dir: empty; write a folder for the results, e.g. "
-                      "--out_dir=ndpsim_results (--out_dir=. for the current folder)")
-  from ndpsim import policies  # pylint: disable=import-outside-toplevel
-  for path in fl.policy_module:
-    policies.load_module(path)
-  cfg = config_from_flags(fl)
-  res = studies.resolve(cfg)  # cfg.allow_implausible from the flag
-  if fl.trace_out:  # a bad trace request fails before the study runs
-    from ndpsim import trace  # pylint: disable=import-outside-toplevel
-    trace.check_request(res, fl.trace_out, fl.trace_cell, fl.trace_seq)
-  elif fl.trace_cell or fl.trace_seq:
-    raise ConfigError("--trace_cell/--trace_seq: given without --trace_out; add "
-                      "--trace_out=FILE.json or leave them out")
+  res = _resolve_flags(fl)
   out_dir = pathlib.Path(fl.out_dir)
-  if fl.resume and fl.overwrite:
-    raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "
-                      "the earlier run, --overwrite replaces it)")
-  earlier = (any((out_dir / p).exists() for p in ("results.json", "run_settings.json"))
-             or any((out_dir / "cells").glob("*.json")))
-  if out_dir.is_dir() and earlier and not (fl.resume or fl.overwrite):
-    raise ConfigError(f"--out_dir: {str(out_dir)!r} holds an earlier run; add --resume to "
-                      "continue it, --overwrite to replace it, or give another --out_dir")
   lead = jax.process_index() == 0
   if jax.process_count() > 1:  # every process checks --out_dir before process 0 writes
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
@@ -533,36 +229,76 @@ def run_experiment(fl=FLAGS) -> dict:
           f"simulated {LOCAL_WORK['sequences']} of {LOCAL_WORK['total']} sequence rows "
           f"(rows {spans or 'none'} of each cell)", file=sys.stderr, flush=True)
   sens = None
-  if "sensitivity" in cfg.studies:
+  if "sensitivity" in res.config.studies:
     if lead:
       print("ndpsim-experiment: sensitivity (forward-mode derivatives)...",
             file=sys.stderr, flush=True)
     sens = studies.sensitivity(res)
-  rows, requests = studies.split_requests(rows, cfg.batch_size)
+  rows, requests = studies.split_requests(rows, res.config.batch_size)
   rows, fits, timing = split_timing(rows, tuned_fits)
   doc = build_document(res, rows, sens, fits)
   from ndpsim import study_io  # pylint: disable=import-outside-toplevel
   study_io.check_finite_document(doc)  # one line naming an overflowed number, not NaN
   if lead:
-    if fl.plots:
-      doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]
-    timing["total_wall_s"] = time.perf_counter() - t0
-    studies.write_atomic(out_dir / "results.json", json.dumps(doc, indent=1, default=str))
-    studies.write_atomic(out_dir / "results.csv", rows_csv(rows))
-    studies.write_atomic(out_dir / "requests.csv", requests_csv(requests))
-    studies.write_atomic(out_dir / "timing.json", json.dumps(timing, indent=1))
-    tables = format_tables(doc)
-    studies.write_atomic(out_dir / "report.md", tables + "\n")
-    print(tables)
-    print(f"wrote {out_dir}/results.json, results.csv, requests.csv, report.md, "
-          "timing.json"
-          + "".join(f", {p}" for p in doc.get("plots", []))
-          + f" in {timing['total_wall_s']:.0f} s", file=sys.stderr)
-    if fl.trace_out:
-      path = trace.write(fl.trace_out, trace.for_study(res, rows, fl.trace_cell,
-                                                       fl.trace_seq))
-      print(f"wrote trace {path} (open it in https://ui.perfetto.dev)", file=sys.stderr)
+    _write_outputs(fl, res, doc, requests, timing, t0)
   return doc
+
+
+def _resolve_flags(fl):
+  """The flags -> a validated study (``studies.resolve``), after the user's
+  policy modules load; every flag error (a trace request, ``--out_dir``)
+  before anything runs."""
+  from ndpsim import policies, studies  # pylint: disable=import-outside-toplevel
+  if not (fl.out_dir or "").strip():
+    raise ConfigError("--out_dir: empty; write a folder for the results, e.g. "
+                      "--out_dir=ndpsim_results (--out_dir=. for the current folder)")
+  for path in fl.policy_module:
+    policies.load_module(path)
+  res = studies.resolve(config_from_flags(fl))  # cfg.allow_implausible from the flag
+  if fl.trace_out:  # a bad trace request fails before the study runs
+    from ndpsim import trace  # pylint: disable=import-outside-toplevel
+    trace.check_request(res, fl.trace_out, fl.trace_cell, fl.trace_seq)
+  elif fl.trace_cell or fl.trace_seq:
+    raise ConfigError("--trace_cell/--trace_seq: given without --trace_out; add "
+                      "--trace_out=FILE.json or leave them out")
+  out_dir = pathlib.Path(fl.out_dir)
+  if fl.resume and fl.overwrite:
+    raise ConfigError("--overwrite: given with --resume; keep one (--resume continues "
+                      "the earlier run, --overwrite replaces it)")
+  earlier = (any((out_dir / p).exists() for p in ("results.json", "run_settings.json"))
+             or any((out_dir / "cells").glob("*.json")))
+  if out_dir.is_dir() and earlier and not (fl.resume or fl.overwrite):
+    raise ConfigError(f"--out_dir: {str(out_dir)!r} holds an earlier run; add --resume to "
+                      "continue it, --overwrite to replace it, or give another --out_dir")
+  return res
+
+
+def _write_outputs(fl, res, doc: dict, requests: list[dict], timing: dict,
+                   t0: float) -> None:
+  """Process 0's files: plots, results.json/.csv, requests.csv, timing.json,
+  report.md (also printed) and the ``--trace_out`` trace."""
+  from ndpsim import studies  # pylint: disable=import-outside-toplevel
+  out_dir = pathlib.Path(fl.out_dir)
+  rows = doc["rows"]
+  if fl.plots:
+    doc["plots"] = [os.path.basename(p) for p in write_plots(doc, out_dir)]
+  timing["total_wall_s"] = time.perf_counter() - t0
+  studies.write_atomic(out_dir / "results.json", json.dumps(doc, indent=1, default=str))
+  studies.write_atomic(out_dir / "results.csv", rows_csv(rows))
+  studies.write_atomic(out_dir / "requests.csv", requests_csv(requests))
+  studies.write_atomic(out_dir / "timing.json", json.dumps(timing, indent=1))
+  tables = format_tables(doc)
+  studies.write_atomic(out_dir / "report.md", tables + "\n")
+  print(tables)
+  print(f"wrote {out_dir}/results.json, results.csv, requests.csv, report.md, "
+        "timing.json"
+        + "".join(f", {p}" for p in doc.get("plots", []))
+        + f" in {timing['total_wall_s']:.0f} s", file=sys.stderr)
+  if fl.trace_out:
+    from ndpsim import trace  # pylint: disable=import-outside-toplevel
+    path = trace.write(fl.trace_out, trace.for_study(res, rows, fl.trace_cell,
+                                                     fl.trace_seq))
+    print(f"wrote trace {path} (open it in https://ui.perfetto.dev)", file=sys.stderr)
 
 
 def _fail(msg: str) -> None:

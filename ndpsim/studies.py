@@ -1,22 +1,24 @@
 """The studies behind ``ndpsim-experiment``: configuration, cells, runs, summaries.
 
 A study is a grid of *cells*; a cell is one simulated configuration
-``(model, policy, num_ndp_units, prefetch_budget, routing)`` run over
+``(model, policy, num_ndp_units, resident_fraction, routing)`` run over
 ``num_seqs`` sequences.  Studies (names for ``--studies``):
 
 * ``headline`` -- every model x every policy at each headline NDP-unit count
-  and the headline prefetch budget, routing ``config.routing``;
+  and the headline ``resident_fraction`` (the prefetch budget), routing
+  ``config.routing``;
 * ``ndp_units`` -- ``sweep_models`` x ``sweep_policies`` x ``sweep_ndp_units``;
-* ``prefetch`` -- ``sweep_models`` x ``prefetch_policies`` x ``prefetch_budgets``
+* ``prefetch`` -- ``sweep_models`` x ``prefetch_policies`` x ``resident_fractions``
   at the first headline unit count: one compiled call per (model, policy),
-  ``jax.vmap`` over the budgets (policy params are traced);
+  ``jax.vmap`` over the fractions (policy params are traced);
 * ``routing`` -- the headline grid (first unit count) under each calibrated
   real-trace routing preset (:data:`REAL_TRACE_PRESETS`);
 * ``sensitivity`` -- d(mean end-to-end latency) / d(log p) for every traced
   hardware parameter p (``jax.jvp``), see :mod:`ndpsim.sensitivity_study`.
 
 ``monde`` (the baseline every speedup is measured against) is simulated in
-every (model, unit count, routing) a study touches, at the headline budget.
+every (model, unit count, routing) a study touches, at the headline
+``resident_fraction``.
 
 Routing: the evaluation set is ``routing.generate(PRNGKey(seed), spec,
 preset)``; MoNDE's offline profile (its "dataset") is the per-(layer, expert)
@@ -31,9 +33,9 @@ The ``tuned`` policy: per (model, NDP-unit count, routing) its knobs
 set -- the first ``tune_num_seqs`` sequences of
 ``generate(fold_in(PRNGKey(seed), 2), spec, preset)`` (a trace file: of its
 profile half) -- and the cell is then simulated at those knobs like any other
-policy.  The fitted ``resident_fraction`` replaces the cell's budget (it is a
-fraction of the same GPU expert budget); the heuristic's point (headline
-budget, biases 1) is always among the candidates, so on the training set
+policy.  The fitted ``resident_fraction`` replaces the cell's (the headline
+one) and is what the ``tuned`` row reports; the heuristic's point (headline
+``resident_fraction``, biases 1) is always among the candidates, so on the training set
 ``tuned`` is never slower than ``tp_lb_prefetch``.  Each fit is written to
 ``<out_dir>/tuned/<key>.json`` (reused by ``--resume``); results.json lists
 them per model under ``tuned``.
@@ -63,8 +65,8 @@ from __future__ import annotations
 # ``studies.X`` (the binary, tests, notebooks and users' scripts use it).
 from ndpsim.sharding import (SEQ_AXIS, device_mesh, shard_sequences,  # noqa: F401
                              simulate_sharded, to_host)
-from ndpsim.study_io import (Cell, add_speedups, cell_path, check_finite, make_row,  # noqa: F401
-                             select, speedup_summary, write_atomic)
+from ndpsim.study_io import (Cell, add_speedups, cell_key, cell_path, check_finite,  # noqa: F401
+                             make_row, select, speedup_summary, write_atomic)
 from ndpsim.study_config import (BASELINE, DEFAULT_MODELS, DEFAULT_POLICIES,  # noqa: F401
                                  DEFAULT_SYSTEM, REAL_TRACE_PRESETS, STUDIES, TUNED,
                                  StudyConfig)
@@ -74,6 +76,6 @@ from ndpsim.study_workloads import (MONDE_PROFILE_BATCHES, make_training,  # noq
                                     make_workload, monde_alpha)
 from ndpsim.study_tuned import (tuned_fit, tuned_fit_path, tuned_params, tuned_summary)  # noqa: F401
 from ndpsim.study_runner import (Progress, REQUESTS_KEY, REQUEST_CELL_KEYS,  # noqa: F401
-                                 cell_fingerprint, check_resume, load_cell, read_cell,
-                                 resolved_config, row_digest, run_cells, sensitivity,
-                                 simulated_params, split_requests)
+                                 cell_fingerprint, check_resume, fingerprint_parts, load_cell,
+                                 read_cell, resolved_config, row_digest, run_cells,
+                                 sensitivity, simulated_params, split_requests)

@@ -18,14 +18,27 @@ STUDIES = ("headline", "ndp_units", "prefetch", "routing", "sensitivity")
 REAL_TRACE_PRESETS = ("flame_moe_290m", "mixtral_8x7b", "llama4_maverick")
 BASELINE = "monde"
 TUNED = "tuned"
+# Workload sizes when a synthetic routing preset leaves them unset (a trace
+# gives its own): tokens per sequence and sequences per cell.
+DEFAULT_PROMPT_LEN, DEFAULT_OUTPUT_LEN, DEFAULT_NUM_SEQS = 512, 512, 8
+# Flags renamed so that one knob has one name from flag to results.json; the
+# binary refuses the old names with the new one.
+RENAMED_FLAGS = {"headline_budget": "resident_fraction",
+                 "prefetch_budgets": "resident_fractions"}
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
   """Everything a study run depends on (the experiment's flags, resolved).
 
-  prompt_len / output_len / num_seqs: None = the default (512, 512, 8) for a
-  synthetic routing preset, or the trace's own for a trace file.
+  resident_fraction: the headline's prefetch/resident budget, a fraction in
+    [0, 1] of the GPU memory left for experts (``PolicyParams.resident_fraction``;
+    also the ``tuned`` fit's starting point).
+  resident_fractions: the values the ``prefetch`` study sweeps.
+  prompt_len / output_len / num_seqs: None = the default
+    (:data:`DEFAULT_PROMPT_LEN`, :data:`DEFAULT_OUTPUT_LEN`,
+    :data:`DEFAULT_NUM_SEQS`) for a synthetic routing preset, or the trace's own
+    for a trace file.
   sweep_models: empty = the first of ``models``.
   overrides: ``--set`` strings, ``component.field=value``.
   dtype: storage dtype of every weight group ("" keeps each model's own).
@@ -43,8 +56,8 @@ class StudyConfig:
   models: tuple[str, ...] = DEFAULT_MODELS
   policies: tuple[str, ...] = DEFAULT_POLICIES
   num_ndp_units: tuple[int, ...] = (4,)
-  headline_budget: float = 1.0
-  prefetch_budgets: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+  resident_fraction: float = 1.0
+  resident_fractions: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
   prefetch_policies: tuple[str, ...] = ("tp_lb_prefetch", "tp_lb_adaptive")
   sweep_ndp_units: tuple[int, ...] = (2, 3, 4, 5, 6)
   sweep_models: tuple[str, ...] = ()

@@ -10,17 +10,31 @@ import numpy as np
 
 from ndpsim import results
 from ndpsim.base import ConfigError
-
-BASELINE = "monde"
+from ndpsim.study_config import BASELINE, TUNED
 
 
 class Cell(NamedTuple):
-  """One simulated configuration (a row of results)."""
+  """One simulated configuration (a row of results).  ``resident_fraction``:
+  ``PolicyParams.resident_fraction`` (a fraction in [0, 1] of the GPU memory
+  left for experts); a ``tuned`` cell's is the fit's starting point, its row
+  reports the fitted value."""
   model: str
   policy: str
   num_ndp_units: int
-  prefetch_budget: float
+  resident_fraction: float
   routing: str
+
+
+def cell_key(cell: Cell | dict | list | tuple) -> tuple:
+  """What identifies a cell among rows, from a Cell, a row or results.json's
+  list: its five fields, except a ``tuned`` cell's resident_fraction (its row
+  holds the fitted value; a study has one ``tuned`` cell per model, NDP units
+  and routing)."""
+  if isinstance(cell, dict):
+    cell = (cell["model"], cell["policy"], cell["num_ndp_units"], cell["resident_fraction"],
+            cell["routing"])
+  m, p, n, rf, r = cell
+  return (m, p, int(n), None if p == TUNED else float(rf), r)
 
 
 # ---------------------------------------------------------------------------
@@ -133,20 +147,15 @@ def speedup_summary(rows: list[dict]) -> dict[str, dict[str, Any]]:
 
 def select(rows: list[dict], cells: list[Cell]) -> list[dict]:
   """The rows of ``cells``, in their order."""
-  idx = {_cell_of(r): r for r in rows}
-  return [idx[c] for c in cells if c in idx]
-
-
-def _cell_of(row: dict) -> Cell:
-  return Cell(row["model"], row["policy"], int(row["num_ndp_units"]),
-              float(row["prefetch_budget"]), row["routing"])
+  idx = {cell_key(r): r for r in rows}
+  return [idx[k] for k in map(cell_key, cells) if k in idx]
 
 
 # ---------------------------------------------------------------------------
 # Atomic cell files.
 
 def cell_path(out_dir: str | os.PathLike, cell: Cell) -> pathlib.Path:
-  name = f"{cell.model}__{cell.policy}__n{cell.num_ndp_units}__b{cell.prefetch_budget:g}" \
+  name = f"{cell.model}__{cell.policy}__n{cell.num_ndp_units}__b{cell.resident_fraction:g}" \
          f"__{cell.routing}"
   return pathlib.Path(out_dir) / "cells" / (re.sub(r"[^A-Za-z0-9_.=-]", "_", name) + ".json")
 

@@ -20,7 +20,9 @@ from ndpsim.workload import models as M
 from ndpsim.workload import routing as R
 from ndpsim.workload import traces
 from ndpsim.study_io import Cell
-from ndpsim.study_config import BASELINE, REAL_TRACE_PRESETS, STUDIES, TUNED, StudyConfig
+from ndpsim.study_config import (BASELINE, DEFAULT_NUM_SEQS, DEFAULT_OUTPUT_LEN,
+                                 DEFAULT_PROMPT_LEN, REAL_TRACE_PRESETS, STUDIES, TUNED,
+                                 StudyConfig)
 
 
 class Workload(NamedTuple):
@@ -107,34 +109,38 @@ def resolve(cfg: StudyConfig) -> Resolved:
 
 
 def _resolve(cfg: StudyConfig) -> Resolved:
+  dtype = _check_settings(cfg)
+  models, head_models, sweep_models = _resolve_models(cfg, dtype)
+  sources, (P, T, S) = _resolve_routing(cfg, models, head_models + sweep_models)
+  systems = _resolve_systems(cfg)
+  cells = _make_cells(cfg, head_models, sweep_models)
+  res = Resolved(cfg, models, systems, sources, P, T, S, cells, head_models, sweep_models)
+  _check_every_pair_fits(res)
+  return res
+
+
+def _check_settings(cfg: StudyConfig) -> str:
+  """The checks of single settings (studies, policies, sizes, fractions, the
+  CSV layout); returns the canonical ``--dtype`` ("" keeps each model's)."""
   for s in cfg.studies:
     if s not in STUDIES:
       raise ConfigError(f"--studies: unknown study {s!r}; write a list of {list(STUDIES)}")
   if not cfg.studies:
     raise ConfigError(f"--studies: empty; write a list of {list(STUDIES)}")
-  for flag, pols in (("policies", cfg.policies), ("sweep_policies", cfg.sweep_policies),
-                     ("prefetch_policies", cfg.prefetch_policies)):
-    for p in pols:
-      try:
-        policies.get(p)
-      except ConfigError as e:
-        raise _flag_error(flag, e) from None
-  if TUNED in cfg.prefetch_policies and "prefetch" in cfg.studies:
-    raise ConfigError(f"--prefetch_policies: {TUNED!r} fits its own budget; list it in "
-                      "--policies or --sweep_policies, not in the budget sweep")
-  if not cfg.policies:
-    raise ConfigError(f"--policies: empty; write a list of {policies.names()}")
+  _check_policies(cfg)
   for name, v in (("batch_size", cfg.batch_size), ("prompt_len", cfg.prompt_len),
                   ("output_len", cfg.output_len), ("num_seqs", cfg.num_seqs),
                   ("tune_num_seqs", cfg.tune_num_seqs)):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
       raise ConfigError(f"--{name}: {v!r} is not allowed; write an integer >= 1")
-  for flag, vals in (("prefetch_budgets", cfg.prefetch_budgets),
-                     ("headline_budget", (cfg.headline_budget,))):
+  for flag, vals in (("resident_fractions", cfg.resident_fractions),
+                     ("resident_fraction", (cfg.resident_fraction,))):
     for b in vals:
       if not (isinstance(b, (int, float)) and 0.0 <= b <= 1.0):
         raise ConfigError(f"--{flag}: {b!r} is outside [0, 1]; write fractions of the "
                           "GPU memory left for experts, e.g. 0,0.25,0.5,1")
+  if "prefetch" in cfg.studies and not cfg.resident_fractions:
+    raise ConfigError("--resident_fractions: empty; write e.g. 0,0.25,0.5,1")
   if cfg.routing_layout not in traces.LAYOUTS:
     raise ConfigError(f"--routing_layout: {cfg.routing_layout!r} is not a layout; write "
                       f"one of {list(traces.LAYOUTS)}")
@@ -143,16 +149,30 @@ def _resolve(cfg: StudyConfig) -> Resolved:
     raise ConfigError(f"--routing_layout: {cfg.routing_layout!r} applies to CSV traces "
                       f"but --routing is {cfg.routing!r}; drop --routing_layout or give a "
                       "CSV trace folder")
-  if "prefetch" in cfg.studies and not cfg.prefetch_budgets:
-    raise ConfigError("--prefetch_budgets: empty; write e.g. 0,0.25,0.5,1")
-  dtype = cfg.dtype
-  if dtype:
-    try:
-      dtype = M.canonical_dtype(dtype, "--dtype")
-    except ConfigError as e:
-      raise _flag_error("dtype", e) from None
+  try:
+    return M.canonical_dtype(cfg.dtype, "--dtype") if cfg.dtype else ""
+  except ConfigError as e:
+    raise _flag_error("dtype", e) from None
 
-  # Models.
+
+def _check_policies(cfg: StudyConfig) -> None:
+  for flag, pols in (("policies", cfg.policies), ("sweep_policies", cfg.sweep_policies),
+                     ("prefetch_policies", cfg.prefetch_policies)):
+    for p in pols:
+      try:
+        policies.get(p)
+      except ConfigError as e:
+        raise _flag_error(flag, e) from None
+  if TUNED in cfg.prefetch_policies and "prefetch" in cfg.studies:
+    raise ConfigError(f"--prefetch_policies: {TUNED!r} fits its own resident_fraction; "
+                      "list it in --policies or --sweep_policies, not in the "
+                      "--resident_fractions sweep")
+  if not cfg.policies:
+    raise ConfigError(f"--policies: empty; write a list of {policies.names()}")
+
+
+def _resolve_models(cfg: StudyConfig, dtype: str):
+  """(specs by name, headline model names, sweep model names)."""
   models: dict[str, M.MoeModelSpec] = {}
   names: dict[str, str] = {}
   for flag, lst in (("models", cfg.models), ("sweep_models", cfg.sweep_models)):
@@ -168,32 +188,17 @@ def _resolve(cfg: StudyConfig) -> Resolved:
   if not cfg.models:
     raise ConfigError(f"--models: empty; write a list of {sorted(M.MODELS)}")
   head_models = [names[m] for m in cfg.models]
-  sweep_models = [names[m] for m in cfg.sweep_models] or head_models[:1]
+  return models, head_models, [names[m] for m in cfg.sweep_models] or head_models[:1]
 
-  # Routing.
+
+def _resolve_routing(cfg: StudyConfig, models: dict, used: list[str]):
+  """(routing sources: label -> None for a preset or the trace path, (prompt
+  tokens, output tokens, sequences per cell)); a trace must fit every model in
+  ``used`` and the sizes given."""
   sources: dict[str, Any] = {}
   P, T, S = cfg.prompt_len, cfg.output_len, cfg.num_seqs
   if _is_trace(cfg.routing):
-    ks = {models[n].top_k for n in head_models + sweep_models}
-    tr = _load_trace(cfg.routing, P, T, top_k=ks.pop() if len(ks) == 1 else None,
-                     layout=cfg.routing_layout)
-    tp, tt, ts = (tr.prefill_ids.shape[1], tr.decode_ids.shape[1],
-                  tr.prefill_ids.shape[0])
-    for flag, given, have in (("prompt_len", P, tp), ("output_len", T, tt)):
-      if given is not None and given != have:
-        raise ConfigError(f"--{flag}: {given} but the trace {cfg.routing!r} has {have}; "
-                          f"drop --{flag} or write {have}")
-    if ts < 2:
-      raise ConfigError(f"--routing: trace {cfg.routing!r} has {ts} sequence(s); MoNDE's "
-                        "profile needs a held-out half, give a trace of >= 2 sequences")
-    avail = ts - ts // 2
-    if S is not None and S > avail:
-      raise ConfigError(f"--num_seqs: {S} but the trace holds {avail} evaluation "
-                        f"sequences (its other {ts // 2} profile MoNDE); write <= {avail}")
-    P, T, S = tp, tt, S or avail
-    for name in dict.fromkeys(head_models + sweep_models):  # in flag order
-      spec = models[name]
-      traces.check_model_shape(tr, spec, f"--routing: trace {cfg.routing!r}")
+    P, T, S = _trace_sizes(cfg, models, used)
     sources[routing_label(cfg.routing)] = cfg.routing
   elif cfg.routing in R.PRESETS:
     sources[cfg.routing] = None
@@ -201,20 +206,43 @@ def _resolve(cfg: StudyConfig) -> Resolved:
     raise ConfigError(f"--routing: {cfg.routing!r} is neither a preset nor a trace "
                       f"(.npz/.csv file, folder or glob of per-layer CSVs); write one of "
                       f"{list(R.PRESETS)} or a trace path")
-  P, T, S = P or 512, T or 512, S or 8
-  if S % cfg.batch_size:
-    raise ConfigError(f"--num_seqs: {S} is not a multiple of --batch_size "
-                      f"{cfg.batch_size}; write a multiple of {cfg.batch_size}")
-  if cfg.tune_num_seqs % cfg.batch_size:
-    raise ConfigError(f"--tune_num_seqs: {cfg.tune_num_seqs} is not a multiple of "
-                      f"--batch_size {cfg.batch_size}; write a multiple of "
-                      f"{cfg.batch_size}")
-  base_routing = routing_label(cfg.routing)
+  P, T, S = P or DEFAULT_PROMPT_LEN, T or DEFAULT_OUTPUT_LEN, S or DEFAULT_NUM_SEQS
+  for flag, n in (("num_seqs", S), ("tune_num_seqs", cfg.tune_num_seqs)):
+    if n % cfg.batch_size:
+      raise ConfigError(f"--{flag}: {n} is not a multiple of --batch_size "
+                        f"{cfg.batch_size}; write a multiple of {cfg.batch_size}")
   if "routing" in cfg.studies:
     for p in REAL_TRACE_PRESETS:
       sources.setdefault(p, None)
+  return sources, (P, T, S)
 
-  # Systems.
+
+def _trace_sizes(cfg: StudyConfig, models: dict, used: list[str]):
+  """(prompt tokens, output tokens, evaluation sequences) of the ``--routing``
+  trace, checked against the flags given and every model's shape."""
+  P, T, S = cfg.prompt_len, cfg.output_len, cfg.num_seqs
+  ks = {models[n].top_k for n in used}
+  tr = _load_trace(cfg.routing, P, T, top_k=ks.pop() if len(ks) == 1 else None,
+                   layout=cfg.routing_layout)
+  tp, tt, ts = (tr.prefill_ids.shape[1], tr.decode_ids.shape[1], tr.prefill_ids.shape[0])
+  for flag, given, have in (("prompt_len", P, tp), ("output_len", T, tt)):
+    if given is not None and given != have:
+      raise ConfigError(f"--{flag}: {given} but the trace {cfg.routing!r} has {have}; "
+                        f"drop --{flag} or write {have}")
+  if ts < 2:
+    raise ConfigError(f"--routing: trace {cfg.routing!r} has {ts} sequence(s); MoNDE's "
+                      "profile needs a held-out half, give a trace of >= 2 sequences")
+  avail = ts - ts // 2
+  if S is not None and S > avail:
+    raise ConfigError(f"--num_seqs: {S} but the trace holds {avail} evaluation "
+                      f"sequences (its other {ts // 2} profile MoNDE); write <= {avail}")
+  for name in dict.fromkeys(used):  # in flag order
+    traces.check_model_shape(tr, models[name], f"--routing: trace {cfg.routing!r}")
+  return tp, tt, S or avail
+
+
+def _resolve_systems(cfg: StudyConfig) -> dict[int, system_mod.SystemPreset]:
+  """The platform at every NDP-unit count a study runs, ``--set`` applied."""
   try:
     over = config.parse_set_overrides(list(cfg.overrides))
   except ConfigError as e:
@@ -234,40 +262,47 @@ def _resolve(cfg: StudyConfig) -> Resolved:
       systems[n] = system_mod.load_system(cfg.system, n, over)
     except ConfigError as e:
       raise _flag_error(_system_flag(cfg.system, n, over, flag), e) from None
+  return systems
 
-  # Cells.
-  hb = float(cfg.headline_budget)
+
+def _make_cells(cfg: StudyConfig, head_models: list[str],
+                sweep_models: list[str]) -> dict[str, list[Cell]]:
+  """Every study's cells, in run order (see :mod:`ndpsim.studies`)."""
+  rf = float(cfg.resident_fraction)
   n0 = cfg.num_ndp_units[0]
+  base_routing = routing_label(cfg.routing)
   pols = list(dict.fromkeys((BASELINE,) + tuple(cfg.policies)))
   cells: dict[str, list[Cell]] = {}
   if "headline" in cfg.studies:
-    cells["headline"] = [Cell(m, p, n, hb, base_routing) for m in head_models
+    cells["headline"] = [Cell(m, p, n, rf, base_routing) for m in head_models
                          for n in cfg.num_ndp_units for p in pols]
   if "ndp_units" in cfg.studies:
     sp = list(dict.fromkeys((BASELINE,) + tuple(cfg.sweep_policies)))
-    cells["ndp_units"] = [Cell(m, p, n, hb, base_routing) for m in sweep_models
+    cells["ndp_units"] = [Cell(m, p, n, rf, base_routing) for m in sweep_models
                           for n in cfg.sweep_ndp_units for p in sp]
   if "prefetch" in cfg.studies:
-    cells["prefetch"] = [Cell(m, BASELINE, n0, hb, base_routing) for m in sweep_models]
+    cells["prefetch"] = [Cell(m, BASELINE, n0, rf, base_routing) for m in sweep_models]
     cells["prefetch"] += [Cell(m, p, n0, float(b), base_routing) for m in sweep_models
-                          for p in cfg.prefetch_policies for b in cfg.prefetch_budgets]
+                          for p in cfg.prefetch_policies for b in cfg.resident_fractions]
   if "routing" in cfg.studies:
-    cells["routing"] = [Cell(m, p, n0, hb, r) for r in REAL_TRACE_PRESETS
+    cells["routing"] = [Cell(m, p, n0, rf, r) for r in REAL_TRACE_PRESETS
                         for m in head_models for p in pols]
   if "sensitivity" in cfg.studies:
     cells["sensitivity"] = []  # not cells: see sensitivity()
+  return cells
 
-  # Every (model, units) pair must fit the platform.
-  res = Resolved(cfg, models, systems, sources, P, T, S, cells, head_models, sweep_models)
+
+def _check_every_pair_fits(res: Resolved) -> None:
+  """Every (model, units) pair must fit the platform; one ConfigError listing
+  every pair that does not, each with its fix."""
   pairs = {(c.model, c.num_ndp_units) for c in res.all_cells()}
-  if "sensitivity" in cfg.studies:
-    pairs.add((sweep_models[0], n0))
+  if "sensitivity" in res.config.studies:
+    pairs.add((res.sweep_models[0], res.config.num_ndp_units[0]))
   problems = [p for m, n in sorted(pairs) if (p := fit_problem(res, m, n))]
-  if problems:  # every pair that does not fit, at once, each with its fix
+  if problems:
     flag = "num_ndp_units" if all("NDP units (" in p for p in problems) else "models"
     raise ConfigError(f"--{flag}: platform {res.config.system!r} cannot run: "
                       + "; ".join(problems))
-  return res
 
 
 def _system_flag(name: str, n: int, over: dict, units_flag: str) -> str:

@@ -1,6 +1,6 @@
 """Running a study's cells: fingerprints and atomic cell files (``--resume``),
-the runner (one compile per model x routing x units x policy, budgets
-vmapped), result rows and requests, the resolved configuration for
+the runner (one compile per model x routing x units x policy, resident
+fractions vmapped), result rows and requests, the resolved configuration for
 results.json, and the sensitivity study.  Part of :mod:`ndpsim.studies`.
 """
 from __future__ import annotations
@@ -35,8 +35,18 @@ from ndpsim.study_tuned import _tuned_fingerprint, tuned_fit, tuned_params
 # Fingerprints and atomic cell files.
 
 def cell_fingerprint(res: Resolved, cell: Cell) -> str:
+  """20 hex digits of :func:`fingerprint_parts`."""
+  blob = json.dumps(fingerprint_parts(res, cell), sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def fingerprint_parts(res: Resolved, cell: Cell) -> list:
+  """Everything a cell's row depends on: the run's settings (``--set`` under
+  "set"), the model, the hardware values, the cell's fields by name (so that a
+  row written under another field name is never reused), the energy figures,
+  a ``tuned`` fit's fingerprint and a user policy file's digest."""
   parts = [fingerprint_fields(res), repr(res.models[cell.model]),
-           resolved.hardware_values(res.systems[cell.num_ndp_units]), list(cell)]
+           resolved.hardware_values(res.systems[cell.num_ndp_units]), cell._asdict()]
   sysp = res.systems[cell.num_ndp_units]
   if energy.has_figures(sysp):  # the rows' energy fields depend on these figures
     parts.append(repr(energy.for_system(sysp)))
@@ -45,12 +55,7 @@ def cell_fingerprint(res: Resolved, cell: Cell) -> str:
   user = policies.user_source_digest(cell.policy)
   if user:  # a user's policy file (--policy_module): its content
     parts.append(user)
-  blob = json.dumps(parts, sort_keys=True, default=str)
-  return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-
-
+  return parts
 
 
 def row_digest(row: dict) -> str:
@@ -119,81 +124,33 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
               write: bool = True, tuned_fits: dict | None = None) -> list[dict]:
   """Simulates every cell not finished yet; returns all rows (with speedups).
 
-  Cells of one (model, routing, units, policy) share a compile: their budgets
-  run in one vmapped call.  Each finished cell is written atomically as soon
-  as its call returns; ``progress`` gets one dict per cell (and one with
-  event "tuned" per ``tuned`` fit).  ``tuned_fits``: a dict the fits of the
-  ``tuned`` cells are added to, keyed ``(model, routing, units)`` (a fit is
-  made, or reused with ``resume``, even when its cells are already finished,
-  so that results.json always lists the knobs).
+  Cells of one (model, routing, units, policy) share a compile: their
+  resident fractions run in one vmapped call.  Each finished cell is written
+  atomically as soon as its call returns; ``progress`` gets one dict per cell
+  (and one with event "tuned" per ``tuned`` fit).  ``tuned_fits``: a dict the
+  fits of the ``tuned`` cells are added to, keyed ``(model, routing, units)``
+  (a fit is made, or reused with ``resume``, even when its cells are already
+  finished, so that results.json always lists the knobs).
   """
   tuned_fits = {} if tuned_fits is None else tuned_fits
   out_dir = pathlib.Path(out_dir)
-  for p, what in ((out_dir, "--out_dir"), (out_dir / "cells", "its cells folder")):
-    if p.exists() and not p.is_dir():
-      raise ConfigError(f"--out_dir: {what} {str(p)!r} is a file, not a folder; move it "
-                        "away or give another --out_dir")
-  if resume:
-    check_resume(out_dir, res)
-  if write:
-    write_atomic(out_dir / "run_settings.json",
-                 json.dumps(fingerprint_fields(res), indent=1))
+  _prepare_out_dir(res, out_dir, resume, write)
   cells = res.all_cells()
-  rows: dict[Cell, dict] = {}
-  todo: dict[tuple, list[Cell]] = {}
-  distrusted: list[tuple[Cell, str]] = []
-  for c in cells:
-    row, why = read_cell(out_dir, res, c) if resume else (None, None)
-    if row is not None:
-      rows[c] = row
-    else:
-      if why is not None and why != "computed under other settings":
-        distrusted.append((c, why))
-      todo.setdefault((c.model, c.routing, c.num_ndp_units, c.policy), []).append(c)
+  rows, todo, distrusted = _plan(res, out_dir, cells, resume)
   total, done = len(cells), len(rows)
   skipped = done
   t_start = time.perf_counter()
   if progress:
     progress({"event": "start", "total": total, "skipped": done,
               "distrusted": [(cell_path(out_dir, c).name, why) for c, why in distrusted]})
-  for c in cells:
-    key = (c.model, c.routing, c.num_ndp_units)
-    if c.policy == TUNED and key not in tuned_fits:
-      t0 = time.perf_counter()
-      tuned_fits[key] = tuned_fit(res, *key, out_dir, resume=resume, write=write)
-      if progress:
-        progress({"event": "tuned", "fit": tuned_fits[key],
-                  "wall_s": time.perf_counter() - t0})
+  _fit_tuned(res, cells, out_dir, tuned_fits, resume=resume, write=write, progress=progress)
   workloads: dict[tuple[str, str], Workload] = {}
-  for (model, routing, n, policy), group in todo.items():
+  for key, group in todo.items():
+    model, routing = key[:2]
     if (model, routing) not in workloads:
       workloads.clear()  # keep one model's routing in memory at a time
       workloads[(model, routing)] = make_workload(res, model, routing)
-    t0 = time.perf_counter()
-    budgets = [c.prefetch_budget for c in group]
-    extra = None
-    alpha = None
-    if policy == BASELINE:  # MoNDE auto-tunes alpha on its profiling batches
-      fit = monde_alpha(res, workloads[(model, routing)], model, n)
-      alpha = {k: fit[k] for k in ("monde_alpha_prefill", "monde_alpha_decode",
-                                   "hot_experts_prefill", "hot_experts_decode")}
-      extra = {k: fit[k] for k in ("monde_alpha_prefill", "monde_alpha_decode")}
-    if policy == TUNED:  # the fitted knobs replace the cell's budget
-      extra = tuned_params(tuned_fits[(model, routing, n)])
-      budgets = [extra.pop("resident_fraction")] * len(group)
-    outs = simulate_sharded(res.systems[n], res.models[model], workloads[(model, routing)],
-                            policy, budgets, res.config.batch_size, mesh, extra)
-    wall = (time.perf_counter() - t0) / len(group)
-    for c, r, b in zip(group, outs, budgets):
-      row = make_row(c, r, wall)
-      if alpha is not None:
-        row.update(alpha)
-      row.update(simulated_params(policy, b, extra, row))
-      row.update(energy.row_fields(r, res.systems[n], res.models[model],
-                                   prompt_len=res.prompt_len,
-                                   batch_size=res.config.batch_size))
-      check_finite(row)
-      row[REQUESTS_KEY] = results.per_group(r)  # requests.csv; split off for results
+    for c, row in _run_group(res, key, group, workloads[(model, routing)], tuned_fits, mesh):
       rows[c] = row
       if write:
         write_atomic(cell_path(out_dir, c), json.dumps(
@@ -206,14 +163,92 @@ def run_cells(res: Resolved, out_dir, *, resume: bool = False,
   return add_speedups([rows[c] for c in cells])
 
 
-def simulated_params(policy: str, budget: float, extra: dict | None,
-                     row: dict) -> dict[str, float]:
-  """The policy knobs a cell was simulated with, as ``param_<name>`` row
-  fields: the budget actually used (``resident_fraction``: for ``tuned`` the
-  fitted one, not the cell's headline budget), the extra knobs passed (the
-  ``tuned`` biases) and the policy's own knobs; fields the row already has
-  (monde's alphas) are not repeated."""
-  out = {"param_resident_fraction": float(budget)}
+def _prepare_out_dir(res: Resolved, out_dir: pathlib.Path, resume: bool,
+                     write: bool) -> None:
+  """``out_dir`` and its cells folder are folders; ``--resume`` matches the
+  earlier run's settings; ``run_settings.json`` is written."""
+  for p, what in ((out_dir, "--out_dir"), (out_dir / "cells", "its cells folder")):
+    if p.exists() and not p.is_dir():
+      raise ConfigError(f"--out_dir: {what} {str(p)!r} is a file, not a folder; move it "
+                        "away or give another --out_dir")
+  if resume:
+    check_resume(out_dir, res)
+  if write:
+    write_atomic(out_dir / "run_settings.json",
+                 json.dumps(fingerprint_fields(res), indent=1))
+
+
+def _plan(res: Resolved, out_dir: pathlib.Path, cells: list[Cell], resume: bool):
+  """(rows of the finished cells, the cells to run grouped by (model, routing,
+  units, policy), the cell files not trusted with why)."""
+  rows: dict[Cell, dict] = {}
+  todo: dict[tuple, list[Cell]] = {}
+  distrusted: list[tuple[Cell, str]] = []
+  for c in cells:
+    row, why = read_cell(out_dir, res, c) if resume else (None, None)
+    if row is not None:
+      rows[c] = row
+    else:
+      if why is not None and why != "computed under other settings":
+        distrusted.append((c, why))
+      todo.setdefault((c.model, c.routing, c.num_ndp_units, c.policy), []).append(c)
+  return rows, todo, distrusted
+
+
+def _fit_tuned(res: Resolved, cells: list[Cell], out_dir: pathlib.Path, tuned_fits: dict,
+               *, resume: bool, write: bool, progress: Progress | None) -> None:
+  """Adds the fit of every ``tuned`` cell's (model, routing, units) to
+  ``tuned_fits`` (made, or read back with ``resume``)."""
+  for c in cells:
+    key = (c.model, c.routing, c.num_ndp_units)
+    if c.policy == TUNED and key not in tuned_fits:
+      t0 = time.perf_counter()
+      tuned_fits[key] = tuned_fit(res, *key, out_dir, resume=resume, write=write)
+      if progress:
+        progress({"event": "tuned", "fit": tuned_fits[key],
+                  "wall_s": time.perf_counter() - t0})
+
+
+def _run_group(res: Resolved, key: tuple, group: list[Cell], wl: Workload,
+               tuned_fits: dict, mesh: Mesh | None) -> list[tuple[Cell, dict]]:
+  """Simulates the cells of one (model, routing, units, policy) in one call,
+  their resident fractions vmapped; returns (cell, row) pairs.  A ``tuned``
+  row reports the fitted resident_fraction it was simulated at."""
+  model, routing, n, policy = key
+  t0 = time.perf_counter()
+  fractions = [c.resident_fraction for c in group]
+  extra = alpha = None
+  if policy == BASELINE:  # MoNDE auto-tunes alpha on its profiling batches
+    fit = monde_alpha(res, wl, model, n)
+    alpha = {k: fit[k] for k in ("monde_alpha_prefill", "monde_alpha_decode",
+                                 "hot_experts_prefill", "hot_experts_decode")}
+    extra = {k: fit[k] for k in ("monde_alpha_prefill", "monde_alpha_decode")}
+  if policy == TUNED:  # the fitted knobs replace the cell's resident_fraction
+    extra = tuned_params(tuned_fits[(model, routing, n)])
+    fractions = [extra.pop("resident_fraction")] * len(group)
+  outs = simulate_sharded(res.systems[n], res.models[model], wl, policy, fractions,
+                          res.config.batch_size, mesh, extra)
+  wall = (time.perf_counter() - t0) / len(group)
+  out = []
+  for c, r, rf in zip(group, outs, fractions):
+    row = make_row(c._replace(resident_fraction=float(rf)), r, wall)
+    row.update(alpha or {})
+    row.update(simulated_params(policy, extra, row))
+    row.update(energy.row_fields(r, res.systems[n], res.models[model],
+                                 prompt_len=res.prompt_len,
+                                 batch_size=res.config.batch_size))
+    check_finite(row)
+    row[REQUESTS_KEY] = results.per_group(r)  # requests.csv; split off for results
+    out.append((c, row))
+  return out
+
+
+def simulated_params(policy: str, extra: dict | None, row: dict) -> dict[str, float]:
+  """The policy knobs a cell was simulated with besides its resident_fraction
+  (a row field of its own; for ``tuned`` the fitted value), as ``param_<name>``
+  row fields: the extra knobs passed (the ``tuned`` biases) and the policy's
+  own knobs; fields the row already has (monde's alphas) are not repeated."""
+  out = {}
   for k, v in (extra or {}).items():
     if k not in row:
       out[f"param_{k}"] = float(v)
@@ -226,7 +261,7 @@ def simulated_params(policy: str, budget: float, extra: dict | None,
 # The per-sequence-group values a cell's row carries (in its cell file, so that
 # --resume keeps them); split off before results.json / results.csv.
 REQUESTS_KEY = "per_sequence_group"
-REQUEST_CELL_KEYS = ("model", "policy", "num_ndp_units", "prefetch_budget", "routing")
+REQUEST_CELL_KEYS = ("model", "policy", "num_ndp_units", "resident_fraction", "routing")
 
 
 def split_requests(rows: list[dict], batch_size: int) -> tuple[list[dict], list[dict]]:
@@ -310,7 +345,7 @@ def sensitivity(res: Resolved, model: str | None = None, policy: str | None = No
   of one simulation, the work grows with the number of leaves.  Model: the
   first sweep model; policy:
   ``tp_lb_prefetch`` if listed, else the first non-baseline policy; units:
-  the first headline count; budget: the headline budget.
+  the first headline count; resident_fraction: the headline's.
   """
   c = res.config
   model = model or res.sweep_models[0]
@@ -326,13 +361,13 @@ def sensitivity(res: Resolved, model: str | None = None, policy: str | None = No
   routing = R.Routing(shard_sequences(wl.prefill_ids, mesh, B), None,
                       shard_sequences(wl.decode_ids, mesh, B), None)
   G = wl.prefill_ids.shape[0] // B
-  pp = policies.PolicyParams(resident_fraction=float(c.headline_budget))
+  pp = policies.PolicyParams(resident_fraction=float(c.resident_fraction))
   e2e, el = sensitivity_mod.elasticities(
       (sysp.spec, sysp.params), spec, routing, policy, pp, batch_size=B,
       profile_counts=jnp.asarray(wl.profile_counts), mode="forward", num_groups=G,
       check=False)
   return {"model": model, "policy": policy, "num_ndp_units": n,
-          "prefetch_budget": float(c.headline_budget), "routing": routing_label(c.routing),
+          "resident_fraction": float(c.resident_fraction), "routing": routing_label(c.routing),
           "e2e_latency_s_mean": float(e2e),
           "elasticities": {k: d for k, (_, d) in el.items()},
           "values": {k: v for k, (v, _) in el.items()}}

@@ -31,7 +31,7 @@ def tuned_fit_path(out_dir, model: str, routing: str, n: int) -> pathlib.Path:
 def _tuned_fingerprint(res: Resolved, model: str, routing: str, n: int) -> str:
   blob = json.dumps([fingerprint_fields(res), repr(res.models[model]),
                      repr(res.systems[n].params), model, routing, n,
-                     res.config.tune_num_seqs, float(res.config.headline_budget),
+                     res.config.tune_num_seqs, float(res.config.resident_fraction),
                      _tune_config_fields()], sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -42,8 +42,8 @@ def tuned_fit(res: Resolved, model: str, routing: str, n: int, out_dir=None, *,
 
   Returns a JSON-ready dict: model, num_ndp_units, routing, knobs
   (resident_fraction, gpu_bias, ndp_bias), train_e2e_s (hard mean e2e on the
-  training set at the knobs), heuristic_train_e2e_s (at the headline budget,
-  biases 1), evaluations (relaxed forward+grad calls + hard points), the
+  training set at the knobs), heuristic_train_e2e_s (at the headline
+  resident_fraction, biases 1), evaluations (relaxed forward+grad calls + hard points), the
   training set's description and wall_s.  With ``resume`` a matching file in
   ``<out_dir>/tuned/`` is reused; with ``write`` the fit is written there.
   """
@@ -60,9 +60,9 @@ def tuned_fit(res: Resolved, model: str, routing: str, n: int, out_dir=None, *,
   t0 = time.perf_counter()
   train = make_training(res, model, routing)
   sysp = res.systems[n]
-  hb = float(res.config.headline_budget)
+  rf = float(res.config.resident_fraction)
   f = tune.fit((sysp.spec, sysp.params), res.models[model], train,
-               batch_size=res.config.batch_size, reference=(hb, 1.0, 1.0))
+               batch_size=res.config.batch_size, reference=(rf, 1.0, 1.0))
   p = f.params
   seed = res.config.seed
   src = ("trace profile half" if res.routing_sources[routing] is not None

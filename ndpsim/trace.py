@@ -438,16 +438,15 @@ def check_request(res, path, cell_spec: str = "", seq: int = 0) -> None:
 
 def for_study(res, rows: list[dict], cell_spec: str = "", seq: int = 0) -> dict:
   """Trace of sequence ``seq`` of a study cell (:func:`pick_cell`), simulated
-  with the knobs its row records (``param_resident_fraction``, MoNDE's
+  with the knobs its row records (``resident_fraction``, MoNDE's
   alphas, the ``tuned`` biases).  ``res``: ``studies.Resolved``; ``rows``:
   the study's rows."""
   from ndpsim import studies  # pylint: disable=import-outside-toplevel
   cell = pick_cell(res, cell_spec)
-  row = next((r for r in rows if (r["model"], r["policy"], r["num_ndp_units"],
-                                  r["prefetch_budget"], r["routing"]) == tuple(cell)), None)
+  row = next((r for r in rows if studies.cell_key(r) == studies.cell_key(cell)), None)
   if row is None:
     raise ConfigError(f"--trace_cell: cell {tuple(cell)} has no row; run its study first")
-  kw = {"resident_fraction": float(row.get("param_resident_fraction", cell.prefetch_budget))}
+  kw = {"resident_fraction": float(row["resident_fraction"])}
   for k in ("monde_alpha_prefill", "monde_alpha_decode"):
     if k in row:
       kw[k] = float(row[k])
@@ -456,8 +455,8 @@ def for_study(res, rows: list[dict], cell_spec: str = "", seq: int = 0) -> dict:
       kw[k] = float(row[f"param_{k}"])
   wl = studies.make_workload(res, cell.model, cell.routing)
   sysp = res.systems[cell.num_ndp_units]
-  label = (f"{cell.model} {cell.policy} N={cell.num_ndp_units} budget="
-           f"{cell.prefetch_budget:g} routing={cell.routing}, sequence {seq}")
+  label = (f"{cell.model} {cell.policy} N={cell.num_ndp_units} resident_fraction="
+           f"{kw['resident_fraction']:g} routing={cell.routing}, sequence {seq}")
   return timeline((sysp.spec, sysp.params), res.models[cell.model],
                   R.Routing(wl.prefill_ids, None, wl.decode_ids, None), cell.policy,
                   pb.PolicyParams(**kw), seq=seq, batch_size=res.config.batch_size,

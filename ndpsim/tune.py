@@ -304,45 +304,68 @@ def result_document(workload: dict, results: list[dict]) -> dict:
           "held-out number)"}
 
 
+class _CliError(Exception):
+  """A bad ``python -m ndpsim.tune`` input: one line on stderr, exit 2."""
+
+
 def _main(argv=None) -> int:
-  import dataclasses  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
+  a = _cli_parser().parse_args(argv)
+  try:
+    s, models, out = _check_cli_args(a)
+    cfg = dataclasses.replace(TuneConfig(), steps=a.steps)
+    workload = {"system": a.system, "num_ndp_units": int(s.spec.num_ndp_units),
+                "routing": a.routing, "prompt_len": a.prompt_len,
+                "output_len": a.output_len, "num_seqs_training": a.num_seqs,
+                "num_seqs_heldout": a.num_seqs, "train_seed": a.train_seed,
+                "heldout_seed": a.heldout_seed, "steps": a.steps, "batch_size": 1}
+    _print_cli_header(a, s)
+    done: list[dict] = []
+    for i, model in enumerate(models):
+      done.append(_cli_compare(a, s, model, cfg, f"[{i + 1}/{len(models)}]"))
+      if out is not None:  # after every model, so that an interrupted run keeps some
+        _write_cli_out(out, a.out, result_document(workload, done))
+  except _CliError as e:
+    print(f"ndpsim.tune: {e}", file=sys.stderr)
+    return 2
+  if out is not None:
+    print(f"wrote {out}", file=sys.stderr)
+  return 0
+
+
+def _check_cli_args(a):
+  """(system preset, model specs, ``--out`` path or None) of the parsed
+  arguments; _CliError naming the flag otherwise."""
   from ndpsim.base import ConfigError  # pylint: disable=import-outside-toplevel
   from ndpsim.hw import system as system_mod  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import model_io  # pylint: disable=import-outside-toplevel
-  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import routing as R  # pylint: disable=import-outside-toplevel
-  a = _cli_parser().parse_args(argv)
-  err = lambda m: (print(f"ndpsim.tune: {m}", file=sys.stderr), 2)[1]  # noqa: E731
   for name in ("num_seqs", "prompt_len", "output_len", "steps"):
     if getattr(a, name) < 1:
-      return err(f"--{name} is {getattr(a, name)}; write a positive integer")
+      raise _CliError(f"--{name} is {getattr(a, name)}; write a positive integer")
   if a.train_seed == a.heldout_seed:
-    return err("--train_seed equals --heldout_seed; held-out sequences must differ "
-               "from the training ones: write two different seeds")
+    raise _CliError("--train_seed equals --heldout_seed; held-out sequences must differ "
+                    "from the training ones: write two different seeds")
   try:
     s = system_mod.load_system(a.system, num_ndp_units=a.num_ndp_units,
                                allow_implausible=a.allow_implausible)
     models = [model_io.model_from_any(m.strip()) for m in a.models.split(",") if m.strip()]
     if not models:
-      return err("--models is empty; write at least one model name or path")
+      raise _CliError("--models is empty; write at least one model name or path")
     for m in models:
       R.preset(a.routing, m.num_experts, m.top_k)
   except ConfigError as e:
-    return err(str(e).splitlines()[0])
+    raise _CliError(str(e).splitlines()[0]) from None
   out = pathlib.Path(a.out) if a.out else None
   if out is not None and (out.is_dir() or not out.parent.is_dir()):
-    return err(f"--out: {a.out!r} is " + ("a folder" if out.is_dir() else
-                                          "in a folder that does not exist")
-               + "; write a file path in an existing folder, e.g. --out=tune.json")
-  system = (s.spec, s.params)
-  cfg = dataclasses.replace(TuneConfig(), steps=a.steps)
-  workload = {"system": a.system, "num_ndp_units": int(s.spec.num_ndp_units),
-              "routing": a.routing, "prompt_len": a.prompt_len,
-              "output_len": a.output_len, "num_seqs_training": a.num_seqs,
-              "num_seqs_heldout": a.num_seqs, "train_seed": a.train_seed,
-              "heldout_seed": a.heldout_seed, "steps": a.steps, "batch_size": 1}
+    raise _CliError(f"--out: {a.out!r} is " + ("a folder" if out.is_dir() else
+                                                "in a folder that does not exist")
+                    + "; write a file path in an existing folder, e.g. --out=tune.json")
+  return s, models, out
+
+
+def _print_cli_header(a, s) -> None:
+  """The workload line and the table header on stdout."""
   print(f"# {s.spec.num_ndp_units} NDP units on {a.system}; {a.num_seqs} training "
         f"(seed {a.train_seed}) and {a.num_seqs} held-out (seed {a.heldout_seed}) "
         f"sequences of {a.prompt_len}+{a.output_len} tokens, routing {a.routing}; "
@@ -354,51 +377,65 @@ def _main(argv=None) -> int:
         "tuned vs grid (held-out best) | evals tuner / grid | tuned knobs (fitted on "
         "training) | wall s |")
   print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
-  done: list[dict] = []
-  for i, model in enumerate(models):
-    t0 = time.time()
-    L = M.num_moe_layers(model)
-    spec = R.RoutingSpec(num_seqs=a.num_seqs, prompt_len=a.prompt_len,
-                         output_len=a.output_len, num_layers=L,
-                         num_experts=model.num_experts, top_k=model.top_k)
-    rs = []
-    try:
-      for seed in (a.train_seed, a.heldout_seed):
-        rs.append(jax.tree_util.tree_map(np.asarray, R.generate(
-            jax.random.PRNGKey(seed), spec,
-            R.preset(a.routing, model.num_experts, model.top_k))))
-      engine.validate(s.spec, s.params, model, rs[0].prefill_ids, rs[0].decode_ids, 1)
-    except ConfigError as e:
-      return err(f"{model.name}: {str(e).splitlines()[0]}")
-    print(f"[{i + 1}/{len(models)}] {model.name}: fitting ({cfg.steps} Adam steps on the "
-          f"relaxed engine), then the grid ({len(DEFAULT_GRID[0]) * len(DEFAULT_GRID[1]) * len(DEFAULT_GRID[2])} "
-          "hard points) and held-out scoring...", file=sys.stderr, flush=True)
-    def step(ev, name=model.name):
-      k = ", ".join(f"{n} {v:.3g}" for n, v in ev["knobs"].items())
-      print(f"  {name} step {ev['step']}/{ev['steps']}: relaxed training e2e "
-            f"{ev['relaxed_e2e_s']:.4g} s at {k}", file=sys.stderr, flush=True)
 
-    c = compare(system, model, rs[0], rs[1], cfg, progress=step)
-    c["wall_s"] = time.time() - t0
-    h = c["heldout_e2e_s"]
-    knobs = ", ".join(f"{n}={v:.3g}" for n, v in knobs_by_name(c["knobs"]["tuned"]).items())
-    print(f"| {model.name} | {h['tp_lb_prefetch']:.4g} | {h['tuned']:.4g} | "
-          f"{h['grid_best_on_train']:.4g} | {h['grid_best_on_heldout']:.4g} | "
-          f"{c['tuned_vs_heuristic']:+.2%} | {c['tuned_vs_grid_best']:+.2%} | "
-          f"{c['evaluations']['tuner']} / {c['evaluations']['grid']} | {knobs} | "
-          f"{c['wall_s']:.0f} |", flush=True)
-    done.append(c)
-    if out is not None:  # after every model, so that an interrupted run keeps some
-      try:
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result_document(workload, done), indent=1))
-        tmp.replace(out)
-      except OSError as e:
-        return err(f"--out: cannot write {a.out!r} ({e.strerror or e}); give a file "
-                   "path you can write to")
-  if out is not None:
-    print(f"wrote {out}", file=sys.stderr)
-  return 0
+
+def _cli_routing(a, s, model) -> list:
+  """[training, held-out] routing of ``model`` (seeds --train_seed and
+  --heldout_seed), checked against the platform."""
+  from ndpsim.base import ConfigError  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import routing as R  # pylint: disable=import-outside-toplevel
+  spec = R.RoutingSpec(num_seqs=a.num_seqs, prompt_len=a.prompt_len,
+                       output_len=a.output_len, num_layers=M.num_moe_layers(model),
+                       num_experts=model.num_experts, top_k=model.top_k)
+  try:
+    rs = [jax.tree_util.tree_map(np.asarray, R.generate(
+        jax.random.PRNGKey(seed), spec, R.preset(a.routing, model.num_experts, model.top_k)))
+          for seed in (a.train_seed, a.heldout_seed)]
+    engine.validate(s.spec, s.params, model, rs[0].prefill_ids, rs[0].decode_ids, 1)
+  except ConfigError as e:
+    raise _CliError(f"{model.name}: {str(e).splitlines()[0]}") from None
+  return rs
+
+
+def _cli_compare(a, s, model, cfg: TuneConfig, tag: str) -> dict:
+  """:func:`compare` on one model, its progress on stderr and its table row on
+  stdout; returns compare's dict with ``wall_s``."""
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  t0 = time.time()
+  rs = _cli_routing(a, s, model)
+  points = len(DEFAULT_GRID[0]) * len(DEFAULT_GRID[1]) * len(DEFAULT_GRID[2])
+  print(f"{tag} {model.name}: fitting ({cfg.steps} Adam steps on the relaxed engine), "
+        f"then the grid ({points} hard points) and held-out scoring...",
+        file=sys.stderr, flush=True)
+
+  def step(ev, name=model.name):
+    k = ", ".join(f"{n} {v:.3g}" for n, v in ev["knobs"].items())
+    print(f"  {name} step {ev['step']}/{ev['steps']}: relaxed training e2e "
+          f"{ev['relaxed_e2e_s']:.4g} s at {k}", file=sys.stderr, flush=True)
+
+  c = compare((s.spec, s.params), model, rs[0], rs[1], cfg, progress=step)
+  c["wall_s"] = time.time() - t0
+  h = c["heldout_e2e_s"]
+  knobs = ", ".join(f"{n}={v:.3g}" for n, v in knobs_by_name(c["knobs"]["tuned"]).items())
+  print(f"| {model.name} | {h['tp_lb_prefetch']:.4g} | {h['tuned']:.4g} | "
+        f"{h['grid_best_on_train']:.4g} | {h['grid_best_on_heldout']:.4g} | "
+        f"{c['tuned_vs_heuristic']:+.2%} | {c['tuned_vs_grid_best']:+.2%} | "
+        f"{c['evaluations']['tuner']} / {c['evaluations']['grid']} | {knobs} | "
+        f"{c['wall_s']:.0f} |", flush=True)
+  return c
+
+
+def _write_cli_out(out: pathlib.Path, flag_value: str, doc: dict) -> None:
+  """``--out``: written whole via a temporary file."""
+  try:
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(out)
+  except OSError as e:
+    raise _CliError(f"--out: cannot write {flag_value!r} ({e.strerror or e}); give a file "
+                    "path you can write to") from None
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ TINY = str(DATA / "exp_tiny_model.json")
 S = 4
 FLAGS = [f"--models={TINY}", "--policies=tp_lb_prefetch", "--prompt_len=8",
          "--output_len=4", f"--num_seqs={S}", "--num_ndp_units=2",
-         "--studies=headline,prefetch", "--prefetch_budgets=0,0.5",
+         "--studies=headline,prefetch", "--resident_fractions=0,0.5",
          "--prefetch_policies=tp_lb_prefetch", "--plots=false"]
 CELLS = ("exp-tiny-moe__monde__n2__b1__mixtral_8x7b.json",
          "exp-tiny-moe__tp_lb_prefetch__n2__b1__mixtral_8x7b.json",

@@ -171,12 +171,12 @@ def test_binary_files_schema_and_numbers(interrupted_run, direct):
   assert cfgd["flags"]["seed"] == 0 and cfgd["flags"]["num_seqs"] == S
   rows = doc["rows"]
   assert [r["policy"] for r in rows] == list(POLS)
-  need = ("model", "policy", "num_ndp_units", "prefetch_budget", "e2e_latency_s_mean",
+  need = ("model", "policy", "num_ndp_units", "resident_fraction", "e2e_latency_s_mean",
           "e2e_latency_s_ci95", "ttft_s_mean", "tpot_s_mean", "speedup_vs_monde")
   for r in rows:
     assert all(k in r for k in need), sorted(r)
     assert r["model"] == "exp-tiny-moe" and r["num_ndp_units"] == N
-    assert r["prefetch_budget"] == 1.0
+    assert r["resident_fraction"] == 1.0
     assert r["ttft_s_mean"] < r["e2e_latency_s_mean"]
   by = {r["policy"]: r for r in rows}
   for pol in POLS:  # the binary's numbers are engine.simulate's
@@ -241,7 +241,7 @@ def test_requests_csv_has_one_row_per_cell_and_sequence(interrupted_run, direct)
   out = interrupted_run["out"]
   with open(out / "requests.csv") as f:
     req = list(csv.DictReader(f))
-  assert list(req[0]) == ["model", "policy", "num_ndp_units", "prefetch_budget", "routing",
+  assert list(req[0]) == ["model", "policy", "num_ndp_units", "resident_fraction", "routing",
                           "sequence_group", "sequences", "ttft_s", "tpot_s", "e2e_s",
                           "bytes_to_gpu", "bytes_to_ndp", "prefetched_bytes", "gpu_hits",
                           "gpu_misses"]
@@ -269,7 +269,7 @@ def test_split_requests_names_the_sequences_of_each_batch():
   per = {f: [1.0, 2.0] for f in ("ttft_s", "tpot_s", "e2e_s", "bytes_to_gpu",
                                  "bytes_to_ndp", "prefetched_bytes", "gpu_hits",
                                  "gpu_misses")}
-  row = {"model": "m", "policy": "p", "num_ndp_units": 2, "prefetch_budget": 1.0,
+  row = {"model": "m", "policy": "p", "num_ndp_units": 2, "resident_fraction": 1.0,
          "routing": "r", "e2e_latency_s_mean": 1.5, studies.REQUESTS_KEY: per}
   rows, req = studies.split_requests([row], batch_size=4)
   assert rows == [{k: v for k, v in row.items() if k != studies.REQUESTS_KEY}]
@@ -293,7 +293,8 @@ def test_eta_is_the_mean_cell_time_times_the_cells_left():
     (dict(policies=("monde", "tp_lbb")), "--policies"),
     (dict(prefetch_policies=("nope",), studies=("prefetch",)), "--prefetch_policies"),
     (dict(studies=("headline", "speed")), "--studies"),
-    (dict(prefetch_budgets=(0.5, 1.5), studies=("prefetch",)), "--prefetch_budgets"),
+    (dict(resident_fractions=(0.5, 1.5), studies=("prefetch",)), "--resident_fractions"),
+    (dict(resident_fraction=-0.1), "--resident_fraction"),
     (dict(num_ndp_units=(9,)), "--num_ndp_units"),
     (dict(num_ndp_units=(0,)), "--num_ndp_units"),
     (dict(models=("mixtral-8x7b",), num_ndp_units=(1,)), "--num_ndp_units"),
@@ -342,6 +343,51 @@ def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
   assert len(lines) == 1, r.stderr
   assert lines[0].startswith("error: ") and flag in lines[0], lines[0]
   assert not list(tmp_path.iterdir())  # failed before writing anything
+
+
+@pytest.mark.parametrize("old, new", [("--headline_budget=0.5", "--resident_fraction=0.5"),
+                                      ("--prefetch_budgets=0,1", "--resident_fractions=0,1")])
+def test_renamed_flags_are_refused_naming_the_new_one(old, new, tmp_path):
+  """One name per knob (issue 11 item 4): the old budget flags do not work
+  silently; one line names the flag to write instead, exit 2, nothing written."""
+  r = subprocess.run(_binary() + TINY_FLAGS + [old, f"--out_dir={tmp_path}"], env=_env(),
+                     capture_output=True, text=True, timeout=900)  # hang guard
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, r.stderr
+  assert f"{old.split('=')[0]} was renamed {new.split('=')[0]}" in lines[0], lines[0]
+  assert f"write {new}" in lines[0], lines[0]
+  assert not list(tmp_path.iterdir())
+
+
+def test_resident_fraction_and_set_keep_one_name_into_results_and_fingerprints(tmp_path):
+  """``resident_fraction`` is the flag's, StudyConfig's, the cells', the rows',
+  requests.csv's and the fingerprint's name; a ``--set`` value appears under its
+  field's path in results.json and under "set" in the fingerprint (the name
+  ``--resume`` reports)."""
+  from ndpsim import experiment  # pylint: disable=import-outside-toplevel
+  over = "gpu.memory_bandwidth_gbps=800"
+  res = studies.resolve(_tiny_config(policies=("tp_lb_prefetch",), resident_fraction=0.5,
+                                     overrides=(over,)))
+  rows, requests = studies.split_requests(studies.run_cells(res, tmp_path), 1)
+  doc = experiment.build_document(res, rows, None)
+  assert doc["config"]["flags"]["resident_fraction"] == 0.5
+  assert [c[3] for c in doc["config"]["studies"]["headline"]] == [0.5, 0.5]
+  assert [r["resident_fraction"] for r in doc["rows"]] == [0.5, 0.5]
+  assert [r["resident_fraction"] for r in requests] == [0.5] * 2 * S
+  bw = doc["config"]["systems"][str(N)]["values"]["gpu.memory_bandwidth_gbps"]
+  assert bw["value"] == 800 and bw["overridden"]
+  keys = {*doc["config"]["flags"], *(k for r in rows for k in r), *requests[0]}
+  assert not [k for k in keys if "budget" in k], sorted(keys)
+  assert "resident_fraction" in experiment.rows_csv(rows).splitlines()[0].split(",")
+  for c in res.all_cells():
+    parts = studies.fingerprint_parts(res, c)
+    assert parts[0]["set"] == [over] and parts[3]["resident_fraction"] == 0.5
+    obj = json.loads(studies.cell_path(tmp_path, c).read_text())
+    assert obj["fingerprint"] == studies.cell_fingerprint(res, c)
+    assert obj["row"]["resident_fraction"] == 0.5
+    assert studies.cell_fingerprint(res, c._replace(resident_fraction=0.25)) != (
+        obj["fingerprint"])
 
 
 @pytest.mark.parametrize("args, flag, says", [
@@ -450,7 +496,10 @@ def test_eight_host_devices_match_one_device(direct):
 
 def test_tuned_policy_fits_on_training_set_and_evaluates_at_its_knobs(tmp_path):
   from ndpsim import experiment  # pylint: disable=import-outside-toplevel
-  res = studies.resolve(_tiny_config(policies=("tp_lb_prefetch", "tuned")))
+  # A headline resident_fraction the fit leaves (the tiny model runs fastest
+  # with every expert resident), so that the tuned row's value tells them apart.
+  res = studies.resolve(_tiny_config(policies=("tp_lb_prefetch", "tuned"),
+                                     resident_fraction=0.25))
   fits, events = {}, []
   rows = studies.run_cells(res, tmp_path, tuned_fits=fits, progress=events.append)
   key = ("exp-tiny-moe", "mixtral_8x7b", N)
@@ -477,12 +526,16 @@ def test_tuned_policy_fits_on_training_set_and_evaluates_at_its_knobs(tmp_path):
                       policies.PolicyParams(**k), profile_counts=wl.profile_counts)
   np.testing.assert_allclose(row["e2e_latency_s_per_group"], np.asarray(r.e2e_s),
                              rtol=1e-6)
-  # The row says which knobs it ran at: the fitted budget, not the headline one.
-  assert row["param_resident_fraction"] == pytest.approx(k["resident_fraction"])
+  # The row says which knobs it ran at: the fitted resident_fraction, not the
+  # headline one (issue 11 item 4), under the one name (no param_ copy).
+  assert res.config.resident_fraction == 0.25 and k["resident_fraction"] != 0.25
+  assert row["resident_fraction"] == pytest.approx(k["resident_fraction"])
+  assert "param_resident_fraction" not in row
   assert row["param_gpu_bias"] == pytest.approx(k["gpu_bias"])
   assert row["param_ndp_bias"] == pytest.approx(k["ndp_bias"])
-  assert {r["policy"]: r for r in rows}["tp_lb_prefetch"]["param_resident_fraction"] == (
-      row["prefetch_budget"])
+  assert {r["policy"]: r for r in rows}["tp_lb_prefetch"]["resident_fraction"] == 0.25
+  # The row is still found as its cell's (the summaries select it).
+  assert studies.select(rows, res.cells["headline"]) == rows
 
   # results.json lists the fit per model; the report prints it.
   doc = experiment.build_document(res, rows, None, fits)

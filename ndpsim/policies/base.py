@@ -302,8 +302,8 @@ def budget_slots(ctx: Context, params: PolicyParams):
   """The prefetch budget in experts per layer (traced float, whole):
   ``floor(resident_fraction x ctx.capacity)``, with 1e-6 slack so that a
   fraction meant to give a whole count (e.g. 0.25 x 8) is not floored below it
-  by rounding.  The one place the budget chain (``--headline_budget`` /
-  ``--prefetch_budgets`` -> ``resident_fraction`` -> experts) is floored."""
+  by rounding.  The one place the budget chain (``--resident_fraction`` /
+  ``--resident_fractions`` -> ``resident_fraction`` -> experts) is floored."""
   return jnp.floor(params.resident_fraction * ctx.capacity + 1e-6)
 
 
