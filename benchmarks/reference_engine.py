@@ -43,10 +43,12 @@ from typing import Any
 
 import numpy as np
 
-ALIASES = {"tuned": "tp_lb_prefetch"}
+# ``scored`` at its default weights only (then it is tp_lb_prefetch bit for bit).
+ALIASES = {"tuned": "tp_lb_prefetch", "scored": "tp_lb_prefetch"}
 # The policies this reference implements (tests/test_reference.py checks each).
 POLICIES = ("gpu_offload", "ndp_ep", "monde", "monde_eq6", "dynande", "monde_resident",
-            "ndp_tp", "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "tuned", "oracle")
+            "ndp_tp", "tp_lb", "tp_lb_prefetch", "tp_lb_adaptive", "tuned", "oracle",
+            "scored")
 # float32 like the engine; NDPSIM_REF_FLOAT64=1 evaluates everything in float64
 # instead (to measure the float32 clock error of the engine itself).
 F = np.float64 if os.environ.get("NDPSIM_REF_FLOAT64") else np.float32
