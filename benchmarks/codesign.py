@@ -72,6 +72,17 @@ def _floats(s, name):
   return v
 
 
+def _choices(text):
+  out = []
+  for c in text.split(","):
+    preset, _, n = c.strip().partition(":")
+    if not n.isdigit():
+      raise ConfigError(f"--choices entry {c!r}; write system_preset:num_ndp_units, e.g. "
+                        "paper_rtx5080_ndp_dimm:4")
+    out.append((preset, int(n)))
+  return out
+
+
 def _grid_axes(bounds):
   return {"macs_per_cycle": np.geomspace(*bounds[0], 4),
           "link_bandwidth_gbps": np.geomspace(*bounds[1], 6),
@@ -89,6 +100,46 @@ def _uniform_best(res, k):
   return float(np.min(np.where(ok, e, np.inf)))
 
 
+def _grid_check(a, name, choice, system, model, r, cp, m, res, budgets, fracs, checks, log):
+  """The grid of equal cost at the --check budgets: (check rows, path record)."""
+  pts = C.grid_points(system, _grid_axes(C.Space().bounds(system[1])))
+  t1 = time.time()
+  e = C.hard_latency(system, model, r, pts)
+  log(f"  grid: {len(pts)} hard points in {time.time() - t1:.0f} s")
+  checked = []
+  for f in checks:
+    k = fracs.index(f)
+    i, best = C.grid_best(cp, m, pts, e, budgets[k], a.kind)
+    gap = float(res.e2e_s[k] / best - 1.0) if i >= 0 else float("nan")
+    checked.append({"choice": choice, "budget": float(budgets[k]),
+                    "codesign_e2e_s": float(res.e2e_s[k]), "grid_best_e2e_s": best,
+                    "grid_points": int(len(pts)),
+                    "grid_best_point": dict(zip(C.NAMES, map(float, pts[i]))) if i >= 0 else None,
+                    "grid_best_spend": float(C.spend(cp, m, pts[i], a.kind)) if i >= 0 else None,
+                    "codesign_vs_grid": gap, "within_1pct": bool(gap <= 0.01),
+                    "projection": res.history["best_projection"][k],
+                    "uniform_only_e2e_s": _uniform_best(res, k),
+                    "codesign_evaluations": int(res.evaluations)})
+    log(f"  check at {budgets[k]:.0f}: co-design {res.e2e_s[k]:.5g} s "
+        f"({res.history['best_projection'][k]}; uniform projection alone "
+        f"{_uniform_best(res, k):.5g} s) vs grid best {best:.5g} s ({gap:+.2%})")
+  return checked, {"points": res.history["points"], "grid_points": pts.tolist(),
+                   "grid_e2e_s": e.tolist()}
+
+
+def _rows(choice, cp, m, res, budgets, x0, e0, kind):
+  out = [{"choice": choice, "budget": float(b), "feasible": bool(res.feasible[k]),
+          "spend": float(res.spend[k]), "e2e_s": float(res.e2e_s[k]),
+          "projection": res.history["best_projection"][k],
+          "uniform_only_e2e_s": _uniform_best(res, k),
+          "point": dict(zip(C.NAMES, map(float, res.points[k]))),
+          "breakdown": {kk: float(v) for kk, v in C.breakdown(cp, m, res.points[k]).items()}}
+         for k, b in enumerate(budgets)]
+  return out + [{"choice": choice, "preset_point": True,
+                 "spend": float(C.spend(cp, m, x0, kind)), "e2e_s": e0,
+                 "point": dict(zip(C.NAMES, map(float, x0)))}]
+
+
 def run_model(a, name, choices, fracs, checks, log):
   model = M.get_model(name)
   spec = R.RoutingSpec(num_seqs=a.num_seqs, prompt_len=a.prompt_len,
@@ -98,7 +149,7 @@ def run_model(a, name, choices, fracs, checks, log):
       jax.random.PRNGKey(a.seed), spec, R.preset(a.routing, model.num_experts, model.top_k)))
   cfg = C.CodesignConfig(steps=a.steps, kind=a.kind)
   ctx = a.prompt_len + a.output_len
-  rows, checked = [], []
+  rows, checked, path = [], [], None
   for ci, (preset, n) in enumerate(choices):
     s = system_mod.load_system(preset, num_ndp_units=n)
     system = (s.spec, s.params)
@@ -122,43 +173,14 @@ def run_model(a, name, choices, fracs, checks, log):
     log(f"  done in {time.time() - t0:.0f} s; hard e2e " +
         ", ".join(f"{v:.4g}" for v in res.e2e_s) + f" s; the preset itself {e0:.4g} s at "
         f"{float(C.spend(cp, m, x0, a.kind)):.0f}")
-    for k, b in enumerate(budgets):
-      rows.append({"choice": f"{preset}:{n}", "budget": float(b), "feasible": bool(res.feasible[k]),
-                   "spend": float(res.spend[k]), "e2e_s": float(res.e2e_s[k]),
-                   "projection": res.history["best_projection"][k],
-                   "uniform_only_e2e_s": _uniform_best(res, k),
-                   "point": dict(zip(C.NAMES, map(float, res.points[k]))),
-                   "breakdown": {kk: float(v) for kk, v in C.breakdown(cp, m, res.points[k]).items()}})
-    rows.append({"choice": f"{preset}:{n}", "preset_point": True,
-                 "spend": float(C.spend(cp, m, x0, a.kind)), "e2e_s": e0,
-                 "point": dict(zip(C.NAMES, map(float, x0)))})
+    rows += _rows(f"{preset}:{n}", cp, m, res, budgets, x0, e0, a.kind)
     if ci == 0 and checks:
-      pts = C.grid_points(system, _grid_axes(C.Space().bounds(system[1])))
-      t1 = time.time()
-      e = C.hard_latency(system, model, r, pts)
-      log(f"  grid: {len(pts)} hard points in {time.time() - t1:.0f} s")
-      for f in checks:
-        k = fracs.index(f)
-        i, best = C.grid_best(cp, m, pts, e, budgets[k], a.kind)
-        gap = float(res.e2e_s[k] / best - 1.0) if i >= 0 else float("nan")
-        checked.append({"choice": f"{preset}:{n}", "budget": float(budgets[k]),
-                        "codesign_e2e_s": float(res.e2e_s[k]), "grid_best_e2e_s": best,
-                        "grid_points": int(len(pts)),
-                        "grid_best_point": dict(zip(C.NAMES, map(float, pts[i]))) if i >= 0 else None,
-                        "grid_best_spend": float(C.spend(cp, m, pts[i], a.kind)) if i >= 0 else None,
-                        "codesign_vs_grid": gap, "within_1pct": bool(gap <= 0.01),
-                        "projection": res.history["best_projection"][k],
-                        "uniform_only_e2e_s": _uniform_best(res, k),
-                        "codesign_evaluations": int(res.evaluations)})
-        log(f"  check at {budgets[k]:.0f}: co-design {res.e2e_s[k]:.5g} s "
-            f"({res.history['best_projection'][k]}; uniform projection alone "
-            f"{_uniform_best(res, k):.5g} s) vs grid best {best:.5g} s ({gap:+.2%})")
-      checked_hist = {"points": res.history["points"], "grid_points": pts.tolist(),
-                      "grid_e2e_s": e.tolist()}
+      checked, path = _grid_check(a, name, f"{preset}:{n}", system, model, r, cp, m, res,
+                                  budgets, fracs, checks, log)
   pts_ = [rw for rw in rows if rw.get("feasible", True) and not rw.get("preset_point")]
   front = C.pareto([rw["spend"] for rw in pts_], [rw["e2e_s"] for rw in pts_])
   return {"model": name, "rows": rows, "pareto": [pts_[i] for i in front], "checks": checked,
-          "path": checked_hist if checks else None}
+          "path": path}
 
 
 def plot(doc, path):
@@ -196,6 +218,29 @@ def plot(doc, path):
   fig.savefig(path, dpi=110)
 
 
+def print_tables(doc):
+  """The Pareto-front and grid-check tables of a result document (Markdown)."""
+  print("| model | choice | budget | spend | hard e2e s | MACs | link GB/s | DRAM rate | "
+        "resident fraction | gpu_bias | ndp_bias | projection |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for mres in doc["models"]:
+    for rw in mres["pareto"]:
+      p = rw["point"]
+      print(f"| {mres['model']} | {rw['choice']} | {rw['budget']:.0f} | {rw['spend']:.0f} | "
+            f"{rw['e2e_s']:.4g} | {p['macs_per_cycle']:.0f} | {p['link_bandwidth_gbps']:.1f} | "
+            f"{p['dram_rate']:.3f} | {p['resident_fraction']:.2f} | {p['gpu_bias']:.2f} | "
+            f"{p['ndp_bias']:.2f} | {rw['projection']} |")
+  print()
+  print("| model | choice | budget | co-design e2e s (projection) | uniform projection "
+        "only e2e s | grid best e2e s (points) | co-design vs grid |")
+  print("|---|---|---|---|---|---|---|")
+  for mres in doc["models"]:
+    for c in mres["checks"]:
+      print(f"| {mres['model']} | {c['choice']} | {c['budget']:.0f} | "
+            f"{c['codesign_e2e_s']:.5g} ({c['projection']}) | {c['uniform_only_e2e_s']:.5g} | "
+            f"{c['grid_best_e2e_s']:.5g} ({c['grid_points']}) | {c['codesign_vs_grid']:+.2%} |")
+
+
 def main(argv=None) -> int:
   a = _parser().parse_args(argv)
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -206,13 +251,7 @@ def main(argv=None) -> int:
       if f not in fracs:
         raise ConfigError(f"--check {f} is not one of --budget_fractions {fracs}; write a "
                           "subset")
-    choices = []
-    for c in a.choices.split(","):
-      preset, _, n = c.strip().partition(":")
-      if not n.isdigit():
-        raise ConfigError(f"--choices entry {c!r}; write system_preset:num_ndp_units, e.g. "
-                          "paper_rtx5080_ndp_dimm:4")
-      choices.append((preset, int(n)))
+    choices = _choices(a.choices)
   except ConfigError as e:
     print(f"codesign: {e}", file=sys.stderr)
     return 2
@@ -236,25 +275,7 @@ def main(argv=None) -> int:
     doc["wall_s"] = time.time() - t0
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
   plot(doc, out.with_suffix(".png"))
-  print("| model | choice | budget | spend | hard e2e s | MACs | link GB/s | DRAM rate | "
-        "resident fraction | gpu_bias | ndp_bias | projection |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for mres in doc["models"]:
-    for rw in mres["pareto"]:
-      p = rw["point"]
-      print(f"| {mres['model']} | {rw['choice']} | {rw['budget']:.0f} | {rw['spend']:.0f} | "
-            f"{rw['e2e_s']:.4g} | {p['macs_per_cycle']:.0f} | {p['link_bandwidth_gbps']:.1f} | "
-            f"{p['dram_rate']:.3f} | {p['resident_fraction']:.2f} | {p['gpu_bias']:.2f} | "
-            f"{p['ndp_bias']:.2f} | {rw['projection']} |")
-  print()
-  print("| model | choice | budget | co-design e2e s (projection) | uniform projection "
-        "only e2e s | grid best e2e s (points) | co-design vs grid |")
-  print("|---|---|---|---|---|---|---|")
-  for mres in doc["models"]:
-    for c in mres["checks"]:
-      print(f"| {mres['model']} | {c['choice']} | {c['budget']:.0f} | "
-            f"{c['codesign_e2e_s']:.5g} ({c['projection']}) | {c['uniform_only_e2e_s']:.5g} | "
-            f"{c['grid_best_e2e_s']:.5g} ({c['grid_points']}) | {c['codesign_vs_grid']:+.2%} |")
+  print_tables(doc)
   log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} in "
       f"{time.time() - t0:.0f} s")
   return 0

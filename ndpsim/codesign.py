@@ -26,7 +26,9 @@ Parameterisation: ``x = to_point(sigmoid(z))`` (log-uniform between the
 bounds of :class:`Space`, ``resident_fraction`` linear); Adam moves ``z``.
 The budget is a differentiable **penalty** during descent: ``loss = relaxed
 e2e / e2e_0 + mu relu(spend / budget - 1) ** 2`` with ``mu`` raised
-geometrically.  The iterates every ``candidates_every`` steps are then
+geometrically; one descent per budget and start (``CodesignConfig.starts``:
+the costed coordinates at 0.5, 0.15 and 0.85 of their ranges), all in one
+vmapped call per step.  The iterates every ``candidates_every`` steps are then
 **projected** exactly onto the budget by every method of
 ``CodesignConfig.projections`` (``ndpsim.codesign_project``: uniform,
 cost-weighted, greedy by latency lost per dollar using the relaxed engine's
@@ -149,7 +151,12 @@ class CodesignConfig:
   candidates_every: take the iterate as a candidate every this many steps
   (and the start and the last).  kind: the budgeted quantity, cost_usd or
   power_w.  projections: the projections every candidate is scored under
-  (names of :data:`PROJECTIONS`)."""
+  (names of :data:`PROJECTIONS`).  starts: normalised values of the four
+  costed coordinates at which descents start (biases at 1), one descent per
+  start and budget, all in the same vmapped call: latency is not convex in
+  the hardware (the resident fraction's effect in particular is a staircase
+  of whole experts), so one start can settle where another start's basin is
+  faster."""
   steps: int = 24
   lr: tuple = (0.6, 0.6, 0.6, 0.6, 0.05, 0.05)
   mu: tuple = (3.0, 300.0)
@@ -158,6 +165,7 @@ class CodesignConfig:
   candidates_every: int = 3
   kind: str = "cost_usd"
   projections: tuple = PROJECTIONS
+  starts: tuple = (0.5, 0.15, 0.85)
 
   def check(self):
     if self.kind not in BUDGET_KINDS:
@@ -168,6 +176,9 @@ class CodesignConfig:
     if len(self.lr) != 6:
       raise ConfigError(f"CodesignConfig.lr has {len(self.lr)} entries; write 6, one "
                         f"per coordinate of {list(NAMES)}")
+    if not self.starts or any(not 0 < v < 1 for v in self.starts):
+      raise ConfigError(f"CodesignConfig.starts is {self.starts!r}; write a non-empty "
+                        "tuple of values strictly between 0 and 1")
     bad = [p for p in self.projections if p not in PROJECTIONS]
     if bad or not self.projections:
       raise ConfigError(f"CodesignConfig.projections is {self.projections!r}; write a "
@@ -180,7 +191,7 @@ class CodesignResult(NamedTuple):
   feasible: np.ndarray     # [K] bool: the budget admits a point of this choice
   spend: np.ndarray        # [K] cost (or power) at the point, <= budget
   e2e_s: np.ndarray        # [K] hard mean e2e at the point
-  evaluations: int         # relaxed vmapped calls x K + distinct hard points scored
+  evaluations: int         # relaxed evaluations (steps + 1) x K x S + distinct hard points
   history: dict            # per step: points [K, 6], relaxed e2e, spend; candidates
 
 
@@ -210,27 +221,30 @@ def _step_values(ss, sp0, model, pre, dec, cp, m_arr, bounds, z, budgets, mu, te
   return lat, g_lat, pen, g_pen
 
 
-def _start_z(start, bounds, K):
-  if start is None:
-    s0 = np.full(6, 0.5)
-  else:
-    s0 = np.clip(to_unit(np.asarray(start, np.float64), bounds), 1e-3, 1 - 1e-3)
-  return jnp.asarray(np.tile(np.log(s0 / (1 - s0)), (K, 1)), jnp.float32)
+def _start_s(start, bounds, starts) -> np.ndarray:
+  """Normalised start points [S, 6]: ``start`` (x [6]) alone, or one per
+  value of ``starts`` (costed coordinates at it, biases at 1)."""
+  if start is not None:
+    return np.clip(to_unit(np.asarray(start, np.float64)[None], bounds), 1e-3, 1 - 1e-3)
+  bias = to_unit(np.ones((1, 6)), bounds)[0, 4:]
+  return np.array([[v, v, v, v, *bias] for v in starts], np.float64)
 
 
 def _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size, start,
              progress):
-  """The penalised Adam descent; returns (candidates: list over steps of
-  (x [K, 6], d lat / d s [K, 6])), history)."""
+  """The penalised Adam descents, one per budget and start (row k S + j:
+  budget k, start j); returns (candidates x [K, S C, 6], d lat / d s at
+  them [K, S C, 6], history)."""
   ss, sp0 = system
   pre, dec = _ids(routing)
   args = (ss, sp0, model, pre, dec,
           jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), cost),
           jnp.asarray(np.array(m, np.float64), jnp.float32), jnp.asarray(bounds, jnp.float32))
-  bud = jnp.asarray(budgets, jnp.float32)
   temps, ranks = _schedule(*c.temperature_s, c.steps), _schedule(*c.rank_temperature, c.steps)
   mus = _schedule(*c.mu, c.steps)
-  z = _start_z(start, bounds, len(budgets))
+  s0 = np.repeat(_start_s(start, bounds, c.starts)[None], len(budgets), 0).reshape(-1, 6)
+  z = jnp.asarray(np.log(s0 / (1 - s0)), jnp.float32)
+  bud = jnp.asarray(np.repeat(budgets, len(s0) // len(budgets)), jnp.float32)
   opt, lr = optax.adam(1.0), jnp.asarray(c.lr, jnp.float32)
   st = opt.init(z)
   hist, cands, e2e0 = {"points": [], "relaxed_e2e_s": [], "spend": []}, [], None
@@ -254,17 +268,19 @@ def _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size, st
                 "spend": sp_now})
     upd, st = opt.update(g_lat / e2e0 + g_pen, st, z)
     z = optax.apply_updates(z, lr * (1.0 - 0.75 * i / max(c.steps - 1, 1)) * upd)
-  return cands, hist
+  K = len(budgets)
+  xs = np.stack([x for x, _ in cands], 1).reshape(K, -1, 6)  # [K, S C, 6]
+  gs = np.stack([g for _, g in cands], 1).reshape(K, -1, 6)
+  return xs, gs, hist
 
 
-def _score(system, model, routing, cost, m, bounds, budgets, cands, c, batch_size, chunk):
-  """Projects every candidate by every method, scores the distinct points in
-  one hard call; returns (points [K, C, P, 6], feasible [K, C, P], e2e [K, C, P],
-  distinct points scored)."""
-  K, C, P = len(budgets), len(cands), len(c.projections)
-  xs = np.stack([x for x, _ in cands], 1).reshape(K * C, 6)
-  gs = np.stack([g for _, g in cands], 1).reshape(K * C, 6)
-  proj = project_all(cost, m, xs, np.repeat(budgets, C), bounds, c.kind, gs)
+def _score(system, model, routing, cost, m, bounds, budgets, xs, gs, c, batch_size, chunk):
+  """Projects every candidate xs [K, C, 6] (latency gradients gs [K, C, 6]) by
+  every method, scores the distinct points in one hard call; returns
+  (points [K, C, P, 6], feasible [K, C, P], e2e [K, C, P], distinct points)."""
+  K, C, P = xs.shape[0], xs.shape[1], len(c.projections)
+  proj = project_all(cost, m, xs.reshape(K * C, 6), np.repeat(budgets, C), bounds, c.kind,
+                     gs.reshape(K * C, 6))
   pts = np.stack([proj[p][0] for p in c.projections], 1).reshape(K, C, P, 6)
   ok = np.stack([proj[p][1] for p in c.projections], 1).reshape(K, C, P)
   uniq, inv = np.unique(pts.reshape(-1, 6).astype(np.float32), axis=0, return_inverse=True)
@@ -279,10 +295,10 @@ def codesign(system, model, routing, budgets, cost: CostParams,
   """Co-designs one discrete choice (``system``: its preset and unit count) at
   K budgets together; see the module docstring.
 
-  budgets: [K] in USD (kind cost_usd) or W (power_w).  start: x [6] to start
-  from (default: the middle of every log range, resident_fraction 0.5, biases
-  1).  progress: called per step with {"step", "steps", "relaxed_e2e_s" [K],
-  "spend" [K]}.  history["best_projection"] [K] names the projection of each
+  budgets: [K] in USD (kind cost_usd) or W (power_w).  start: x [6], the one
+  start of every descent (default: ``CodesignConfig.starts``, S starts per
+  budget).  progress: called per step with {"step", "steps", "relaxed_e2e_s"
+  [K S], "spend" [K S]} (row k S + j: budget k, start j).  history["best_projection"] [K] names the projection of each
   returned point.
   """
   c = config_
@@ -294,9 +310,9 @@ def codesign(system, model, routing, budgets, cost: CostParams,
   bounds = space.bounds(system[1])
   budgets = np.asarray(budgets, np.float64).reshape(-1)
   K = len(budgets)
-  cands, hist = _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size,
-                         start, progress)
-  pts, ok, lat, n_hard = _score(system, model, routing, cost, m, bounds, budgets, cands, c,
+  xs, gs, hist = _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size,
+                          start, progress)
+  pts, ok, lat, n_hard = _score(system, model, routing, cost, m, bounds, budgets, xs, gs, c,
                                 batch_size, chunk)
   flat_ok, flat_lat = ok.reshape(K, -1), lat.reshape(K, -1)
   best = np.argmin(np.where(flat_ok, flat_lat, np.inf), axis=1)
@@ -308,7 +324,7 @@ def codesign(system, model, routing, budgets, cost: CostParams,
   return CodesignResult(budgets=budgets, points=points, feasible=feasible,
                         spend=np.asarray(spend(cost, m, points, c.kind), np.float64),
                         e2e_s=np.where(feasible, flat_lat[np.arange(K), best], np.nan),
-                        evaluations=(c.steps + 1) * K + n_hard, history=hist)
+                        evaluations=len(hist["points"]) * len(hist["points"][0]) + n_hard, history=hist)
 
 
 # ---------------------------------------------------------------------------
