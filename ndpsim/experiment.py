@@ -29,10 +29,13 @@ import time
 
 from absl import app, flags, logging
 
+from ndpsim import experiment_flags
 from ndpsim.base import ConfigError
 from ndpsim.experiment_flags import FLAGS, config_from_flags  # noqa: F401
 from ndpsim.experiment_report import (format_tables, paper_comparison,  # noqa: F401
                                       requests_csv, rows_csv, rows_of, workload_text)
+
+flags.adopt_module_key_flags(experiment_flags)  # --help lists them as this binary's
 
 # ---------------------------------------------------------------------------
 # results.json and the plots.

@@ -360,6 +360,16 @@ def test_renamed_flags_are_refused_naming_the_new_one(old, new, tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+def test_binary_help_lists_the_flags_of_experiment_flags():
+  """The flags live in ndpsim.experiment_flags; --help still lists them."""
+  r = subprocess.run(_binary() + ["--help"], env=_env(), capture_output=True, text=True,
+                     timeout=900)  # hang guard
+  assert r.returncode == 0, r.stderr[-2000:]
+  for flag in ("--resident_fraction:", "--resident_fractions:", "--models:", "--set:",
+               "--headline_budget: renamed --resident_fraction"):
+    assert flag in r.stdout, flag
+
+
 def test_resident_fraction_and_set_keep_one_name_into_results_and_fingerprints(tmp_path):
   """``resident_fraction`` is the flag's, StudyConfig's, the cells', the rows',
   requests.csv's and the fingerprint's name; a ``--set`` value appears under its
