@@ -84,17 +84,8 @@ def timeline(system, model, routing, policy, policy_params=None, *, seq: int = 0
                       "(its layer ends come from Policy.layer_bound, not from lanes); "
                       "trace another policy")
   pre, dec = np.asarray(routing.prefill_ids), np.asarray(routing.decode_ids)
-  S = pre.shape[0]
-  if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or not 0 <= seq < S:
-    raise ConfigError(f"trace: seq is {seq!r}; write a sequence index in [0, {S})")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ConfigError(f"trace: batch_size is {batch_size!r}; write a positive integer")
-  g = seq // batch_size
+  g = _sequence_group(pre.shape[0], seq, batch_size)
   rows = slice(g * batch_size, (g + 1) * batch_size)
-  if rows.stop > S:
-    raise ConfigError(f"trace: sequence {seq} is in group {g} of batch_size {batch_size}, "
-                      f"but routing has {S} sequences; give num_seqs a multiple of "
-                      f"{batch_size}")
   one = R.Routing(pre[rows], None, dec[rows], None)
   res, rec = engine.simulate(system, model, one, pol, policy_params, batch_size=batch_size,
                              profile_counts=profile_counts, record=True)
@@ -114,16 +105,37 @@ def timeline(system, model, routing, policy, policy_params=None, *, seq: int = 0
     _decode_step_events(tracks, jax.tree_util.tree_map(lambda x, t=t: x[t], dec_rec),
                         t, float(res1.step_s[t]), info)
   events = _metadata(ss.num_ndp_units) + tracks.events()
-  scalars = {f: float(np.asarray(getattr(res1, f))) for f in (
-      "ttft_s", "e2e_s", "tpot_s", "gpu_busy_s", "link_to_gpu_busy_s",
-      "link_to_ndp_busy_s", "bytes_to_gpu", "bytes_to_ndp", "prefetched_bytes")}
-  scalars["ndp_unit_busy_s"] = [float(x) for x in np.asarray(res1.ndp_unit_busy_s)]
   other = dict(label=label, model=model.name, policy=pol.name, seq=int(seq),
                sequence_group=int(g), batch_size=batch_size, ndp_mode=pol.ndp_mode,
                num_ndp_units=ss.num_ndp_units, prompt_len=int(pre.shape[1]),
                output_len=int(dec.shape[1]), max_start_shift_us=tracks.max_shift_us,
-               result=scalars, time_unit="ts and dur in microseconds")
+               result=_result_scalars(res1), time_unit="ts and dur in microseconds")
   return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
+
+
+def _sequence_group(num_seqs: int, seq, batch_size) -> int:
+  """The index of ``seq``'s group of ``batch_size`` sequences among
+  ``num_seqs``; ConfigError naming the argument if either is out of range."""
+  if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or not 0 <= seq < num_seqs:
+    raise ConfigError(f"trace: seq is {seq!r}; write a sequence index in [0, {num_seqs})")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ConfigError(f"trace: batch_size is {batch_size!r}; write a positive integer")
+  g = seq // batch_size
+  if (g + 1) * batch_size > num_seqs:
+    raise ConfigError(f"trace: sequence {seq} is in group {g} of batch_size {batch_size}, "
+                      f"but routing has {num_seqs} sequences; give num_seqs a multiple of "
+                      f"{batch_size}")
+  return g
+
+
+def _result_scalars(res1) -> dict:
+  """One group's ``SimResult`` as JSON numbers (seconds, bytes; per-unit busy
+  times as a list)."""
+  scalars = {f: float(np.asarray(getattr(res1, f))) for f in (
+      "ttft_s", "e2e_s", "tpot_s", "gpu_busy_s", "link_to_gpu_busy_s",
+      "link_to_ndp_busy_s", "bytes_to_gpu", "bytes_to_ndp", "prefetched_bytes")}
+  scalars["ndp_unit_busy_s"] = [float(x) for x in np.asarray(res1.ndp_unit_busy_s)]
+  return scalars
 
 
 def write(path, trace: dict) -> pathlib.Path:
@@ -245,16 +257,22 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
   base = dict(layer=layer, phase=phase)
   if step is not None:
     base.update(step=step, token=info["prompt_len"] + step)
-  eb, act_tokens = info["expert_bytes"], info["tokens"][phase]
-  ids, valid, tok = r["slot_ids"], r["slot_valid"], r["slot_tokens"]
-  gpu_s, fetched, fetch_link = r["slot_gpu_s"], r["slot_fetched"], r["slot_fetch_s"]
   where = "prefill" if step is None else f"step {step}"
   tr.add(GPU_PID, GPU_LAYERS, f"{where} L{layer}", "layer", r["t0"], r["end"] - r["t0"],
-         **base, hits=int(np.sum(valid & r["slot_resident"])),
-         fetched=int(np.sum(fetched)), gpu_lane_end_s=r["gpu_end"],
+         **base, hits=int(np.sum(r["slot_valid"] & r["slot_resident"])),
+         fetched=int(np.sum(r["slot_fetched"])), gpu_lane_end_s=r["gpu_end"],
          ndp_lane_end_s=r["ndp_end"], return_end_s=r["ret_end"])
+  # When each demand-loaded expert's weights have arrived (float64 seconds, [slots]).
+  arrive = float(r["fetch_start"]) + np.cumsum(r["slot_fetch_s"].astype(np.float64))
+  _gpu_compute_events(tr, r, base, arrive)
+  _link_events(tr, r, base, arrive, info)
+  _ndp_events(tr, r, base, info)
 
-  # GPU: attention + router, shared experts, residents, fetched after their loads.
+
+def _gpu_compute_events(tr: _Tracks, r: dict, base: dict, arrive: np.ndarray) -> None:
+  """GPU compute track of one layer: attention + router, shared experts,
+  residents, each fetched expert after its load (``arrive``), the reduction."""
+  ids, tok, gpu_s, fetched = r["slot_ids"], r["slot_tokens"], r["slot_gpu_s"], r["slot_fetched"]
   tr.add(GPU_PID, GPU_COMPUTE, "attention+router", "attention", r["t0"], r["attn_s"], **base)
   tr.add(GPU_PID, GPU_COMPUTE, "shared experts", "shared_expert", r["tr"], r["shared_s"],
          **base)
@@ -264,7 +282,6 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
            **base, expert=ids[i], tokens=tok[i], gpu_share=r["slot_gfrac"][i],
            resident=bool(r["slot_resident"][i]), fetched=False)
     cur += float(gpu_s[i])
-  arrive = float(r["fetch_start"]) + np.cumsum(fetch_link.astype(np.float64))
   for i in np.flatnonzero(fetched):
     begin = max(cur, arrive[i])
     tr.add(GPU_PID, GPU_COMPUTE, f"expert {int(ids[i])}", "expert_gpu", begin, gpu_s[i],
@@ -274,14 +291,18 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
   tr.add(GPU_PID, GPU_COMPUTE, "reduction", "reduction", r["end"] - r["red"], r["red"],
          **base, partials=int(r["n_partials"]))
 
-  # Link to GPU: background loads before the router, demand loads, background
-  # loads in the idle window, partial-sum return.
-  f_s = info["fetch_s"]
+
+def _link_events(tr: _Tracks, r: dict, base: dict, arrive: np.ndarray, info: dict) -> None:
+  """Link tracks of one layer.  To GPU: background loads before the router,
+  demand loads (ending at ``arrive``), background loads in the idle window,
+  partial-sum return; to NDP: the activation broadcast."""
+  eb, f_s, act_tokens = info["expert_bytes"], info["fetch_s"], info["tokens"][base["phase"]]
+  ids, fetch_link = r["slot_ids"], r["slot_fetch_s"]
   tr.add(LINK_PID, LINK_TO_GPU, "prefetch", "prefetch", r["bg_pre_start"], r["bg_pre_s"],
          **base, expert_equivalents=float(r["bg_pre_s"]) / f_s,
          bytes=float(r["bg_pre_s"]) / f_s * eb)
   kept, kept_pf = r["slot_kept"], r["slot_kept_as_prefetch"]
-  for i in np.flatnonzero(fetched):
+  for i in np.flatnonzero(r["slot_fetched"]):
     note = " (kept: prefetch)" if kept_pf[i] else " (kept)" if kept[i] else ""
     tr.add(LINK_PID, LINK_TO_GPU, f"load expert {int(ids[i])}{note}", "demand_load",
            arrive[i] - float(fetch_link[i]), fetch_link[i], **base, expert=ids[i],
@@ -294,10 +315,14 @@ def _layer_events(tr: _Tracks, r: dict, layer: int, phase: str, step, info: dict
   tr.add(LINK_PID, LINK_TO_GPU, "partial sums", "return",
          max(float(r["ndp_end"]), float(r["fetch_end"])), r["ret"], **base,
          partials=n_part, bytes=n_part * act_tokens * info["act_bytes"])
-
-  # Link to NDP: activation broadcast; NDP units: their expert work.
   tr.add(LINK_PID, LINK_TO_NDP, "broadcast", "broadcast", r["bcast_start"], r["bcast"],
          **base, bytes=act_tokens * info["act_bytes"] if bool(r["w"]) else 0.0)
+
+
+def _ndp_events(tr: _Tracks, r: dict, base: dict, info: dict) -> None:
+  """NDP unit tracks of one layer: the units' expert work from the end of the
+  broadcast (one slice per expert under EP, one per unit per layer under TP)."""
+  eb, ids, tok = info["expert_bytes"], r["slot_ids"], r["slot_tokens"]
   ndp_s, unit = r["slot_ndp_s"], r["slot_unit"]
   start = float(r["bcast_start"]) + float(r["bcast"])
   if info["tp"]:  # every unit runs a 1/N slice of every NDP expert: one slice each
