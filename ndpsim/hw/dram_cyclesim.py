@@ -31,17 +31,22 @@ write-to-read turnarounds, per-bank refresh, power-down, ECC and command/
 address parity are not simulated.
 
 It is event driven: time jumps to the next instant at which some command can
-become legal, so ~64K requests take a few seconds.
+become legal, so ~64K requests take a few seconds.  This module holds the
+patterns and the split over channels; one channel's command-level state
+machine is ``ndpsim.hw.dram_channel`` (``simulate_channel``, re-exported).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 import numpy as np
 
 from ndpsim.base import ConfigError
+from ndpsim.hw.dram_channel import simulate_channel
 from ndpsim.hw.dram_spec import DramParams, DramSpec, row_span_transactions
+
+__all__ = ["PATTERNS", "SimResult", "check_sizes", "decode", "pattern_coordinates",
+           "simulate", "simulate_channel"]
 
 PATTERNS = ("stream", "banks", "onebank", "strided", "random")
 
@@ -160,230 +165,6 @@ class SimResult:
   @property
   def row_hit_rate(self) -> float:
     return 1.0 - self.row_misses / max(self.transactions, 1)
-
-
-def _timings(spec: DramSpec, p: DramParams) -> dict[str, float]:
-  t = {f.name: float(getattr(p, f.name)) for f in dataclasses.fields(p)}
-  t["tb"] = float(spec.burst_cycles)
-  return t
-
-
-def simulate_channel(spec: DramSpec, params: DramParams, rank: np.ndarray,
-                     bg: np.ndarray, ba: np.ndarray, row: np.ndarray,
-                     transaction_queue_depth: int | None = None,
-                     bank_queue_depth: int | None = None,
-                     refresh: bool = True) -> tuple[float, int, int, int]:
-  """Simulates one channel's request stream (arrays in issue order).
-
-  Returns (cycles until the last data beat, activations, refreshes, row
-  misses = reads that were the first read after their row's ACT).
-  """
-  t = _timings(spec, params)
-  cl, trcd, trp, tras = t["cl_cycles"], t["t_rcd_cycles"], t["t_rp_cycles"], t["t_ras_cycles"]
-  tb = t["tb"]
-  gs = max(t["t_ccd_s_cycles"], tb)
-  gl = max(t["t_ccd_l_cycles"], tb)
-  grank = tb + t["t_rtrs_cycles"]  # DRAMsim3 timing.cc read_to_read_o
-  trrds, trrdl, tfaw = t["t_rrd_s_cycles"], t["t_rrd_l_cycles"], t["t_faw_cycles"]
-  trtp, trfc, trefi = t["t_rtp_cycles"], t["t_rfc_cycles"], t["t_refi_cycles"]
-  tqd = spec.transaction_queue_depth if transaction_queue_depth is None else transaction_queue_depth
-  bqd = spec.bank_queue_depth if bank_queue_depth is None else bank_queue_depth
-  nbg, nba, nra = spec.bank_groups, spec.banks_per_group, spec.ranks
-  nbank = nra * nbg * nba
-  bank_of = ((rank * nbg + bg) * nba + ba).astype(np.int64).tolist()
-  rows = row.astype(np.int64).tolist()
-  n = len(bank_of)
-  b_rank = [b // (nbg * nba) for b in range(nbank)]
-  b_rg = [b // nba for b in range(nbank)]  # (rank, bg) index
-
-  open_row = [-1] * nbank
-  act_ok = [0.0] * nbank
-  rd_ok = [0.0] * nbank
-  pre_ok = [0.0] * nbank
-  bq = [collections.deque() for _ in range(nbank)]
-  tq: list[int] = []
-  nonempty: set[int] = set()
-  neg = -1e30
-  rd_last_rg = [neg] * (nra * nbg)
-  rd_last_rank = [neg] * nra
-  rd_last_any, rd_last_any_rank = neg, -1
-  act_last_rg = [neg] * (nra * nbg)
-  act_last_rank = [neg] * nra
-  faw = [collections.deque([neg] * 4, maxlen=4) for _ in range(nra)]
-  if spec.refresh_mode == "staggered":
-    ref_due = [(r + 0.5) * trefi / nra for r in range(nra)]
-  else:
-    ref_due = [0.5 * trefi] * nra
-  if not refresh:
-    ref_due = [float("inf")] * nra
-  ref_pending = [False] * nra
-  nxt = 0
-  now = 0.0
-  done = 0
-  last_data = 0.0
-  acts = refs = misses = 0
-  fresh = [False] * nbank  # row opened and not yet read
-  # Command buses: HBM has separate row and column command interfaces (JESD235
-  # / JESD238; DRAMsim3 controller.cc issues a second command of the other kind
-  # in the same cycle when hbm_dual_cmd is on); other parts issue one command
-  # per clock.
-  dual = spec.dual_command_bus
-  row_free = col_free = 0.0
-
-  def admit():
-    nonlocal nxt
-    while nxt < n and len(tq) < tqd:
-      b = bank_of[nxt]
-      if len(bq[b]) < bqd and not any(bank_of[j] == b for j in tq):
-        bq[b].append(nxt)
-        nonempty.add(b)
-      else:
-        tq.append(nxt)
-      nxt += 1
-
-  admit()
-  while done < n:
-    best_rd = None  # (age, bank, req)
-    best_other = None  # (age, kind, bank)
-    wake = float("inf")
-    for r in range(nra):
-      if not ref_pending[r] and now >= ref_due[r]:
-        ref_pending[r] = True
-      if ref_pending[r]:
-        lo = r * nbg * nba
-        all_closed = True
-        ready_at = 0.0
-        for b in range(lo, lo + nbg * nba):
-          if open_row[b] >= 0:
-            all_closed = False
-            if pre_ok[b] <= now and best_other is None:
-              best_other = (-1, "PRE", b)
-            wake = min(wake, pre_ok[b])
-          ready_at = max(ready_at, act_ok[b])
-        if all_closed:
-          if ready_at <= now:
-            if best_other is None or best_other[1] != "PRE":
-              best_other = (-2, "REF", r)
-          else:
-            wake = min(wake, ready_at)
-      else:
-        wake = min(wake, ref_due[r])
-    if best_other is None or best_other[1] not in ("REF",):
-      for b in nonempty:
-        r = b_rank[b]
-        if ref_pending[r]:
-          continue
-        q = bq[b]
-        orow = open_row[b]
-        hit = -1
-        if orow >= 0:
-          for j in q:
-            if rows[j] == orow:
-              hit = j
-              break
-        if hit >= 0:
-          rg = b_rg[b]
-          tr = max(rd_ok[b], rd_last_rg[rg] + gl, rd_last_rank[r] + gs,
-                   rd_last_any + (gs if rd_last_any_rank == r else grank))
-          if tr <= now:
-            if best_rd is None or hit < best_rd[0]:
-              best_rd = (hit, b)
-          else:
-            wake = min(wake, tr)
-        else:
-          age = q[0]
-          if orow >= 0:
-            tr = pre_ok[b]
-            kind = "PRE"
-          else:
-            rg = b_rg[b]
-            # tRRD_L within a bank group, tRRD_S and the rolling tFAW window
-            # per rank (JESD79-4; DRAMsim3 channel_state.cc four_aw_[rank]);
-            # HBM presets have one rank per pseudo-channel with the SIDs as
-            # bank groups (JESD238; Ramulator 2 HBM3.cpp pseudochannel level).
-            tr = max(act_ok[b], act_last_rg[rg] + trrdl, act_last_rank[r] + trrds,
-                     faw[r][0] + tfaw)
-            kind = "ACT"
-          if tr <= now:
-            if best_other is None or (best_other[0] >= 0 and age < best_other[0]):
-              best_other = (age, kind, b)
-          else:
-            wake = min(wake, tr)
-    if now < min(row_free, col_free):
-      now = min(row_free, col_free)
-      continue
-    row_ok, col_ok = row_free <= now, col_free <= now
-    if best_other is not None and best_other[0] < 0 and row_ok:
-      _, kind, x = best_other
-      if kind == "REF":
-        r = x
-        lo = r * nbg * nba
-        for b in range(lo, lo + nbg * nba):
-          act_ok[b] = now + trfc
-        ref_pending[r] = False
-        ref_due[r] += trefi
-        refs += 1
-      else:
-        open_row[x] = -1
-        act_ok[x] = now + trp
-      row_free = now + 1
-      col_free = col_free if dual else row_free
-      now += 1 if min(row_free, col_free) > now else 0
-      continue
-    if best_rd is not None and col_ok:
-      j, b = best_rd
-      r = b_rank[b]
-      rg = b_rg[b]
-      rd_last_rg[rg] = now
-      rd_last_rank[r] = now
-      rd_last_any, rd_last_any_rank = now, r
-      pre_ok[b] = max(pre_ok[b], now + trtp)
-      if fresh[b]:
-        misses += 1
-        fresh[b] = False
-      last_data = max(last_data, now + cl + tb)
-      bq[b].remove(j)
-      done += 1
-      # refill this bank's queue from the transaction queue (first fit)
-      for i, k in enumerate(tq):
-        if bank_of[k] == b:
-          bq[b].append(tq.pop(i))
-          break
-      if not bq[b]:
-        nonempty.discard(b)
-      admit()
-      col_free = now + 1
-      row_free = row_free if dual else col_free
-      now += 1 if min(row_free, col_free) > now else 0
-      continue
-    if best_other is not None and row_ok:
-      _, kind, b = best_other
-      if kind == "PRE":
-        open_row[b] = -1
-        act_ok[b] = max(act_ok[b], now + trp)
-      else:
-        r = b_rank[b]
-        rg = b_rg[b]
-        open_row[b] = rows[bq[b][0]]
-        fresh[b] = True
-        rd_ok[b] = now + trcd
-        pre_ok[b] = now + tras
-        act_last_rg[rg] = now
-        act_last_rank[r] = now
-        faw[r].append(now)
-        acts += 1
-      row_free = now + 1
-      col_free = col_free if dual else row_free
-      now += 1 if min(row_free, col_free) > now else 0
-      continue
-    if best_rd is not None:  # ready, but the column bus is taken this clock
-      wake = min(wake, col_free)
-    if best_other is not None:  # ready, but the row bus is taken this clock
-      wake = min(wake, row_free)
-    if wake == float("inf"):
-      raise RuntimeError("dram_cyclesim: deadlock (no command can ever issue)")
-    now = max(now + 1, wake) if wake <= now else wake
-  return last_data, acts, refs, misses
 
 
 def simulate(spec: DramSpec, params: DramParams, pattern: str, region_bytes: int,
