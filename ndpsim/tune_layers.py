@@ -267,29 +267,59 @@ def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
   L = M.num_moe_layers(model)
   ref = vector(L) if reference is None else np.asarray(reference, np.float32)
   split(ref, L)
-  t_w = float(costs.fetch_s(ss, sp, model, "tp"))
+  temps, ranks = _schedules(c, float(costs.fetch_s(ss, sp, model, "tp")))
+  us = jnp.asarray(_starts(L, ref if start is None else
+                          np.asarray(start, np.float32), c))
+  pre, dec = _ids(routing)
+  hist = {"relaxed_e2e_s": [], "temperature_s": temps, "rank_temperature": ranks,
+          "starts": np.asarray(knobs_of(us, L)).tolist()}
+  iterates, hist["relaxed_e2e_s"] = _descend(
+      (ss, sp, model, pre, dec, batch_size, eparams), us, temps, ranks, c, progress)
+  pts = np.stack([ref] + iterates).astype(np.float32)
+  if c.objective == "latency":
+    scores = hard_batch(system, model, routing, pts, batch_size=batch_size)
+  else:
+    scores = np.asarray(_hard_objective(ss, sp, model, pre, dec, jnp.asarray(pts),
+                                        batch_size, c.objective, eparams), np.float64)
+  evals = c.steps * c.restarts + len(pts)
+  hist["hard_e2e_s"] = scores.tolist()
+  hist["hard_points"] = pts.tolist()
+  best, improved = choose(scores)
+  return FitResult(vector=pts[best], params=params_of(jnp.asarray(pts[best]), L),
+                   train_e2e_s=float(scores[best]), heuristic_train_e2e_s=float(scores[0]),
+                   heuristic_optimal=not improved, evaluations=evals, history=hist)
+
+
+def _schedules(c: LayerTuneConfig, t_w: float) -> tuple[list[float], list[float]]:
+  """Per-step time temperatures (s; ``c.temperature_rel`` times the expert
+  load time ``t_w``) and rank temperatures, each annealed geometrically from
+  its start to its end over ``c.steps`` steps."""
   n = max(c.steps - 1, 1)
   geo = lambda a, b, i: a * (b / a) ** (i / n)  # noqa: E731
   temps = [t_w * geo(*c.temperature_rel, i) for i in range(c.steps)]
   ranks = [geo(*c.rank_temperature, i) for i in range(c.steps)]
-  sizes = (1, L, L, L)
-  lr = jnp.asarray(np.repeat(np.asarray(c.lr, np.float32), sizes))
-  us = jnp.asarray(_starts(L, ref if start is None else
-                          np.asarray(start, np.float32), c))
-  pre, dec = _ids(routing)
+  return temps, ranks
+
+
+def _descend(case: tuple, us, temps: list[float], ranks: list[float],
+             c: LayerTuneConfig, progress) -> tuple[list[np.ndarray], list[list[float]]]:
+  """Adam on the relaxed objective from the [restarts, 1 + 3L] unconstrained
+  starts ``us``; ``case`` = (spec, params, model, prefill ids, decode ids,
+  batch_size, eparams).  Returns the hard-scoring candidates (each restart's
+  knob vector every ``c.hard_every`` steps and at the end, [1 + 3L] each) and
+  the relaxed values per step ([steps][restarts], the objective's unit)."""
+  ss, sp, model, pre, dec, batch_size, eparams = case
+  L = (us.shape[-1] - 1) // 3
+  n = max(c.steps - 1, 1)
+  lr = jnp.asarray(np.repeat(np.asarray(c.lr, np.float32), (1, L, L, L)))
   opt = optax.adam(1.0)
   st = opt.init(us)
-  hist = {"relaxed_e2e_s": [], "temperature_s": temps, "rank_temperature": ranks,
-          "starts": np.asarray(knobs_of(us, L)).tolist()}
-  cands = [ref]
-  evals = 0
-  scale = None
+  cands, relaxed, scale = [], [], None
   for i in range(c.steps):
     vals, g = _relaxed_value_grad(ss, sp, model, pre, dec, us, jnp.float32(temps[i]),
                                   jnp.float32(ranks[i]), batch_size, c.objective, eparams)
-    evals += c.restarts
     vals = [float(x) for x in np.asarray(vals)]
-    hist["relaxed_e2e_s"].append(vals)
+    relaxed.append(vals)
     if progress is not None:
       progress({"step": i + 1, "steps": c.steps, "relaxed_e2e_s": vals})
     scale = scale or float(np.mean(vals))
@@ -298,19 +328,7 @@ def fit(system, model, routing, config: LayerTuneConfig = LayerTuneConfig(), *,
     upd, st = opt.update(g / scale, st, us)
     us = optax.apply_updates(us, lr * (1.0 - 0.75 * i / n) * upd)
   cands.extend(np.asarray(knobs_of(us, L)))
-  pts = np.stack(cands).astype(np.float32)
-  if c.objective == "latency":
-    scores = hard_batch(system, model, routing, pts, batch_size=batch_size)
-  else:
-    scores = np.asarray(_hard_objective(ss, sp, model, pre, dec, jnp.asarray(pts),
-                                        batch_size, c.objective, eparams), np.float64)
-  evals += len(pts)
-  hist["hard_e2e_s"] = scores.tolist()
-  hist["hard_points"] = pts.tolist()
-  best, improved = choose(scores)
-  return FitResult(vector=pts[best], params=params_of(jnp.asarray(pts[best]), L),
-                   train_e2e_s=float(scores[best]), heuristic_train_e2e_s=float(scores[0]),
-                   heuristic_optimal=not improved, evaluations=evals, history=hist)
+  return cands, relaxed
 
 
 def random_points(num_layers: int, n: int, *, seed: int = 0, reference=None,
