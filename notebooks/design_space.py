@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Design space: NDP units x link generation x DIMM data rate
+# # Design space: NDP units x link generation x DIMM data rate, and co-design
 #
 # One MoE model (Qwen3-30B-A3B, the paper's model) on the shipped platform
 # (`paper_rtx5080_ndp_dimm`: RTX 5080 + DDR5 NDP-DIMMs), a few short sequences so
@@ -12,6 +12,9 @@
 # 2. Which NDP compute budgets are Pareto-optimal in (latency, total NDP GFLOPS)?
 # 3. How fast does the gradient tuner (`ndpsim.tune.fit`) converge, next to a
 #    brute-force grid over the same knobs (`ndpsim.tune.grid`)?
+# 4. Under a cost budget, which hardware and policy knobs does the co-design
+#    (`ndpsim.codesign`) choose per DIMM type and unit count, and how does its
+#    path compare with a grid of equal cost?
 #
 # **How the sweep is vectorised.** Every timing, bandwidth and clock is a traced
 # leaf of `SystemParams`, so the (link x DIMM) grid is one stacked pytree and one
@@ -441,6 +444,169 @@ for i, n in ((i2, UNITS[0]), (i6, UNITS[-1])):
 #   it -- it does, in 26 evaluations against the grid's 275.  The knobs matter
 #   where the heuristic's start is off (the tuner tests use GPT-OSS 20B, whose
 #   default budget is about 7% off the optimum; `docs/tuning.md`).
+
+# %% [markdown]
+# ## Co-design under a cost budget
+#
+# `ndpsim.codesign` chooses hardware and the `tuned` policy's knobs together:
+# NDP MAC lanes per unit, link bandwidth, the DIMMs' data rate, the GPU memory
+# bought for resident experts (`resident_fraction`) and the balancer's biases,
+# minimising mean e2e latency under `cost_usd <= budget` (prices and their
+# sources: `hw_configs/cost/default.json`, `docs/codesign.md`; most are
+# assumed).  The discrete choices -- DIMM type (system preset) and unit count
+# -- fix array shapes, so they are a Python loop with **one jitted, vmapped
+# relaxed value-and-gradient call per choice and Adam step**, over the 3
+# budgets of that choice together (20, 50, 85 % of its cost range,
+# `codesign.spend_range`).  The iterates are projected exactly onto each budget
+# and scored by the hard engine in one vmapped call; every returned point meets
+# its budget.
+#
+# Workload, for time: the 2 training sequences cut to 32 prompt + 8 output
+# tokens (prefill-heavy); 12 Adam steps.  Compilation dominates: each choice
+# compiles the relaxed gradient and the hard scorer once.  The full run
+# compares two NDP-DIMMs of DDR5 with four of DDR4, at similar prices; the
+# headless test runs the first choice only (`DESIGN_SPACE_CHOICES`).
+#
+# Right panel: each budget's Adam iterates (one descent per start, the
+# costed coordinates at 0.5, 0.15 and 0.85 of their ranges: latency is not
+# convex in the hardware), hard-scored afterwards (one more
+# call of the same compiled program), as spend vs latency, beside a grid on the
+# first choice (4 MAC counts x 4 link bandwidths x 3 DRAM rates x 3 resident
+# fractions, biases 1: 144 hard points, `codesign.grid_points`) and the grid's
+# fastest point within each budget (`codesign.grid_best`).
+
+# %%
+from ndpsim import codesign as C  # noqa: E402
+
+CHOICES = tuple((c.split(":")[0], int(c.split(":")[1])) for c in os.environ.get(
+    "DESIGN_SPACE_CHOICES", "paper_rtx5080_ndp_dimm:2,paper_rtx5080_ddr4_ndp_dimm:4"
+).split(","))
+CD_PROMPT, CD_OUTPUT, FRACTIONS = 32, 8, (0.2, 0.5, 0.85)
+cd_routing = R.Routing(training.prefill_ids[:, :CD_PROMPT], None,
+                       training.decode_ids[:, :CD_OUTPUT], None)
+cd_cfg = C.CodesignConfig(steps=12)
+cd = {}
+t = time.perf_counter()
+for preset_name, n in CHOICES:
+  s = system_mod.load_system(preset_name, n)
+  system = (s.spec, s.params)
+  cp = C.load_cost(s.spec.gpu_name, s.spec.ndp_name, s.spec.link_name)
+  lo, hi = C.spend_range(system, model, CD_PROMPT + CD_OUTPUT, cp)
+  cd_budgets = np.array([lo + f * (hi - lo) for f in FRACTIONS])
+  res = C.codesign(system, model, cd_routing, cd_budgets, cp, cd_cfg)
+  x0 = C.point_of(system)  # the preset's own point (tp_lb_prefetch's knobs)
+  cd[f"{preset_name}:{n}"] = dict(
+      system=system, cp=cp, m=C.machine(system, model, CD_PROMPT + CD_OUTPUT), res=res,
+      preset_x=x0, preset_e2e_s=float(C.hard_latency(system, model, cd_routing, [x0])[0]))
+codesign_s = time.perf_counter() - t
+
+# The grid and the hard-scored path, on the first choice (same compiled hard program).
+name0 = next(iter(cd))
+c0 = cd[name0]
+b0 = C.Space().bounds(c0["system"][1])
+gpts = C.grid_points(c0["system"], {
+    "macs_per_cycle": np.geomspace(*b0[0], 4), "link_bandwidth_gbps": np.geomspace(*b0[1], 4),
+    "dram_rate": np.geomspace(*b0[2], 3), "resident_fraction": [0.0, 0.5, 1.0]})
+t = time.perf_counter()
+g_e2e = C.hard_latency(c0["system"], model, cd_routing, gpts)
+g_spend = np.asarray(C.spend(c0["cp"], c0["m"], gpts), np.float64)
+# Iterates per step: row k S + j = budget k, start j (S = len(cd_cfg.starts)).
+path_x = np.asarray(c0["res"].history["points"])  # [steps + 1, K S, 6]
+path_e2e = C.hard_latency(c0["system"], model, cd_routing,
+                          path_x.reshape(-1, 6)).reshape(path_x.shape[:2])
+path_spend = np.asarray(c0["res"].history["spend"])
+S = len(cd_cfg.starts)
+grid_s = time.perf_counter() - t
+
+print(f"{len(CHOICES)} choices x {len(FRACTIONS)} budgets, {cd_cfg.steps} steps: "
+      f"{codesign_s:.1f} s; grid ({len(gpts)} points) + path: {grid_s:.1f} s")
+print("| choice | budget $ | spend $ | e2e ms | MACs | link GB/s | DRAM rate | "
+      "resident | gpu_bias | ndp_bias |\n|---|---|---|---|---|---|---|---|---|---|")
+cd_rows = []
+for name, c in cd.items():
+  r = c["res"]
+  for k, bud in enumerate(r.budgets):
+    cd_rows.append({"choice": name, "budget": float(bud), "feasible": bool(r.feasible[k]),
+                 "spend": float(r.spend[k]), "e2e_s": float(r.e2e_s[k]),
+                 "point": dict(zip(C.NAMES, map(float, r.points[k])))})
+    p = r.points[k]
+    print(f"| {name} | {bud:.0f} | {r.spend[k]:.0f} | {1e3 * r.e2e_s[k]:.1f} | {p[0]:.0f} | "
+          f"{p[1]:.1f} | {p[2]:.3f} | {p[3]:.2f} | {p[4]:.2f} | {p[5]:.2f} |")
+  ps = float(C.spend(c["cp"], c["m"], c["preset_x"]))
+  c["preset_spend"] = ps
+  print(f"| {name} preset | - | {ps:.0f} | {1e3 * c['preset_e2e_s']:.1f} | "
+        + " | ".join(f"{v:.3g}" for v in c["preset_x"]) + " |")
+ok = [r for r in cd_rows if r["feasible"]]
+cd_front = [ok[i] for i in C.pareto([r["spend"] for r in ok], [r["e2e_s"] for r in ok])]
+cd_checks = []
+for k, bud in enumerate(c0["res"].budgets):
+  i, best = C.grid_best(c0["cp"], c0["m"], gpts, g_e2e, bud)
+  cd_checks.append({"budget": float(bud), "codesign_e2e_s": float(c0["res"].e2e_s[k]),
+                 "grid_best_e2e_s": best, "grid_best_spend": float(g_spend[i]) if i >= 0
+                 else None, "grid_best_point": dict(zip(C.NAMES, map(float, gpts[i])))
+                 if i >= 0 else None})
+  print(f"{name0} at ${bud:.0f}: co-design {1e3 * c0['res'].e2e_s[k]:.1f} ms, grid best "
+        f"{1e3 * best:.1f} ms ({c0['res'].e2e_s[k] / best - 1:+.1%}) of {len(gpts)} points")
+for name, c in cd.items():  # the fastest co-designed point costing no more than the preset
+  r = c["res"]
+  cheaper = r.feasible & (r.spend <= c["preset_spend"])
+  if cheaper.any():
+    k = int(np.argmin(np.where(cheaper, r.e2e_s, np.inf)))
+    print(f"{name}: co-design {1e3 * r.e2e_s[k]:.1f} ms at ${r.spend[k]:.0f}, the preset "
+          f"{1e3 * c['preset_e2e_s']:.1f} ms at ${c['preset_spend']:.0f} "
+          f"({c['preset_e2e_s'] / r.e2e_s[k]:.2f}x)")
+print("Pareto front: " + "; ".join(f"{r['choice']} ${r['spend']:.0f} {1e3 * r['e2e_s']:.1f} ms"
+                                   for r in cd_front))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+ax = axes[0]
+for j, (name, c) in enumerate(cd.items()):
+  r = c["res"]
+  ax.plot(r.spend[r.feasible], 1e3 * r.e2e_s[r.feasible], "o", color=f"C{j}",
+          label=f"co-design, {name}")
+  ax.plot([c["preset_spend"]], [1e3 * c["preset_e2e_s"]], "*", ms=13, color=f"C{j}",
+          markeredgecolor="k", label=f"preset, {name}")
+ax.step([r["spend"] for r in cd_front], [1e3 * r["e2e_s"] for r in cd_front], "k-",
+        where="post", lw=1, label="Pareto front")
+ax.set(xlabel="system cost, USD", ylabel="mean e2e latency (hard), ms",
+       title=f"{MODEL}, {len(cd_routing.prefill_ids)} seqs of {CD_PROMPT}+{CD_OUTPUT} tokens")
+ax.legend(fontsize=7)
+ax = axes[1]
+ax.scatter(g_spend, 1e3 * g_e2e, s=8, color="lightgrey", label=f"grid ({len(gpts)} points)")
+gf = C.pareto(g_spend, g_e2e)
+ax.step(g_spend[gf], 1e3 * g_e2e[gf], "-", where="post", color="grey", lw=0.8,
+        label="grid's Pareto front")
+for k, bud in enumerate(c0["res"].budgets):
+  col = f"C{k + 2}"
+  for j in range(S):  # one descent per start
+    ax.plot(path_spend[:, k * S + j], 1e3 * path_e2e[:, k * S + j], ".-", color=col, lw=0.8,
+            ms=3, label=f"Adam iterates, budget ${bud:.0f}" if j == 0 else None)
+    ax.plot(path_spend[0, k * S + j], 1e3 * path_e2e[0, k * S + j], "o", color=col, mfc="none")
+  ax.axvline(bud, color=col, ls=":", lw=0.8)
+  ax.plot([c0["res"].spend[k]], [1e3 * c0["res"].e2e_s[k]], "*", ms=13, color=col,
+          markeredgecolor="k")
+  if cd_checks[k]["grid_best_spend"] is not None:
+    ax.plot([cd_checks[k]["grid_best_spend"]], [1e3 * cd_checks[k]["grid_best_e2e_s"]], "x",
+            ms=9, color=col)
+ax.plot([], [], "ko", mfc="none", label="starts")
+ax.plot([], [], "k*", ms=9, label="projected and returned")
+ax.plot([], [], "kx", label="grid's best within the budget")
+ax.set(xlabel="system cost, USD", ylabel="mean e2e latency (hard), ms",
+       title=f"co-design path beside the grid, {name0}")
+ax.legend(fontsize=7)
+fig.tight_layout()
+save(fig, "codesign.png")
+values["codesign"] = {
+    "choices": list(cd), "prompt_len": CD_PROMPT, "output_len": CD_OUTPUT,
+    "steps": cd_cfg.steps, "rows": cd_rows, "front": cd_front,
+    "presets": {k: {"spend": c["preset_spend"], "e2e_s": c["preset_e2e_s"]}
+                for k, c in cd.items()},
+    "evaluations": {k: c["res"].evaluations for k, c in cd.items()},
+    "grid": {"choice": name0, "points": len(gpts), "checks": cd_checks},
+    "path": {"spend": path_spend.tolist(), "hard_e2e_s": path_e2e.tolist(),
+             "starts": list(cd_cfg.starts)},
+    "codesign_s": codesign_s, "grid_s": grid_s}
 
 # %%
 values["wall_s"] = time.perf_counter() - T0

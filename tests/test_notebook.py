@@ -2,8 +2,9 @@
 
 The twin ``notebooks/design_space.py`` runs in a subprocess with
 ``DESIGN_SPACE_OUT`` set, so it writes its three figures and ``values.json``
-(with two of its five unit counts, ``DESIGN_SPACE_UNITS=2,4``; most of
-the time is compilation).  The notebook's
+(with two of its five unit counts, ``DESIGN_SPACE_UNITS=2,4``, and the
+first of its two co-design choices, ``DESIGN_SPACE_CHOICES``; most of the
+time is compilation).  The notebook's
 cells must equal the twin's (split at ``# %%`` markers), and its saved
 outputs must hold the figures.
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.e2e
 NB_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 TWIN = NB_DIR / "design_space.py"
 NOTEBOOK = NB_DIR / "design_space.ipynb"
-FIGURES = ("sweep.png", "pareto.png", "tuner_vs_grid.png")
+FIGURES = ("sweep.png", "pareto.png", "tuner_vs_grid.png", "codesign.png")
 
 
 def twin_cells(text: str) -> list[tuple[str, str]]:
@@ -76,10 +77,12 @@ def test_notebook_cells_match_the_twin():
 
 
 def test_twin_runs_headless_and_produces_its_figures(tmp_path):
-  # Two of the five unit counts (each costs a compile per policy): every cell
-  # and code path runs; the saved notebook holds the full run.
+  # Two of the five unit counts (each costs a compile per policy) and one of
+  # the two co-design choices (each compiles a relaxed gradient and a hard
+  # scorer): every cell and code path runs; the saved notebook holds the full run.
   env = dict(os.environ, DESIGN_SPACE_OUT=str(tmp_path), JAX_PLATFORMS="cpu",
-             MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4")
+             MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4",
+             DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2")
   env.pop("XLA_FLAGS", None)
   # The timeout only guards against a hang: a few CPU-minutes on 2 quiet
   # cores, many times that on a busy machine.
@@ -109,6 +112,20 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
   assert t["tuned_e2e_s"] <= t["heuristic_e2e_s"] + 1e-9
   assert t["grid_e2e_s"] <= t["heuristic_e2e_s"] + 1e-9
   assert t["tuner_curve"][0][-1] == 26
+  cd = v["codesign"]
+  assert cd["choices"] == ["paper_rtx5080_ndp_dimm:2"] and len(cd["rows"]) == 3
+  for r in cd["rows"]:  # every returned point meets its budget
+    assert r["feasible"] and 0 < r["e2e_s"] < np.inf
+    assert r["spend"] <= r["budget"] * (1 + 1e-6)
+  f = cd["front"]
+  assert [r["spend"] for r in f] == sorted(r["spend"] for r in f)
+  assert [r["e2e_s"] for r in f] == sorted((r["e2e_s"] for r in f), reverse=True)
+  assert cd["grid"]["points"] == 144 and len(cd["grid"]["checks"]) == 3
+  for c in cd["grid"]["checks"]:
+    assert c["grid_best_spend"] <= c["budget"] * (1 + 1e-6)
+  path = np.asarray(cd["path"]["hard_e2e_s"])
+  assert path.shape == (cd["steps"] + 1, 3 * len(cd["path"]["starts"]))
+  assert np.all(np.isfinite(path)) and np.all(path > 0)
 
 
 def _regenerate() -> None:
