@@ -56,9 +56,10 @@ from ndpsim import base, engine, policies
 from ndpsim.base import ConfigError
 from ndpsim.codesign_cost import (  # noqa: F401  (re-exported)
     BUDGET_KINDS, HW, NAMES, PROVENANCES, CostParams, Machine, breakdown, cost_path,
-    load_cost, machine, power_figures, spend)
+    expert_slots, load_cost, machine, power_figures, spend)
 from ndpsim.codesign_project import (  # noqa: F401  (re-exported)
-    PROJECTIONS, Space, project, project_all, spend_gradient, to_point, to_unit)
+    PROJECTIONS, Space, project, project_all, spend_gradient, to_point, to_unit,
+    whole_experts)
 from ndpsim.policies.base import PolicyParams
 
 # DRAM timings JEDEC fixes in ns (their cycle counts scale with the data rate).
@@ -274,18 +275,38 @@ def _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size, st
   return xs, gs, hist
 
 
-def _score(system, model, routing, cost, m, bounds, budgets, xs, gs, c, batch_size, chunk):
-  """Projects every candidate xs [K, C, 6] (latency gradients gs [K, C, 6]) by
-  every method, scores the distinct points in one hard call; returns
-  (points [K, C, P, 6], feasible [K, C, P], e2e [K, C, P], distinct points)."""
-  K, C, P = xs.shape[0], xs.shape[1], len(c.projections)
-  proj = project_all(cost, m, xs.reshape(K * C, 6), np.repeat(budgets, C), bounds, c.kind,
-                     gs.reshape(K * C, 6))
-  pts = np.stack([proj[p][0] for p in c.projections], 1).reshape(K, C, P, 6)
-  ok = np.stack([proj[p][1] for p in c.projections], 1).reshape(K, C, P)
+# Resident-fraction handling of the candidates (label suffixes): projected
+# freely then rounded down to whole experts; rounded down first and held;
+# rounded up first and held (the others cut to pay for it).
+RESIDENT_ROUNDING = ("", "+rf_floor", "+rf_ceil")
+
+
+def _score(system, model, routing, cost, m, bounds, budgets, xs, gs, c, batch_size, chunk,
+           slots):
+  """Projects every candidate xs [K, C, 6] (latency gradients gs [K, C, 6])
+  under every resident rounding and projection, scores the distinct points in
+  one hard call; returns (labels [L], points [K, C, L, 6], feasible [K, C, L],
+  e2e [K, C, L], distinct points)."""
+  K, C = xs.shape[:2]
+  n = K * C
+  X = xs.reshape(n, 6)
+  var = np.concatenate([X, whole_experts(X, slots), whole_experts(X, slots, up=True)])
+  proj = project_all(cost, m, var, np.tile(np.repeat(budgets, C), 3), bounds, c.kind,
+                     np.tile(gs.reshape(n, 6), (3, 1)),
+                     hold_resident=np.repeat([False, True, True], n))
+  labels, pts, ok = [], [], []
+  for v, suffix in enumerate(RESIDENT_ROUNDING):
+    for p in c.projections:
+      xp = proj[p][0][v * n:(v + 1) * n]
+      pts.append(whole_experts(xp, slots) if v == 0 else xp)
+      ok.append(proj[p][1][v * n:(v + 1) * n])
+      labels.append(p + suffix)
+  L = len(labels)
+  pts = np.stack(pts, 1).reshape(K, C, L, 6)
+  ok = np.stack(ok, 1).reshape(K, C, L)
   uniq, inv = np.unique(pts.reshape(-1, 6).astype(np.float32), axis=0, return_inverse=True)
   lat = hard_latency(system, model, routing, uniq, batch_size=batch_size, chunk=chunk)
-  return pts, ok, lat[inv.reshape(-1)].reshape(K, C, P), len(uniq)
+  return labels, pts, ok, lat[inv.reshape(-1)].reshape(K, C, L), len(uniq)
 
 
 def codesign(system, model, routing, budgets, cost: CostParams,
@@ -312,19 +333,22 @@ def codesign(system, model, routing, budgets, cost: CostParams,
   K = len(budgets)
   xs, gs, hist = _descend(system, model, routing, cost, m, bounds, budgets, c, batch_size,
                           start, progress)
-  pts, ok, lat, n_hard = _score(system, model, routing, cost, m, bounds, budgets, xs, gs, c,
-                                batch_size, chunk)
+  labels, pts, ok, lat, n_hard = _score(
+      system, model, routing, cost, m, bounds, budgets, xs, gs, c, batch_size, chunk,
+      expert_slots(system, model, routing.prefill_ids.shape[1] + routing.decode_ids.shape[1],
+                   batch_size))
   flat_ok, flat_lat = ok.reshape(K, -1), lat.reshape(K, -1)
   best = np.argmin(np.where(flat_ok, flat_lat, np.inf), axis=1)
   points = pts.reshape(K, -1, 6)[np.arange(K), best]
   feasible = flat_ok.any(axis=1)
   hist.update(candidates=pts.tolist(), candidates_e2e_s=lat.tolist(),
-              candidates_feasible=ok.tolist(), projections=list(c.projections),
-              best_projection=[c.projections[b % len(c.projections)] for b in best])
+              candidates_feasible=ok.tolist(), projections=labels,
+              best_projection=[labels[b % len(labels)] for b in best])
   return CodesignResult(budgets=budgets, points=points, feasible=feasible,
                         spend=np.asarray(spend(cost, m, points, c.kind), np.float64),
                         e2e_s=np.where(feasible, flat_lat[np.arange(K), best], np.nan),
-                        evaluations=len(hist["points"]) * len(hist["points"][0]) + n_hard, history=hist)
+                        evaluations=len(hist["points"]) * len(hist["points"][0]) + n_hard,
+                        history=hist)
 
 
 # ---------------------------------------------------------------------------

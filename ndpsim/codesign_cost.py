@@ -239,3 +239,9 @@ def machine(system, model, context_len: int, batch: int = 1) -> Machine:
                  clock_ghz=float(sp.ndp.clock_mhz) / 1e3,
                  max_expert_gb=cap * M.num_moe_layers(model) * float(M.expert_bytes(model))
                  / 1e9)
+
+
+def expert_slots(system, model, context_len: int, batch: int = 1) -> float:
+  """The GPU's resident expert slots per MoE layer at resident_fraction 1
+  (``costs.resident_capacity``, a whole number)."""
+  return float(costs.resident_capacity(system[0], system[1], model, context_len, batch))

@@ -127,29 +127,32 @@ def _bisect(cp, m, path, budgets, bounds, kind, iters):
   return np.asarray(to_point(jnp.asarray(path(lo), jnp.float32), bj), np.float64), ok
 
 
-def _paths(s, w, g):
-  """{name: path(t [N]) -> s [N, 6]} for s, w [N, 6] and g [N, 6] or None."""
-  keep = 1.0 - _COSTED
-  out = {"uniform": lambda t: s * (keep + t[:, None] * _COSTED)}
-  wc = np.where(_COSTED > 0, w, 0.0)
+def _paths(s, w, g, costed):
+  """{name: path(t [N]) -> s [N, 6]} for s, w [N, 6], g [N, 6] or None and
+  costed [N, 6] (1 where the path may cut)."""
+  cut = costed > 0
+  out = {"uniform": lambda t: np.where(cut, s * t[:, None], s)}
+  wc = np.where(cut, w, 0.0)
   lam = np.max(np.where(wc > 0, s / np.where(wc > 0, wc, 1.0), 0.0), axis=1)
   out["cost_weighted"] = lambda t: np.where(
-      _COSTED > 0, np.clip(s - ((1.0 - t) * lam)[:, None] * wc, 0.0, 1.0), s)
+      cut, np.clip(s - ((1.0 - t) * lam)[:, None] * wc, 0.0, 1.0), s)
   if g is not None:
     price = np.where(wc > 0, -g / np.where(wc > 0, wc, 1.0), np.inf)
-    price = np.where(_COSTED > 0, price, np.nan)
+    price = np.where(cut, price, np.nan)
     rank = np.argsort(np.argsort(np.nan_to_num(price, nan=np.inf), axis=1), axis=1)
-    n = _COSTED.sum()
+    n = cut.sum(axis=1, keepdims=True)
     out["greedy"] = lambda t: np.where(
-        _COSTED > 0, s * np.clip(rank + 1.0 - ((1.0 - t) * n)[:, None], 0.0, 1.0), s)
+        cut, s * np.clip(rank + 1.0 - (1.0 - t)[:, None] * n, 0.0, 1.0), s)
   return out
 
 
 def project_all(cp: CostParams, m: Machine, xs, budgets, bounds, kind: str = "cost_usd",
-                latency_grad_s=None, iters: int = 50) -> dict:
+                latency_grad_s=None, iters: int = 50, hold_resident=None) -> dict:
   """Every projection of :data:`PROJECTIONS` of points xs [N, 6] onto
   budgets [N] (module docstring).  latency_grad_s: d latency / d s [N, 6] at
   xs (the relaxed engine's), needed for ``greedy`` (omitted without it).
+  hold_resident: bool [N], rows whose resident_fraction no path may cut
+  (default none).
 
   Returns {name: (x [N, 6] feasible points, feasible [N] bool)}; where
   infeasible, x is the cheapest point of the path (and over budget).
@@ -159,8 +162,25 @@ def project_all(cp: CostParams, m: Machine, xs, budgets, bounds, kind: str = "co
   s = np.clip(to_unit(xs, bounds), 0.0, 1.0)
   w = spend_gradient(cp, m, s, bounds, kind)
   g = None if latency_grad_s is None else np.asarray(latency_grad_s, np.float64)
+  costed = np.tile(_COSTED, (len(xs), 1))
+  if hold_resident is not None:
+    costed[np.asarray(hold_resident, bool), 3] = 0.0
   return {name: _bisect(cp, m, path, budgets, bounds, kind, iters)
-          for name, path in _paths(s, w, g).items()}
+          for name, path in _paths(s, w, g, costed).items()}
+
+
+def whole_experts(x, slots: float, up: bool = False) -> np.ndarray:
+  """x [..., 6] with resident_fraction rounded to whole expert slots per
+  layer, down (default) or up: the hard engine keeps ``floor(fraction x
+  slots)`` experts per layer, so between those values GPU memory is paid for
+  and left empty.  slots: the GPU's expert slots per layer at fraction 1."""
+  x = np.array(x, np.float64)
+  if slots <= 0:
+    x[..., 3] = 0.0
+    return x
+  f = (np.ceil if up else np.floor)(x[..., 3] * slots - (1e-6 if up else -1e-6))
+  x[..., 3] = np.clip(f / slots, 0.0, 1.0)
+  return x
 
 
 def project(cp: CostParams, m: Machine, x, budget: float, bounds, kind: str = "cost_usd",

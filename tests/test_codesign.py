@@ -4,8 +4,8 @@ respected by every returned point, every projection exact and never worse
 than the uniform one, and a co-design point within 1 % of a brute-force grid
 of equal cost on a tiny model.
 
-Compiles: one vmapped relaxed value-and-gradient (two budgets; the gradient
-check reuses it) and one hard chunk of 32 points (the co-design's candidates
+Compiles: one vmapped relaxed value-and-gradient (two budgets x three
+starts; the gradient check reuses it) and one hard chunk of 32 points (the co-design's candidates
 and the grid share it)."""
 from __future__ import annotations
 
@@ -197,6 +197,13 @@ def test_projection_meets_the_budget_exactly():
   assert cut == [first], (cut, w)
   with pytest.raises(ConfigError, match="greedy.*latency_grad_s"):
     C.project(cp, m, x, budget, b, method="greedy")
+  # Whole experts: the hard engine keeps floor(fraction x slots) per layer.
+  y = C.whole_experts(np.array([[1.0, 1.0, 1.0, 0.55, 1.0, 1.0]]), 4.0)
+  assert y[0, 3] == 0.5 and C.whole_experts(y, 4.0, up=True)[0, 3] == 0.5
+  assert C.whole_experts(np.array([0, 0, 0, 0.55, 0, 0.0]), 4.0, up=True)[3] == 0.75
+  # A held resident fraction is not cut (the others pay for it).
+  out = C.project_all(cp, m, x[None], [budget], b, hold_resident=[True])
+  assert out["uniform"][1][0] and out["uniform"][0][0, 3] == pytest.approx(x[3])
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +220,9 @@ def test_latency_gradient_matches_finite_differences():
   pre, dec = C._ids(r)  # pylint: disable=protected-access
   m_arr = jnp.asarray(np.array(m, np.float64), jnp.float32)
   cpj = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), cp)
-  bud = jnp.asarray(_budgets(), jnp.float32)
+  # K budgets x S starts rows, the shape the co-design compiles (one compile).
+  S = len(CFG.starts)
+  bud = jnp.asarray(np.repeat(_budgets(), S), jnp.float32)
 
   def call(z):
     lat, g, _, _ = C._step_values(ss, sp, model, pre, dec, cpj, m_arr, b,  # pylint: disable=protected-access
@@ -222,13 +231,13 @@ def test_latency_gradient_matches_finite_differences():
     return None, lat, g
 
   z0 = np.array([0.3, -0.2, 0.1, 0.4, 0.1, -0.1])
-  _, lat, g = call(np.stack([z0, z0]))
+  _, lat, g = call(np.stack([z0] * 2 * S))
   g = np.asarray(g)[0]
   h = 0.002  # the relaxation is smooth but sharply curved at this temperature
   nonzero = 0
   for i in range(6):
     e = np.eye(6)[i] * h
-    _, lp, _ = call(np.stack([z0 + e, z0 - e]))
+    _, lp, _ = call(np.stack([z0 + e, z0 - e] * S))
     fd = (float(lp[0]) - float(lp[1])) / (2 * h)
     assert g[i] == pytest.approx(fd, rel=0.05, abs=2e-3 * float(lat[0])), (C.NAMES[i], g[i], fd)
     nonzero += abs(fd) > 1e-3 * float(lat[0])
@@ -263,21 +272,28 @@ def test_codesign_within_one_percent_of_an_equal_cost_grid():
 
 @pytest.mark.policy
 def test_projections_never_worse_than_uniform_and_within_budget():
-  """Every candidate is scored under every projection in the same hard call:
-  each projected point meets its budget, and the returned point is at least
-  as fast as the best uniformly projected candidate (the only projection of
-  the first version), never slower."""
+  """Every candidate is scored under every projection and resident rounding
+  in the same hard call: each feasible projected point meets its budget, and
+  the returned point is at least as fast as the best uniformly projected
+  candidate (the only projection of the first version), never slower."""
   res = _codesign()
   _, _, _, cp, m = _setup()
   h = res.history
   pts, e2e = np.asarray(h["candidates"]), np.asarray(h["candidates_e2e_s"])
   ok = np.asarray(h["candidates_feasible"])
-  assert h["projections"] == list(C.PROJECTIONS) and pts.shape[2] == len(C.PROJECTIONS)
+  labels = [p + r for r in C.RESIDENT_ROUNDING for p in C.PROJECTIONS]
+  assert h["projections"] == labels and pts.shape[2] == len(labels)
   spent = np.asarray(C.spend(cp, m, pts), np.float64)
-  assert ok.all()
-  assert (spent <= res.budgets[:, None, None] * (1 + 1e-6)).all()
-  u = C.PROJECTIONS.index("uniform")
+  assert ok[:, :, :len(C.PROJECTIONS)].all()  # without rounding up, every budget admits
+  assert (spent[ok] <= np.broadcast_to(res.budgets[:, None, None], ok.shape)[ok]
+          * (1 + 1e-6)).all()
+  u = labels.index("uniform")
   best_uniform = e2e[:, :, u].min(axis=1)
   assert (res.e2e_s <= best_uniform).all(), (res.e2e_s, best_uniform)
   for k in range(len(res.budgets)):
-    assert h["best_projection"][k] in C.PROJECTIONS
+    assert h["best_projection"][k] in labels
+  # Resident fractions of the scored points are whole expert slots per layer.
+  model, system, r, _, _ = _setup()
+  slots = C.expert_slots(system, model, PROMPT + OUTPUT)
+  f = pts[..., 3] * slots
+  assert np.allclose(f, np.round(f), atol=1e-4), slots
