@@ -35,8 +35,6 @@ from ndpsim.experiment_flags import FLAGS, config_from_flags  # noqa: F401
 from ndpsim.experiment_report import (format_tables, paper_comparison,  # noqa: F401
                                       requests_csv, rows_csv, rows_of, workload_text)
 
-flags.adopt_module_key_flags(experiment_flags)  # --help lists them as this binary's
-
 # ---------------------------------------------------------------------------
 # results.json and the plots.
 
@@ -370,7 +368,11 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  """Console-script entry point."""
+  """Console-script entry point (also ``python -m``)."""
+  # --help lists the main module's key flags, the module named by argv[0] (the
+  # console script or this file); the flags are defined in experiment_flags.
+  for flag in FLAGS.get_key_flags_for_module(experiment_flags):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, flags_parser=_parse_flags)
 
 
