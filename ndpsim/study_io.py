@@ -109,7 +109,7 @@ def check_finite_document(doc: Any, what: str = "results.json") -> None:
 
 def add_speedups(rows: list[dict]) -> list[dict]:
   """Adds speedup_vs_monde (ratio of mean e2e latencies, same model, units and
-  routing, monde at the headline budget) and the 95% half-width of the paired
+  routing, monde at the headline resident_fraction) and the 95% half-width of the paired
   per-group ratio."""
   base_rows = {(r["model"], r["num_ndp_units"], r["routing"]): r for r in rows
                if r["policy"] == BASELINE}
