@@ -319,8 +319,9 @@ def codesign(system, model, routing, budgets, cost: CostParams,
   budgets: [K] in USD (kind cost_usd) or W (power_w).  start: x [6], the one
   start of every descent (default: ``CodesignConfig.starts``, S starts per
   budget).  progress: called per step with {"step", "steps", "relaxed_e2e_s"
-  [K S], "spend" [K S]} (row k S + j: budget k, start j).  history["best_projection"] [K] names the projection of each
-  returned point.
+  [K S], "spend" [K S]} (row k S + j: budget k, start j).
+  history["best_projection"] [K] names the projection and resident rounding
+  of each returned point (e.g. ``greedy+rf_ceil``).
   """
   c = config_
   c.check()
