@@ -14,11 +14,14 @@ from tests import engine_util as U
 pytestmark = pytest.mark.gradient
 
 MODEL = "olmoe-1b-7b"
+# Routing: ``engine_util.numpy_routing`` (NumPy, no compile of the routing
+# generator), 2 sequences of 16 + 8 tokens -- the engine shapes of
+# test_engine.py, test_engine_golden.py and test_reference.py.
 
 
 @pytest.fixture(scope="module")
 def ranked():
-  r = U.routing(MODEL, num_seqs=2, prompt_len=16, output_len=8)
+  r = U.numpy_routing(MODEL, 2, 16, 8)
   return r, sensitivity.rank(U.load(), M.get_model(MODEL), r, "tp_lb_prefetch")
 
 
@@ -41,7 +44,7 @@ def test_every_leaf_ranked_by_magnitude(ranked):
 @pytest.fixture(scope="module")
 def ranked_tp():
   with jax.enable_x64(True):
-    r = U.routing(MODEL, num_seqs=2, prompt_len=16, output_len=8)
+    r = U.numpy_routing(MODEL, 2, 16, 8)
     ss, sp = U.load()
     sp = base.as_arrays(sp, jnp.float64)
     yield r, (ss, sp), sensitivity.rank((ss, sp), M.get_model(MODEL), r, "ndp_tp")
