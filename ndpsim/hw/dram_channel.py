@@ -163,12 +163,17 @@ def _bank_candidates(ch: _Channel, c: _Clocks, best_other, wake):
   (age, "PRE" | "ACT", bank) of the oldest ready row command, or None; wake:
   the earliest later time a command becomes legal, cycles."""
   now, best_rd = ch.now, None
-  open_row, rows, b_rank, b_rg = ch.open_row, ch.rows, ch.b_rank, ch.b_rg
+  open_row, rows, b_rank, b_rg, bq = ch.open_row, ch.rows, ch.b_rank, ch.b_rg, ch.bq
+  rd_ok, rd_last_rg, rd_last_rank = ch.rd_ok, ch.rd_last_rg, ch.rd_last_rank
+  rd_any, rd_any_rank, ref_pending = ch.rd_last_any, ch.rd_last_any_rank, ch.ref_pending
+  pre_ok, act_ok = ch.pre_ok, ch.act_ok
+  act_last_rg, act_last_rank = ch.act_last_rg, ch.act_last_rank
+  gl, gs, grank, trrdl, trrds, tfaw = c.gl, c.gs, c.grank, c.trrdl, c.trrds, c.tfaw
   for b in ch.nonempty:
     r = b_rank[b]
-    if ch.ref_pending[r]:
+    if ref_pending[r]:
       continue
-    q = ch.bq[b]
+    q = bq[b]
     orow = open_row[b]
     hit = -1
     if orow >= 0:
@@ -177,8 +182,8 @@ def _bank_candidates(ch: _Channel, c: _Clocks, best_other, wake):
           hit = j
           break
     if hit >= 0:
-      tr = max(ch.rd_ok[b], ch.rd_last_rg[b_rg[b]] + c.gl, ch.rd_last_rank[r] + c.gs,
-               ch.rd_last_any + (c.gs if ch.rd_last_any_rank == r else c.grank))
+      tr = max(rd_ok[b], rd_last_rg[b_rg[b]] + gl, rd_last_rank[r] + gs,
+               rd_any + (gs if rd_any_rank == r else grank))
       if tr <= now:
         if best_rd is None or hit < best_rd[0]:
           best_rd = (hit, b)
@@ -187,14 +192,14 @@ def _bank_candidates(ch: _Channel, c: _Clocks, best_other, wake):
       continue
     age = q[0]
     if orow >= 0:
-      tr, kind = ch.pre_ok[b], "PRE"
+      tr, kind = pre_ok[b], "PRE"
     else:
       # tRRD_L within a bank group, tRRD_S and the rolling tFAW window per
       # rank (JESD79-4; DRAMsim3 channel_state.cc four_aw_[rank]); HBM presets
       # have one rank per pseudo-channel with the SIDs as bank groups
       # (JESD238; Ramulator 2 HBM3.cpp pseudochannel level).
-      tr = max(ch.act_ok[b], ch.act_last_rg[b_rg[b]] + c.trrdl,
-               ch.act_last_rank[r] + c.trrds, ch.faw[r][0] + c.tfaw)
+      tr = max(act_ok[b], act_last_rg[b_rg[b]] + trrdl, act_last_rank[r] + trrds,
+               ch.faw[r][0] + tfaw)
       kind = "ACT"
     if tr <= now:
       if best_other is None or (best_other[0] >= 0 and age < best_other[0]):
