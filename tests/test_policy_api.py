@@ -91,9 +91,9 @@ def test_the_suite_catches_memory_overrun_and_bound_violations(setup):
     return p._replace(requests=pb.Requests(keep=keep)), own
 
   hog = pb.Policy(name="hog", ndp_mode="tp", init=lambda c, p: pb.Start(), place=place)
-  small = policy_checks.default_setup(model=M.get_model("qwen3-30b-a3b"), num_seqs=1,
-                                      prompt_len=64, output_len=2)
-  bad = policy_checks.check_policy(hog, setup=small)
+  # The module's setup (Mixtral, whose touched experts far exceed the GPU):
+  # the oracle's compile there is shared with the other policies' checks.
+  bad = policy_checks.check_policy(hog, setup=setup)
   assert any("GPU memory over capacity" in b for b in bad), bad
 
   def lying_bound(ctx, slots, post_min_s):
@@ -142,7 +142,8 @@ def test_own_knob_is_range_checked_vmapped_in_one_compile_and_differentiable(use
     ss, sp = system
     sp64 = base.as_arrays(sp, jnp.float64)
     olmoe = M.get_model("olmoe-1b-7b")
-    r2 = U.routing("olmoe-1b-7b")
+    # NumPy routing: no compile of the routing generator at OLMoE's shape.
+    r2 = U.numpy_routing("olmoe-1b-7b", 2, 16, 8)
 
     def relaxed_e2e(w):
       p = pb.PolicyParams(temperature_s=jnp.float64(2e-5),
@@ -150,10 +151,13 @@ def test_own_knob_is_range_checked_vmapped_in_one_compile_and_differentiable(use
       res = engine.simulate((ss, sp64), olmoe, r2, pol, p, check=False, relaxed=True)
       return jnp.mean(res.e2e_s)
 
+    # One compile: the finite-difference values are the forward values of
+    # the same compiled value_and_grad (no separate forward program).
+    value_and_grad = jax.jit(jax.value_and_grad(relaxed_e2e))
     w0 = jnp.float64(1.0)
-    g = float(jax.jit(jax.grad(relaxed_e2e))(w0))
+    g = float(value_and_grad(w0)[1])
     h = 1e-6
-    fd = float((relaxed_e2e(w0 + h) - relaxed_e2e(w0 - h)) / (2 * h))
+    fd = float((value_and_grad(w0 + h)[0] - value_and_grad(w0 - h)[0]) / (2 * h))
   assert np.isfinite(g) and g != 0.0, g
   assert abs(g - fd) <= 1e-3 * abs(fd), (g, fd)
 
