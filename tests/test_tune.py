@@ -31,11 +31,14 @@ def fitted():
   train = U.routing(MODEL, num_seqs=2, prompt_len=128, output_len=16, seed=0)
   test = U.routing(MODEL, num_seqs=2, prompt_len=128, output_len=16, seed=1)
   fit = tune.fit(system, model, train)
-  grid = tune.grid(system, model, train)
-  # Held-out: the grid, the heuristic and the fit in one padded batch (the
-  # grid's compiled chunk, no new compile).
+  # The grid and the held-out scores run in chunks of the fit's own batch of
+  # hard-scored candidates: one compiled hard program for the whole fixture
+  # (a chunk of 64 would be a second compile of the same engine).
+  chunk = len(fit.history["hard_points"])
+  grid = tune.grid(system, model, train, chunk=chunk)
+  # Held-out: the grid, the heuristic and the fit, padded to that chunk.
   held = tune.hard_many(system, model, test, np.concatenate(
-      [grid.points, [[1.0, 1.0, 1.0], _knobs(fit.params)]]))
+      [grid.points, [[1.0, 1.0, 1.0], _knobs(fit.params)]]), chunk=chunk)
   return fit, grid, held
 
 
