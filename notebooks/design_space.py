@@ -608,6 +608,25 @@ values["codesign"] = {
              "starts": list(cd_cfg.starts)},
     "codesign_s": codesign_s, "grid_s": grid_s}
 
+# %% [markdown]
+# ## Reading the co-design (on this cost model and this short workload)
+#
+# * Four DDR4 NDP-DIMMs beat two DDR5 ones at every budget of about the same
+#   price: the whole Pareto front is DDR4 x 4 (181 ms at $1290 against DDR5
+#   x 2's 249 ms at $1303 in the saved run).  More units add streaming
+#   bandwidth and lanes; DDR4 is cheaper per GB.
+# * At no more than a preset's own cost, the co-designed point is 1.27-1.30x
+#   faster than the preset's (MAC lanes 128 -> 559-799 and a DRAM rate near the
+#   top of its range: 32 + 8 tokens is prefill-heavy and MAC-bound on the
+#   DIMMs).  GPU memory for resident experts is bought last
+#   (`resident_fraction` 0-0.04 at the lowest budgets, 0.63-0.74 at the top);
+#   the link falls to 10-12 GB/s at the lowest.  The biases stay within
+#   0.88-1.11.
+# * The grid of equal cost (DDR5 x 2) is within 0.2 % and 2.0 % of the
+#   co-design at the middle and top budgets, but 7.7 % faster at the lowest
+#   ($1303: 231 ms against 249 ms).  Every figure rests on assumed prices
+#   (`docs/codesign.md`).
+
 # %%
 values["wall_s"] = time.perf_counter() - T0
 if OUT:

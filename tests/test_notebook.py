@@ -133,7 +133,7 @@ def _regenerate() -> None:
   import nbformat  # pylint: disable=import-outside-toplevel
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
   nb = build_notebook(TWIN.read_text())
-  NotebookClient(nb, timeout=600, kernel_name="python3",  # hang guard
+  NotebookClient(nb, timeout=3600, kernel_name="python3",  # hang guard (per cell)
                  resources={"metadata": {"path": str(NB_DIR)}}).execute()
   for c in nb.cells:
     if c.cell_type == "code":
