@@ -10,7 +10,9 @@ and keeps the non-dominated (cost, latency) points over all choices.  At
 bandwidth x DRAM rate x resident fraction (biases 1) with the hard engine and
 reports the grid's fastest point within the same budget beside the
 co-design's point.  Every latency is the hard engine's mean e2e over the
-sequences.
+sequences.  Every point (co-design, preset, grid) also gets the hard run's
+energy per output token (``codesign.energy_of``), and each model gets a
+latency-vs-energy Pareto front over its co-design points.
 
     python3 benchmarks/codesign.py                       # writes docs/results/codesign.{json,png}
     python3 benchmarks/codesign.py --models=mixtral-8x7b --prompt_len=16 --output_len=4 --out=/tmp/cd
@@ -30,6 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ndpsim import codesign as C  # noqa: E402
+from ndpsim import energy as E  # noqa: E402
 from ndpsim.base import ConfigError  # noqa: E402
 from ndpsim.hw import system as system_mod  # noqa: E402
 from ndpsim.workload import models as M  # noqa: E402
@@ -100,12 +103,13 @@ def _uniform_best(res, k):
   return float(np.min(np.where(ok, e, np.inf)))
 
 
-def _grid_check(a, name, choice, system, model, r, cp, m, res, budgets, fracs, checks, log):
+def _grid_check(a, name, choice, system, model, r, cp, m, res, budgets, fracs, checks, log,
+                ep):
   """The grid of equal cost at the --check budgets: (check rows, path record)."""
   pts = C.grid_points(system, _grid_axes(C.Space().bounds(system[1])))
   t1 = time.time()
-  e = C.hard_latency(system, model, r, pts)
-  log(f"  grid: {len(pts)} hard points in {time.time() - t1:.0f} s")
+  e, ej = C.energy_of(system, model, r, pts, ep)
+  log(f"  grid: {len(pts)} hard points (latency and energy) in {time.time() - t1:.0f} s")
   checked = []
   for f in checks:
     k = fracs.index(f)
@@ -123,8 +127,14 @@ def _grid_check(a, name, choice, system, model, r, cp, m, res, budgets, fracs, c
     log(f"  check at {budgets[k]:.0f}: co-design {res.e2e_s[k]:.5g} s "
         f"({res.history['best_projection'][k]}; uniform projection alone "
         f"{_uniform_best(res, k):.5g} s) vs grid best {best:.5g} s ({gap:+.2%})")
+  sp = np.asarray(C.spend(cp, m, pts, a.kind), np.float64)
+  front = [{"point": dict(zip(C.NAMES, map(float, pts[i]))), "e2e_s": float(e[i]),
+            "energy_per_token_j": float(ej[i]), "spend": float(sp[i])}
+           for i in C.pareto(ej, e)]
   return checked, {"points": res.history["points"], "grid_points": pts.tolist(),
-                   "grid_e2e_s": e.tolist()}
+                   "grid_e2e_s": e.tolist(), "grid_energy_per_token_j": ej.tolist(),
+                   "grid_spend": sp.tolist(), "grid_choice": choice,
+                   "grid_energy_pareto": front}
 
 
 def _rows(choice, cp, m, res, budgets, x0, e0, kind):
@@ -138,6 +148,19 @@ def _rows(choice, cp, m, res, budgets, x0, e0, kind):
   return out + [{"choice": choice, "preset_point": True,
                  "spend": float(C.spend(cp, m, x0, kind)), "e2e_s": e0,
                  "point": dict(zip(C.NAMES, map(float, x0)))}]
+
+
+def _add_energy(rows, system, model, r, ep, log):
+  """Adds ``energy_per_token_j`` (and the energy run's e2e) to every row of one
+  choice, from one :func:`codesign.energy_of` call over their points."""
+  xs = np.array([[rw["point"][n] for n in C.NAMES] for rw in rows], np.float64)
+  lat, ej = C.energy_of(system, model, r, xs, ep)
+  for rw, t, e in zip(rows, lat, ej):
+    if rw.get("feasible", True):
+      rw["energy_per_token_j"] = float(e)
+      if abs(t / rw["e2e_s"] - 1.0) > 1e-4:
+        log(f"  warning: energy run's e2e {t:.6g} s != scored {rw['e2e_s']:.6g} s")
+  log("  energy per token: " + ", ".join(f"{e:.4g}" for e in ej) + " J (last: the preset)")
 
 
 def run_model(a, name, choices, fracs, checks, log):
@@ -173,14 +196,63 @@ def run_model(a, name, choices, fracs, checks, log):
     log(f"  done in {time.time() - t0:.0f} s; hard e2e " +
         ", ".join(f"{v:.4g}" for v in res.e2e_s) + f" s; the preset itself {e0:.4g} s at "
         f"{float(C.spend(cp, m, x0, a.kind)):.0f}")
-    rows += _rows(f"{preset}:{n}", cp, m, res, budgets, x0, e0, a.kind)
+    ep = E.for_system(s)
+    new = _rows(f"{preset}:{n}", cp, m, res, budgets, x0, e0, a.kind)
+    _add_energy(new, system, model, r, ep, log)
+    rows += new
     if ci == 0 and checks:
       checked, path = _grid_check(a, name, f"{preset}:{n}", system, model, r, cp, m, res,
-                                  budgets, fracs, checks, log)
+                                  budgets, fracs, checks, log, ep)
   pts_ = [rw for rw in rows if rw.get("feasible", True) and not rw.get("preset_point")]
   front = C.pareto([rw["spend"] for rw in pts_], [rw["e2e_s"] for rw in pts_])
-  return {"model": name, "rows": rows, "pareto": [pts_[i] for i in front], "checks": checked,
-          "path": path}
+  efront = C.pareto([rw["energy_per_token_j"] for rw in pts_], [rw["e2e_s"] for rw in pts_])
+  return {"model": name, "rows": rows, "pareto": [pts_[i] for i in front],
+          "energy_pareto": [pts_[i] for i in efront], "checks": checked, "path": path}
+
+
+def _cost_panel(ax, doc, mres):
+  unit = "USD" if doc["workload"]["kind"] == "cost_usd" else "W"
+  choices = sorted({rw["choice"] for rw in mres["rows"]})
+  for j, ch in enumerate(choices):
+    col = f"C{j}"
+    rs = [rw for rw in mres["rows"] if rw["choice"] == ch and not rw.get("preset_point")
+          and rw["feasible"]]
+    ax.plot([rw["spend"] for rw in rs], [rw["e2e_s"] for rw in rs], "o", color=col,
+            label=f"co-design {ch}")
+    pp = [rw for rw in mres["rows"] if rw["choice"] == ch and rw.get("preset_point")]
+    ax.plot([rw["spend"] for rw in pp], [rw["e2e_s"] for rw in pp], "*", ms=12, color=col,
+            label=f"preset {ch} (tp_lb_prefetch)")
+  f = mres["pareto"]
+  ax.step([rw["spend"] for rw in f], [rw["e2e_s"] for rw in f], "k-", where="post", lw=1,
+          label="Pareto front")
+  for c in mres["checks"]:
+    ax.plot([c["grid_best_spend"]], [c["grid_best_e2e_s"]], "kx", ms=9)
+  ax.plot([], [], "kx", label="grid best at equal budget")
+  ax.set_xlabel(f"system {doc['workload']['kind'].replace('_usd', '').replace('_w', '')} ({unit})")
+  ax.set_ylabel("mean e2e latency, hard engine (s)")
+  w = doc["workload"]
+  ax.set_title(f"{mres['model']}: {w['num_seqs']} seqs of {w['prompt_len']}+"
+               f"{w['output_len']} tokens", fontsize=10)
+
+
+def _energy_panel(ax, mres):
+  path = mres.get("path") or {}
+  if path.get("grid_energy_per_token_j"):
+    ax.plot(path["grid_energy_per_token_j"], path["grid_e2e_s"], ".", color="0.75", ms=3,
+            label=f"grid {path['grid_choice']} (biases 1)")
+  choices = sorted({rw["choice"] for rw in mres["rows"]})
+  for j, ch in enumerate(choices):
+    rs = [rw for rw in mres["rows"] if rw["choice"] == ch and "energy_per_token_j" in rw]
+    for pre, mk, ms_, lab in ((False, "o", 6, "co-design"), (True, "*", 12, "preset")):
+      sel = [rw for rw in rs if bool(rw.get("preset_point")) == pre]
+      ax.plot([rw["energy_per_token_j"] for rw in sel], [rw["e2e_s"] for rw in sel], mk,
+              ms=ms_, color=f"C{j}", label=f"{lab} {ch}")
+  f = mres["energy_pareto"]
+  ax.step([rw["energy_per_token_j"] for rw in f], [rw["e2e_s"] for rw in f], "k-",
+          where="post", lw=1, label="co-design latency-energy front")
+  ax.set_xlabel("energy per output token, hard engine (J)")
+  ax.set_ylabel("mean e2e latency, hard engine (s)")
+  ax.set_title(f"{mres['model']}: latency vs energy", fontsize=10)
 
 
 def plot(doc, path):
@@ -188,32 +260,14 @@ def plot(doc, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   ms = doc["models"]
-  fig, axs = plt.subplots(1, len(ms), figsize=(6 * len(ms), 4.5), squeeze=False)
-  unit = "USD" if doc["workload"]["kind"] == "cost_usd" else "W"
-  for ax, mres in zip(axs[0], ms):
-    choices = sorted({rw["choice"] for rw in mres["rows"]})
-    for j, ch in enumerate(choices):
-      col = f"C{j}"
-      rs = [rw for rw in mres["rows"] if rw["choice"] == ch and not rw.get("preset_point")
-            and rw["feasible"]]
-      ax.plot([rw["spend"] for rw in rs], [rw["e2e_s"] for rw in rs], "o", color=col,
-              label=f"co-design {ch}")
-      pp = [rw for rw in mres["rows"] if rw["choice"] == ch and rw.get("preset_point")]
-      ax.plot([rw["spend"] for rw in pp], [rw["e2e_s"] for rw in pp], "*", ms=12, color=col,
-              label=f"preset {ch} (tp_lb_prefetch)")
-    f = mres["pareto"]
-    ax.step([rw["spend"] for rw in f], [rw["e2e_s"] for rw in f], "k-", where="post", lw=1,
-            label="Pareto front")
-    for c in mres["checks"]:
-      ax.plot([c["grid_best_spend"]], [c["grid_best_e2e_s"]], "kx", ms=9)
-    ax.plot([], [], "kx", label="grid best at equal budget")
-    ax.set_xlabel(f"system {doc['workload']['kind'].replace('_usd', '').replace('_w', '')} ({unit})")
-    ax.set_ylabel("mean e2e latency, hard engine (s)")
-    w = doc["workload"]
-    ax.set_title(f"{mres['model']}: {w['num_seqs']} seqs of {w['prompt_len']}+"
-                 f"{w['output_len']} tokens", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+  fig, axs = plt.subplots(2, len(ms), figsize=(6 * len(ms), 9), squeeze=False)
+  for k, mres in enumerate(ms):
+    _cost_panel(axs[0, k], doc, mres)
+    if "energy_pareto" in mres:
+      _energy_panel(axs[1, k], mres)
+    for ax in axs[:, k]:
+      ax.legend(fontsize=7)
+      ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
@@ -230,6 +284,17 @@ def print_tables(doc):
             f"{rw['e2e_s']:.4g} | {p['macs_per_cycle']:.0f} | {p['link_bandwidth_gbps']:.1f} | "
             f"{p['dram_rate']:.3f} | {p['resident_fraction']:.2f} | {p['gpu_bias']:.2f} | "
             f"{p['ndp_bias']:.2f} | {rw['projection']} |")
+  print()
+  print("| model | choice | budget | spend | hard e2e s | energy J/token | MACs | link GB/s | "
+        "DRAM rate | resident fraction |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for mres in doc["models"]:
+    for rw in mres.get("energy_pareto", []):
+      p = rw["point"]
+      print(f"| {mres['model']} | {rw['choice']} | {rw['budget']:.0f} | {rw['spend']:.0f} | "
+            f"{rw['e2e_s']:.4g} | {rw['energy_per_token_j']:.4g} | {p['macs_per_cycle']:.0f} | "
+            f"{p['link_bandwidth_gbps']:.1f} | {p['dram_rate']:.3f} | "
+            f"{p['resident_fraction']:.2f} |")
   print()
   print("| model | choice | budget | co-design e2e s (projection) | uniform projection "
         "only e2e s | grid best e2e s (points) | co-design vs grid |")

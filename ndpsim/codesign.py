@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ndpsim import base, engine, policies
+from ndpsim import base, energy, engine, policies
 from ndpsim.base import ConfigError
 from ndpsim.codesign_cost import (  # noqa: F401  (re-exported)
     BUDGET_KINDS, HW, NAMES, PROVENANCES, CostParams, Machine, breakdown, cost_path,
@@ -130,6 +130,56 @@ def hard_latency(system, model, routing, xs, *, batch_size: int = 1,
     out.append(np.asarray(_hard_points(system[0], system[1], model, pre, dec,
                                        jnp.asarray(pad), batch_size))[:len(blk)])
   return np.concatenate(out).astype(np.float64)
+
+
+def energy_params_at(eparams, sp0, x):
+  """Energy figures at point ``x`` [6]: the link PHYs' idle power scales with
+  the link's bandwidth (W per GB/s of the preset, as the power model's
+  ``link_static_w_per_gbps``); every other figure is the preset's (per-bit,
+  per-ACT and per-MAC energies, DRAM background and NDP logic idle power do not
+  depend on the MAC count or the data rate in the presets)."""
+  ln = eparams.link
+  return base.replace(eparams, link=base.replace(
+      ln, static_power_w=ln.static_power_w * x[1] / sp0.link.bandwidth_gbps))
+
+
+def _e2e_energy(ss, sp0, model, ep, pre, dec, x, batch):
+  sp = with_hardware(sp0, x)
+  r = engine.simulate_core(ss, sp, model, policies.get("tuned"), policy_params(x), pre,
+                           dec, None, batch, relaxed=False)
+  e = energy.per_token_j(r, (ss, sp), model, energy_params_at(ep, sp0, x),
+                         prompt_len=pre.shape[1], batch_size=batch)
+  return jnp.mean(r.e2e_s), jnp.mean(e.total_j)
+
+
+@functools.partial(jax.jit, static_argnames=("ss", "model", "batch"))
+def _hard_energy_points(ss, sp0, model, ep, pre, dec, xs, batch):
+  return jax.vmap(lambda x: _e2e_energy(ss, sp0, model, ep, pre, dec, x, batch))(xs)
+
+
+def energy_of(system, model, routing, xs, eparams, *, batch_size: int = 1,
+              chunk: int = 32):
+  """(hard mean e2e latency, s [K]; energy per output token, J [K]) of
+  ``tuned`` at each point xs [K, 6], in one vmapped hard call per chunk.
+
+  eparams: ``energy.for_system(preset)`` of the choice.  The hardware reaches
+  the energy model through the run (bytes moved and where, FLOPs, end-to-end
+  time for the static terms) and :func:`energy_params_at`; energy per token
+  is ``energy.per_token_j``'s total, averaged over sequence groups."""
+  xs = np.atleast_2d(np.asarray(xs, np.float32))
+  if xs.shape[-1] != 6:
+    raise ConfigError(f"energy_of: points have shape {xs.shape}; write [K, 6] ({NAMES})")
+  pre, dec = _ids(routing)
+  ep = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), eparams)
+  lat, en = [], []
+  for i in range(0, len(xs), chunk):
+    blk = xs[i:i + chunk]
+    pad = np.concatenate([blk, np.repeat(blk[-1:], chunk - len(blk), 0)])
+    t, e = _hard_energy_points(system[0], system[1], model, ep, pre, dec,
+                               jnp.asarray(pad), batch_size)
+    lat.append(np.asarray(t)[:len(blk)])
+    en.append(np.asarray(e)[:len(blk)])
+  return (np.concatenate(lat).astype(np.float64), np.concatenate(en).astype(np.float64))
 
 
 def relaxed_latency(system, model, routing, x, *, temperature_s=2e-5,
@@ -380,7 +430,8 @@ def grid_best(cost: CostParams, m: Machine, points, e2e_s, budget: float,
 
 def pareto(spend_, e2e_s) -> np.ndarray:
   """Indices of the non-dominated points (lower spend and lower latency),
-  sorted by spend."""
+  sorted by spend.  Any cost-like first axis works: ``pareto(energy_j, e2e_s)``
+  is the latency-vs-energy front."""
   s, e = np.asarray(spend_, np.float64), np.asarray(e2e_s, np.float64)
   order = np.lexsort((e, s))
   keep, best = [], np.inf
