@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from ndpsim import codesign as C
+from ndpsim import energy, engine
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import model_io
@@ -297,3 +298,62 @@ def test_projections_never_worse_than_uniform_and_within_budget():
   slots = C.expert_slots(system, model, PROMPT + OUTPUT)
   f = pts[..., 3] * slots
   assert np.allclose(f, np.round(f), atol=1e-4), slots
+
+
+# ---------------------------------------------------------------------------
+# Energy per token at co-design points and the latency-vs-energy front.
+
+@functools.lru_cache(maxsize=None)
+def _grid_energy():
+  model, system, r, _, _ = _setup()
+  s = system_mod.load_system("paper_rtx5080_ndp_dimm", num_ndp_units=UNITS)
+  ep = energy.for_system(s)
+  pts, _ = _grid()
+  return ep, C.energy_of(system, model, r, pts, ep, chunk=CHUNK)
+
+
+def _direct_energy_j(x, ep):
+  """energy.per_token_j of a plain engine.simulate run at point x."""
+  model, (ss, sp0), r, _, _ = _setup()
+  sp = C.with_hardware(sp0, jnp.asarray(x, jnp.float32))
+  res = engine.simulate((ss, sp), model, r, "tuned", C.policy_params(jnp.asarray(x)))
+  e = energy.per_token_j(res, (ss, sp), model, ep, prompt_len=PROMPT, batch_size=1)
+  return float(np.mean(np.asarray(e.total_j, np.float64))), float(np.mean(res.e2e_s))
+
+
+@pytest.mark.policy
+def test_energy_of_a_point_equals_a_direct_engine_run():
+  """energy_of equals energy.per_token_j of engine.simulate at the same
+  hardware: at the preset's own point with the preset's figures unchanged,
+  elsewhere with the link's idle power scaled by bandwidth / preset bandwidth."""
+  model, system, r, _, _ = _setup()
+  ep, (lat, ej) = _grid_energy()
+  pts, e2e = _grid()
+  np.testing.assert_allclose(lat, e2e, rtol=1e-5)
+  x0 = C.point_of(system)
+  (lat0,), (e0,) = C.energy_of(system, model, r, [x0], ep, chunk=CHUNK)
+  d0, t0 = _direct_energy_j(x0, ep)
+  assert e0 == pytest.approx(d0, rel=1e-4) and lat0 == pytest.approx(t0, rel=1e-4)
+  for i in (0, len(pts) // 3, len(pts) - 1):
+    bw = float(pts[i][1])
+    ep_x = C.energy_params_at(ep, system[1], pts[i])
+    assert float(ep_x.link.static_power_w) == pytest.approx(
+        float(ep.link.static_power_w) * bw / float(system[1].link.bandwidth_gbps), rel=1e-6)
+    d, t = _direct_energy_j(pts[i], ep_x)
+    assert ej[i] == pytest.approx(d, rel=1e-4), (i, pts[i])
+    assert lat[i] == pytest.approx(t, rel=1e-4)
+  assert np.all(np.isfinite(ej)) and np.all(ej > 0)
+  with pytest.raises(ConfigError, match=r"\[K, 6\]"):
+    C.energy_of(system, model, r, np.ones((2, 5)), ep)
+
+
+@pytest.mark.policy
+def test_latency_energy_front_is_non_dominated_and_complete():
+  _, (lat, ej) = _grid_energy()
+  front = C.pareto(ej, lat)
+  assert len(front) >= 2 and np.all(np.diff(ej[front]) >= 0)
+  for i in front:  # no point is at least as good on both axes and better on one
+    dom = (ej <= ej[i]) & (lat <= lat[i]) & ((ej < ej[i]) | (lat < lat[i]))
+    assert not dom.any(), (i, np.flatnonzero(dom))
+  for j in set(range(len(ej))) - set(front.tolist()):  # every other point is dominated
+    assert ((ej[front] <= ej[j]) & (lat[front] <= lat[j])).any(), j
