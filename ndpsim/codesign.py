@@ -37,6 +37,10 @@ one vmapped call of the *hard* engine, and the fastest feasible one is
 returned.  Returned points always satisfy the budget; a budget below a
 choice's cheapest point is reported infeasible, never clamped.
 
+:func:`energy_of` scores points' hard latency and energy per output token
+(``energy.per_token_j``) in one vmapped call, for a latency-vs-energy front
+(:func:`pareto` on (energy, latency)); energy is scored, not optimised.
+
 The cost and power model (prices from ``hw_configs/cost/default.json``,
 power from the parts' energy presets) is ``ndpsim.codesign_cost``; its names
 are re-exported here.

@@ -6,7 +6,7 @@ of equal cost on a tiny model.
 
 Compiles: one vmapped relaxed value-and-gradient (two budgets x three
 starts; the gradient check reuses it) and one hard chunk of 32 points (the co-design's candidates
-and the grid share it)."""
+and the grid share it), and one chunk of 32 points of codesign.energy_of."""
 from __future__ import annotations
 
 import dataclasses
