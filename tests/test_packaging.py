@@ -103,8 +103,17 @@ def test_installed_wheel_finds_its_presets(tmp_path):
   _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
         str(venv)], cwd=tmp_path)
   # --prefix lays the wheel out as a venv does (lib/pythonX.Y/site-packages, share/).
-  _run(pip + ["install", "-q", "--no-deps", "--no-index", "--prefix", str(venv),
-              str(whl)], cwd=tmp_path)
+  # --ignore-installed: without it pip uninstalls the ndpsim it finds on sys.path
+  # (the checkout's editable install) before laying the wheel out under --prefix,
+  # which broke every later test that starts `python3` without PYTHONPATH.
+  where = [sys.executable, "-c", "import importlib.util as u; s = u.find_spec('ndpsim'); "
+           "print(s.origin if s else None)"]
+  env0 = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  before = _run(where, cwd=tmp_path, env=env0).strip().splitlines()[-1]
+  _run(pip + ["install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+              "--prefix", str(venv), str(whl)], cwd=tmp_path)
+  # The interpreter running the suite keeps the ndpsim it had (CI's editable install).
+  assert _run(where, cwd=tmp_path, env=env0).strip().splitlines()[-1] == before
   env = {k: v for k, v in os.environ.items()
          if k not in ("PYTHONPATH", "NDPSIM_HW_CONFIGS")}
   probe = ("import json, ndpsim, ndpsim.config as c\n"
