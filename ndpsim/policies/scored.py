@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from ndpsim import base
 from ndpsim.policies import balance
 from ndpsim.policies import base as pb
+from ndpsim.policies import tp_lb_adaptive
 from ndpsim.policies import tp_lb_prefetch
 
 WEIGHTS = ("w_prefill", "w_decode", "w_recency", "w_layer")
@@ -146,18 +147,12 @@ def _choose_soft(ctx, slots, gfrac, params, s, counts):
 
 def _swap(ctx, res, s, layer, margin):
   """At most one decode swap of this layer as Requests (hard mode)."""
-  row_res = res.resident[layer]
-  q = res.queue_end_s[layer]
-  pending = jnp.isfinite(q) & (q > res.drained_s)
-  cand_ok = ~row_res & ~pending
-  cand = jnp.argmax(jnp.where(cand_ok, s, -jnp.inf))
-  victim = jnp.argmin(jnp.where(row_res, s, jnp.inf))
+  row_res, pending, cand_ok, cand, victim, idle = tp_lb_adaptive.swap_pair(res, layer, s)
   any_res = jnp.any(row_res)
   full = jnp.sum(row_res | pending) >= jnp.floor(res.capacity + 1e-6)
   # Against the weakest resident (0 in an empty layer), full or not: with
   # constant scores nothing ever beats it.
   bar = jnp.where(any_res, s[victim], 0.0) + margin
-  idle = res.queued_s - res.drained_s <= 1e-12
   do = jnp.any(cand_ok) & (s[cand] > bar) & idle & (res.capacity >= 1)
   ids = jnp.arange(ctx.num_experts)
   return pb.Requests(evict=(ids == victim) & do & full & any_res,

@@ -47,18 +47,30 @@ def init(ctx, params):
   return start._replace(own=jnp.zeros((ctx.num_layers, ctx.num_experts)))
 
 
-def _swap(ctx, res, score_row, layer, params):
-  """At most one swap of this layer as :class:`~ndpsim.residency.Requests`."""
+def swap_pair(res, layer, score_row):
+  """The decode swap's two ends in one layer, shared by the swapping policies.
+
+  score_row: [E] score of each expert.  Returns ``(row_res, pending, cand_ok,
+  cand, victim, idle)``: [E] resident and queued-not-arrived masks, [E]
+  experts that may be loaded (neither), the best such candidate and the
+  weakest resident (ids), and whether the copy queue is drained (a swap only
+  uses idle link time)."""
   row_res = res.resident[layer]
   q = res.queue_end_s[layer]
   pending = jnp.isfinite(q) & (q > res.drained_s)
   cand_ok = ~row_res & ~pending
   cand = jnp.argmax(jnp.where(cand_ok, score_row, -jnp.inf))
   victim = jnp.argmin(jnp.where(row_res, score_row, jnp.inf))
+  idle = res.queued_s - res.drained_s <= 1e-12
+  return row_res, pending, cand_ok, cand, victim, idle
+
+
+def _swap(ctx, res, score_row, layer, params):
+  """At most one swap of this layer as :class:`~ndpsim.residency.Requests`."""
+  row_res, pending, cand_ok, cand, victim, idle = swap_pair(res, layer, score_row)
   n_held = jnp.sum(row_res | pending)
   full = n_held >= res.capacity
   better = score_row[cand] > jnp.where(full, score_row[victim], -jnp.inf) + params.adapt_margin
-  idle = res.queued_s - res.drained_s <= 1e-12
   do = jnp.any(cand_ok) & better & idle & (res.capacity >= 1)
   evict = do & full
   ids = jnp.arange(ctx.num_experts)
