@@ -23,6 +23,13 @@ from tests import engine_util as U
 MODEL = "qwen3-30b-a3b"
 
 
+def _routing():
+  """Every engine run of this file: 2 sequences of 8 + 4 tokens (the shape of
+  the alpha auto-tuning test's workload, so the routing generator compiles
+  once, and ``monde`` compiles once: its knobs are traced)."""
+  return U.routing(MODEL, num_seqs=2, prompt_len=8, output_len=4)
+
+
 @pytest.mark.parametrize("activated,share,alpha,want", [
     (8, 0.09, 1.0, 1),      # 0.72 rounds to 1
     (8, 0.09, 0.0, 0),
@@ -89,7 +96,7 @@ def _expected_gpu_experts(model, routing, share, alpha_p, alpha_d, batch, eq6=Fa
 def test_monde_copies_hot_experts_per_use_and_keeps_none(batch):
   model = M.get_model(MODEL)
   system = U.load()
-  r = U.routing(MODEL, num_seqs=2, prompt_len=8, output_len=4)
+  r = _routing()
   share = float(costs.link_share(*system))
   params = pb.PolicyParams(monde_alpha_prefill=1.0, monde_alpha_decode=3.0)
   res = engine.simulate(system, model, r, "monde", params, batch_size=batch)
@@ -108,7 +115,7 @@ def test_monde_copies_hot_experts_per_use_and_keeps_none(batch):
 def test_monde_eq6_counts_match_dynande_formula():
   model = M.get_model(MODEL)
   system = U.load()
-  r = U.routing(MODEL, num_seqs=2, prompt_len=8, output_len=4)
+  r = _routing()
   share = float(costs.link_share(*system))
   res = engine.simulate(system, model, r, "monde_eq6")
   want = _expected_gpu_experts(model, r, share, 1.0, 1.0, 1, eq6=True)
@@ -120,8 +127,8 @@ def test_monde_eq6_counts_match_dynande_formula():
 def test_monde_with_alpha_zero_is_expert_parallel_ndp():
   """H = 0 everywhere: MoNDE degenerates to EP on the NDP units exactly."""
   params = pb.PolicyParams(monde_alpha_prefill=0.0, monde_alpha_decode=0.0)
-  a = U.run(MODEL, "monde", params=params)
-  b = U.run(MODEL, "ndp_ep")
+  a = U.run(MODEL, "monde", params=params, routing=_routing())
+  b = U.run(MODEL, "ndp_ep", routing=_routing())
   np.testing.assert_allclose(np.asarray(a.e2e_s), np.asarray(b.e2e_s), rtol=1e-6)
 
 
@@ -177,6 +184,6 @@ def test_monde_resident_is_the_old_profiled_hot_set():
   prof = np.zeros((M.num_moe_layers(model), model.num_experts), np.float32)
   prof[:, :4] = 10.0
   res = U.run(MODEL, "monde_resident", profile_counts=prof,
-              params=pb.PolicyParams(resident_fraction=1.0))
+              params=pb.PolicyParams(resident_fraction=1.0), routing=_routing())
   assert float(np.sum(res.gpu_hits)) > 0
-  assert float(np.sum(U.run(MODEL, "monde").gpu_hits)) == 0
+  assert float(np.sum(U.run(MODEL, "monde", routing=_routing()).gpu_hits)) == 0
