@@ -41,14 +41,15 @@ def e2e(res) -> np.ndarray:
   return np.asarray(res.e2e_s, np.float64)
 
 
-def numpy_routing(model_name: str, num_seqs: int, prompt_len: int, output_len: int,
+def numpy_routing(model_name, num_seqs: int, prompt_len: int, output_len: int,
                   seed: int = 0):
   """Skewed routing with prompt locality, in NumPy (the calibrated generator
   costs a compile per model): per sequence and layer a Zipf(1.2) popularity
   over a random ranking of the experts, each token's top-k drawn without
   replacement (Gumbel top-k), prompt and output alike -- so the prompt's
-  counts predict the output's experts, what prefetch relies on."""
-  model = M.get_model(model_name)
+  counts predict the output's experts, what prefetch relies on.
+  ``model_name``: a zoo name or a ``MoeModelSpec``."""
+  model = M.get_model(model_name) if isinstance(model_name, str) else model_name
   L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
   rng = np.random.default_rng(seed)
   log_pop = -1.2 * np.log(np.arange(1, E + 1))

@@ -4,6 +4,7 @@ every numeric leaf of a system's params at each end of its hard range
 only settings a user can actually give are produced."""
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -30,10 +31,17 @@ def override_for(path: str, value: float, dtypes=("bf16",)) -> dict:
   return {"system": {name: value}}
 
 
+@functools.lru_cache(maxsize=None)
+def _tensor_dtypes(system: str, units: int | None) -> tuple[str, ...]:
+  """The preset's GPU tensor dtypes, loaded once (a load is tens of ms of
+  Python, and :func:`extremes` loads every leaf at two to a dozen values)."""
+  return tuple(system_mod.load_system(system, units).spec.gpu.tensor_dtypes)
+
+
 def load_at(system: str, path: str, value: float, units: int | None = None):
   """The system with one leaf at ``value``, or None if the loader refuses the
   combination (a cross-field rule such as tRAS >= tRCD or a link's line rate)."""
-  dtypes = system_mod.load_system(system, units).spec.gpu.tensor_dtypes
+  dtypes = _tensor_dtypes(system, units)
   try:
     return system_mod.load_system(system, units, override_for(path, value, dtypes),
                                   allow_implausible=True)
