@@ -45,9 +45,13 @@ SCARCE = PolicyParams(resident_fraction=0.12,
 
 @functools.lru_cache(maxsize=None)
 def _routing(num_seqs: int = 2):
-  """The first ``num_seqs`` of four OLMoE sequences: the routing generator
-  compiles once per shape (about 15 s), so this file compiles it once."""
-  return jax.tree_util.tree_map(lambda x: x[:num_seqs], U.routing(MODEL, num_seqs=4))
+  """The first ``num_seqs`` of four OLMoE sequences of 16 + 8 tokens, skewed
+  NumPy routing with prompt locality (``engine_util.numpy_routing``; the
+  routing generator would cost a compile of ~10 s).  Two sequences are the
+  shape of ``tests/test_engine.py`` and ``tests/test_engine_golden.py``: the
+  same engine compiles (tests/conftest.py runs the three in one process)."""
+  return jax.tree_util.tree_map(lambda x: x[:num_seqs],
+                                U.numpy_routing(MODEL, 4, 16, 8, seed=0))
 
 
 def assert_same(res, ref, label=""):
