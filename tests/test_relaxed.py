@@ -75,13 +75,19 @@ def _slots(n=6, seed=0, resident_frac=None):
                   res_w=None if resident_frac is None else jnp.asarray(resident_frac))
 
 
+# Jitted once for every seed and temperature (the same slot shapes; the
+# temperature is traced): op-by-op dispatch compiled each primitive apart.
+_greedy_split = jax.jit(balance.greedy_split)
+_soft_split = jax.jit(balance.soft_split)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_soft_split_converges_to_greedy_split(seed):
   s = _slots(seed=seed)
-  hard = np.asarray(balance.greedy_split(s)).astype(float)
-  soft = np.asarray(balance.soft_split(s, temperature=1e-14))
+  hard = np.asarray(_greedy_split(s)).astype(float)
+  soft = np.asarray(_soft_split(s, temperature=1e-14))
   np.testing.assert_allclose(soft, hard, atol=1e-6)
-  mid = np.asarray(balance.soft_split(s, temperature=2e-5))
+  mid = np.asarray(_soft_split(s, temperature=2e-5))
   assert np.all((mid >= 0) & (mid <= 1)) and np.all(mid[~np.asarray(s.valid)] == 0)
 
 
@@ -105,8 +111,12 @@ def test_soft_split_and_gpu_lane_gradients_match_finite_differences():
       end, _ = relaxed.gpu_lane_end(0.0, 2e-5, s.gpu_s, frac, 1.0 - rho, s.fetch_s, 1e-5)
       return end
 
-    g = float(jax.grad(lane)(1.1))
-    _check(g, float(_fd(lane, 1.1, 1e-6)))
+    # One compile per function: the finite-difference values are the forward
+    # values of the same jitted value_and_grad (op-by-op dispatch compiled
+    # every primitive of the forward and backward passes apart).
+    vg = jax.jit(jax.value_and_grad(lane))
+    g = float(vg(1.1)[1])
+    _check(g, float(_fd(lambda b: vg(b)[0], 1.1, 1e-6)))
     assert abs(g) > 0
 
     def by_rho(r3):
@@ -114,8 +124,9 @@ def test_soft_split_and_gpu_lane_gradients_match_finite_differences():
       frac = balance.soft_split(s, temperature=1e-5, res_w=w)
       return relaxed.gpu_lane_end(0.0, 2e-5, s.gpu_s, frac, 1.0 - w, s.fetch_s, 1e-5)[0]
 
-    g = float(jax.grad(by_rho)(0.6))
-    _check(g, float(_fd(by_rho, 0.6, 1e-7)))
+    vg = jax.jit(jax.value_and_grad(by_rho))
+    g = float(vg(0.6)[1])
+    _check(g, float(_fd(lambda r: vg(r)[0], 0.6, 1e-7)))
     assert abs(g) > 0
 
 
@@ -137,8 +148,13 @@ def x64_relaxed():
       return jnp.mean(res.e2e_s)
 
     x0 = jnp.array([0.4, 1.0, 1.0, float(sp.link.bandwidth_gbps)], jnp.float64)
-    grad = jax.jit(jax.grad(f))
-    yield jax.jit(f), x0, np.asarray(grad(x0)), grad
+    # One compile: the finite-difference values are the forward values of the
+    # same compiled value_and_grad (no separate forward program), as in
+    # tests/test_policy_api.py and tests/test_tune_per_layer.py.
+    vg = jax.jit(jax.value_and_grad(f))
+    value = lambda x: vg(x)[0]  # noqa: E731
+    grad = lambda x: vg(x)[1]  # noqa: E731
+    yield value, x0, np.asarray(grad(x0)), grad
 
 
 @pytest.mark.parametrize("i,h", [(0, 1e-6), (1, 1e-6), (2, 1e-6), (3, 1e-5)])
