@@ -164,16 +164,21 @@ def test_own_knob_is_range_checked_vmapped_in_one_compile_and_differentiable(use
 
 @pytest.mark.e2e
 def test_binary_runs_a_users_policy_file(user_policy, tmp_path):
+  """A user's policy beside a shipped one.  The study is tests/test_experiment.py's
+  headline (tiny model, 4 sequences of 8 + 4 tokens, 2 NDP units, monde and
+  tp_lb_prefetch), so that in a full test run its monde and tp_lb_prefetch
+  programs come from the session's compilation cache (tests/conftest.py):
+  only the user's policy compiles here."""
   path, _ = user_policy
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "ndpsim.experiment", f"--policy_module={path}",
-         "--policies=ndp_tp,user_weighted", "--models=tests/data/exp_tiny_model.json",
-         "--studies=headline", "--num_seqs=1", "--prompt_len=8", "--output_len=2",
-         "--plots=false", f"--out_dir={out}"]
+         "--policies=tp_lb_prefetch,user_weighted", "--models=tests/data/exp_tiny_model.json",
+         "--studies=headline", "--num_seqs=4", "--prompt_len=8", "--output_len=4",
+         "--num_ndp_units=2", "--plots=false", f"--out_dir={out}"]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # hang guard
   assert done.returncode == 0, done.stderr[-2000:]
   rows = json.loads((out / "results.json").read_text())["rows"]
-  assert {"ndp_tp", "user_weighted"} <= {r["policy"] for r in rows}
+  assert {"tp_lb_prefetch", "user_weighted"} <= {r["policy"] for r in rows}
 
 
 @pytest.mark.e2e
