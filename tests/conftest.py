@@ -47,13 +47,16 @@ GROUPS = {
     "test_engine.py": "engine_olmoe",
     "test_engine_golden.py": "engine_olmoe",
     "test_reference.py": "engine_olmoe",
-    # One module each: shared fixtures or cached runs.
+    # One module each: shared fixtures, cached runs, or shared compiles
+    # (test_monde: one routing shape and one ``monde`` compile for its engine
+    # tests; test_routing: each generator shape compiles once, ~10 s).
     **{name: name[:-3] for name in (
         "test_codesign.py", "test_distributed.py", "test_energy.py",
         "test_engine_handcomputed.py", "test_experiment.py", "test_extreme_grid.py",
-        "test_notebook.py", "test_policy_api.py", "test_properties.py",
-        "test_relaxed.py", "test_routing_calibration.py", "test_sensitivity.py",
-        "test_smoke.py", "test_trace.py", "test_tune.py", "test_tune_per_layer.py")},
+        "test_monde.py", "test_notebook.py", "test_policy_api.py", "test_properties.py",
+        "test_relaxed.py", "test_routing.py", "test_routing_calibration.py",
+        "test_sensitivity.py", "test_smoke.py", "test_trace.py", "test_tune.py",
+        "test_tune_per_layer.py")},
 }
 
 
