@@ -5,7 +5,7 @@ gives a finite, positive end-to-end latency with a finite gradient w.r.t.
 every leaf, and latency is monotone where physics says so (more bandwidth,
 clock, rate or memory is never slower; more latency, overhead or cycles is
 never faster).  One ``value_and_grad`` compile per system, run at every
-setting (tiny model, 8 + 4 tokens, 2 sequences; about 25 s of CPU each); the
+setting (tiny model, 8 + 4 tokens, 2 sequences; about 30 s of CPU each); the
 relaxed engine's gradients (the tuner's path) under ``-m slow``."""
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def _grid(system: str, policy: str = POLICY, relaxed: bool = False):
                           check=False, **({"relaxed": True} if relaxed else {}))
     return jnp.mean(res.e2e_s)
 
-  # The hardware params are traced: one compile serves every setting.  A loop
-  # over the settings compiles in ~60 % of the time of one vmapped call (21 s
-  # vs 35 s of CPU per system) and runs them all in about a second.
+  # The hardware params are traced: one compile serves every setting, and the
+  # loop runs them all in about a second (it compiles a little faster than one
+  # vmapped call: 25 s vs 27 s of CPU, measured in one process, loop first).
   f = jax.jit(jax.value_and_grad(e2e))
   vs, gs = zip(*(f(sp) for sp in points))
   g = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *gs)
