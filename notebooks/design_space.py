@@ -481,10 +481,14 @@ from ndpsim import codesign as C  # noqa: E402
 CHOICES = tuple((c.split(":")[0], int(c.split(":")[1])) for c in os.environ.get(
     "DESIGN_SPACE_CHOICES", "paper_rtx5080_ndp_dimm:2,paper_rtx5080_ddr4_ndp_dimm:4"
 ).split(","))
-CD_PROMPT, CD_OUTPUT, FRACTIONS = 32, 8, (0.2, 0.5, 0.85)
+# 32 + 8 tokens, 12 Adam steps; the headless test shortens them through
+# DESIGN_SPACE_CODESIGN ("prompt,output,steps"; the same code paths).
+CD_PROMPT, CD_OUTPUT, CD_STEPS = (int(v) for v in os.environ.get(
+    "DESIGN_SPACE_CODESIGN", "32,8,12").split(","))
+FRACTIONS = (0.2, 0.5, 0.85)
 cd_routing = R.Routing(training.prefill_ids[:, :CD_PROMPT], None,
                        training.decode_ids[:, :CD_OUTPUT], None)
-cd_cfg = C.CodesignConfig(steps=12)
+cd_cfg = C.CodesignConfig(steps=CD_STEPS)
 cd = {}
 t = time.perf_counter()
 for preset_name, n in CHOICES:

@@ -2,9 +2,9 @@
 
 The twin ``notebooks/design_space.py`` runs in a subprocess with
 ``DESIGN_SPACE_OUT`` set, so it writes its three figures and ``values.json``
-(with two of its five unit counts, ``DESIGN_SPACE_UNITS=2,4``, and the
-first of its two co-design choices, ``DESIGN_SPACE_CHOICES``; most of the
-time is compilation).  The notebook's
+(with two of its five unit counts, ``DESIGN_SPACE_UNITS=2,4``, the
+first of its two co-design choices, ``DESIGN_SPACE_CHOICES``, and a shorter
+co-design, ``DESIGN_SPACE_CODESIGN``; most of the time is compilation).  The notebook's
 cells must equal the twin's (split at ``# %%`` markers), and its saved
 outputs must hold the figures.
 
@@ -77,13 +77,21 @@ def test_notebook_cells_match_the_twin():
 
 
 def test_twin_runs_headless_and_produces_its_figures(tmp_path):
-  # Two of the five unit counts (each costs a compile per policy) and one of
+  # Two of the five unit counts (each costs a compile per policy), one of
   # the two co-design choices (each compiles a relaxed gradient and a hard
-  # scorer): every cell and code path runs; the saved notebook holds the full run.
+  # scorer), and the co-design on 8 + 2 tokens for 3 Adam steps instead of
+  # 32 + 8 for 12 (its iterates and grid are hard-scored: runtime, not
+  # compiles; ~20 CPU-s less): every cell and code path runs; the saved
+  # notebook holds the full run.
   env = dict(os.environ, DESIGN_SPACE_OUT=str(tmp_path), JAX_PLATFORMS="cpu",
              MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4",
-             DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2")
+             DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2",
+             DESIGN_SPACE_CODESIGN="8,2,3")
   env.pop("XLA_FLAGS", None)
+  # This checkout's ndpsim first on the path, installed or not (as
+  # tests/test_experiment.py and tests/test_distributed.py run the binary).
+  env["PYTHONPATH"] = os.pathsep.join([str(NB_DIR.parent)] + [p for p in env.get(
+      "PYTHONPATH", "").split(os.pathsep) if p])
   # The timeout only guards against a hang: a few CPU-minutes on 2 quiet
   # cores, many times that on a busy machine.
   proc = subprocess.run([sys.executable, str(TWIN)], env=env, cwd=str(tmp_path),
@@ -114,6 +122,7 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
   assert t["tuner_curve"][0][-1] == 26
   cd = v["codesign"]
   assert cd["choices"] == ["paper_rtx5080_ndp_dimm:2"] and len(cd["rows"]) == 3
+  assert (cd["prompt_len"], cd["output_len"], cd["steps"]) == (8, 2, 3)
   for r in cd["rows"]:  # every returned point meets its budget
     assert r["feasible"] and 0 < r["e2e_s"] < np.inf
     assert r["spend"] <= r["budget"] * (1 + 1e-6)
