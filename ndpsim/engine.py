@@ -11,7 +11,10 @@ A layer is four stages (``ndpsim/engine_layer.py``): the queue advance
 soft one in relaxed mode) and the statistics.  The cost tables are built once
 per call (``ndpsim/engine_tables.py``); the input checks run in Python first
 (``ndpsim/engine_validate.py``).  This module scans the layers and steps and
-vmaps over sequence groups.
+vmaps over sequence groups, a chunk of :data:`CHUNK_GROUPS` groups at a time
+(a scan over chunks: the [L, E] residency state of one chunk is live at
+once).  Per chunk: the prefill (its copy-queue merges kept lazily,
+``ndpsim/lazy_queue.py``), the queue's positions settled, then the decode.
 
 One layer, starting at ``t0`` when the previous layer's output exists::
 
@@ -49,10 +52,12 @@ host CPU time, DRAM contention between NDP compute and host-side DMA.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from ndpsim import costs
+from ndpsim import costs, lazy_queue
 from ndpsim import residency as rs
 from ndpsim.base import ConfigError
 from ndpsim.engine_layer import (Carry, Static, absolute, rebase, simulate_layer,
@@ -77,7 +82,7 @@ def _initial_carry(st: Static, ctx, pparams, tab: Tables) -> Carry:
   L, E = ctx.num_layers, ctx.num_experts
   start = st.policy.init(ctx, pparams)
   res = rs.empty(L, E, start.capacity, start.resident,
-                 soft=st.relaxed and st.policy.soft_residency)
+                 soft=st.relaxed and st.policy.soft_residency, lazy=True)
   z = jnp.zeros(())
   return Carry(t=tab.over_prefill_s, link_gpu_free=z, link_ndp_free=z, bg_clock=z,
                res=res, own=start.own, acc=zero_acc(st.num_units), origin_hi=z,
@@ -130,23 +135,33 @@ def _decode_scan(st: Static, ctx, pparams, tab: Tables, carry: Carry, decode_ids
                                          tab.attn_decode_s, tab.over_decode_s))
 
 
-def _simulate_group(st: Static, ctx, pparams, tab: Tables, prefill_ids, decode_ids,
-                    prefill_counts=None):
-  """prefill_ids [B, P, L, k], decode_ids [B, T, L, k] -> per-group outputs.
-
-  prefill_counts: [L, E] int32 activations of the prompt (:func:`prefill_counts`),
-  if already counted; else counted here from prefill_ids."""
-  L, E = ctx.num_layers, ctx.num_experts
+def _prefill_group(st: Static, ctx, pparams, tab: Tables, counts):
+  """The prefill of one sequence group; counts: [L, E] int32 prompt
+  activations (:func:`prefill_counts`).  Returns (carry, ttft_s, prefill
+  accumulators, prefill records or None)."""
   carry = _initial_carry(st, ctx, pparams, tab)
-  if prefill_counts is None:
-    flat = jnp.moveaxis(prefill_ids, 2, 0).reshape(L, -1)          # [L, B*P*k]
-    counts = jax.vmap(lambda x: jnp.zeros((E,), jnp.int32).at[x].add(1))(flat)
-  else:
-    counts = prefill_counts
   carry, rec_prefill = _prefill_scan(st, ctx, pparams, tab, carry, counts)
   carry = with_peak(carry)
-  ttft = absolute(carry)
-  acc_prefill = carry.acc
+  return carry, absolute(carry), carry.acc, rec_prefill
+
+
+def _settle(ctx, carry: Carry) -> Carry:
+  """After the prefill, a batch of carries: the lazily merged loads get their
+  queue positions (``residency.settle``), only if some group merged any (a
+  real branch when not under an outer vmap)."""
+  res = carry.res
+  if res.lazy is None:
+    return carry
+  settled = jax.vmap(lambda r: rs.settle(ctx, r), axis_name=lazy_queue.GROUP_AXIS)
+  res = jax.lax.cond(jnp.any(res.lazy.n_queued > 0), settled,
+                     lambda r: dataclasses.replace(r, lazy=None), res)
+  return carry._replace(res=res)
+
+
+def _decode_group(st: Static, ctx, pparams, tab: Tables, carry: Carry, decode_ids,
+                  ttft, acc_prefill, rec_prefill):
+  """The decode of one group after its prefill; decode_ids [B, T, L, k].
+  Returns the group's outputs (dict)."""
   carry, step_s = _decode_scan(st, ctx, pparams, tab, carry, decode_ids)
   rec = None
   if st.record:
@@ -158,6 +173,43 @@ def _simulate_group(st: Static, ctx, pparams, tab: Tables, prefill_ids, decode_i
   out = dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
              prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
   return out if rec is None else dict(out, record=rec)
+
+
+def _simulate_chunk(st: Static, ctx, pparams, tab: Tables, decode_ids, counts):
+  """Prefill, settle and decode of a chunk of groups: decode_ids [C, B, T, L,
+  k], counts [C, L, E].  Returns the outputs with a leading [C] axis."""
+  carry, ttft, acc_p, rec_p = jax.vmap(
+      lambda c: _prefill_group(st, ctx, pparams, tab, c), axis_name=lazy_queue.GROUP_AXIS)(
+          counts)
+  carry = _settle(ctx, carry)
+  return jax.vmap(lambda c, d, t, a, r: _decode_group(st, ctx, pparams, tab, c, d, t, a, r))(
+      carry, decode_ids, ttft, acc_p, rec_p)
+
+
+# Groups simulated at once: the [L, E] state of this many groups is live
+# together (memory), a chunk's loop steps run once for all of them (speed).
+CHUNK_GROUPS = 1024
+
+
+def _map_chunks(fn, decode_ids, counts):
+  """``fn`` over chunks of :data:`CHUNK_GROUPS` groups, in a scan.  The last
+  chunk is the last CHUNK_GROUPS groups (it overlaps the one before; the
+  overlap's outputs are taken once), so no group is padded or copied."""
+  g, c = counts.shape[0], CHUNK_GROUPS
+  if g <= c:
+    return fn(decode_ids, counts)
+  n = -(-g // c)
+
+  def body(_, i):
+    start = jnp.minimum(i * c, g - c)
+    take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, c)  # noqa: E731
+    return None, fn(take(decode_ids), take(counts))
+
+  _, out = jax.lax.scan(body, None, jnp.arange(n))
+  last = g - (n - 1) * c  # groups of the last chunk not in the one before
+  return jax.tree_util.tree_map(
+      lambda y: jnp.concatenate([y[:-1].reshape((-1,) + y.shape[2:]), y[-1, c - last:]]),
+      out)
 
 
 def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
@@ -179,8 +231,7 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
   pre = prefill_ids.reshape((G, batch) + prefill_ids.shape[1:])
   dec = decode_ids.reshape((G, batch) + decode_ids.shape[1:])
   counts = prefill_counts(pre, ctx.num_layers, ctx.num_experts)
-  out = jax.vmap(lambda p, d, c: _simulate_group(st, ctx, pparams, tab, p, d, c))(
-      pre, dec, counts)
+  out = _map_chunks(lambda d, c: _simulate_chunk(st, ctx, pparams, tab, d, c), dec, counts)
   fixed = costs.gpu_fixed_bytes(model, P + T, batch) + sp.gpu_reserved_bytes
   res = SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
                            gpu_fixed_bytes=fixed, batch=batch,

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ndpsim import base, ranking
+from ndpsim import base, lazy_queue, ranking
 
 INF = jnp.inf
 
@@ -78,6 +78,10 @@ class Residency:
     (no [L, E] reduction per layer or step).
   soft: None (hard residency) or a :class:`SoftResidency` (relaxed mode,
     policies with ``soft_residency``).
+  lazy: None, or during the prefill a :class:`~ndpsim.lazy_queue.LazyQueue`:
+    merged loads are kept per row and get their ``queue_end_s`` (until then
+    ``lazy_queue.PENDING_S``) when the engine settles the queue after the
+    prefill (``ndpsim/lazy_queue.py``).
   """
   resident: jax.Array
   queue_end_s: jax.Array
@@ -89,6 +93,7 @@ class Residency:
   capacity: jax.Array
   held_n: jax.Array
   soft: Any = None
+  lazy: Any = None
 
 
 class Requests(NamedTuple):
@@ -105,9 +110,10 @@ class Requests(NamedTuple):
 
 
 def empty(num_layers: int, num_experts: int, capacity, resident=None,
-          soft: bool = False) -> Residency:
+          soft: bool = False, lazy: bool = False) -> Residency:
   """Nothing queued; ``resident`` [L, E] bool (default none) loaded before
-  the run (no link time charged)."""
+  the run (no link time charged).  ``lazy``: merges are kept lazily until
+  :func:`settle` (``ndpsim/lazy_queue.py``; not with ``soft``)."""
   z = jnp.zeros((num_layers, num_experts))
   res = z.astype(bool) if resident is None else jnp.asarray(resident, bool)
   return Residency(resident=res, queue_end_s=jnp.full_like(z, INF),
@@ -115,7 +121,9 @@ def empty(num_layers: int, num_experts: int, capacity, resident=None,
                    prefetched=z.astype(bool), used=z.astype(bool),
                    capacity=jnp.asarray(capacity, jnp.float32),
                    held_n=jnp.sum(res).astype(jnp.float32),
-                   soft=SoftResidency(keep=z, queued=z, end_s=z) if soft else None)
+                   soft=SoftResidency(keep=z, queued=z, end_s=z) if soft else None,
+                   lazy=lazy_queue.empty(num_layers, num_experts) if lazy and not soft
+                   else None)
 
 
 def drain(res: Residency, idle_s) -> Residency:
@@ -192,7 +200,8 @@ def apply(ctx, res: Residency, layer, req: Requests | None) -> Residency:
     if req.merge:
       order = (req.load_order if req.load_order is not None
                else jnp.argsort(-req.load_key, stable=True))
-      res = merge_enqueue(ctx, res, layer, req.load, req.load_key, order)
+      merge_fn = merge_enqueue if res.lazy is None else lazy_merge_enqueue
+      res = merge_fn(ctx, res, layer, req.load, req.load_key, order)
     else:
       res = enqueue(res, layer, req.load, req.load_key, ctx.fetch_s,
                     order=req.load_order, at_most_one=req.at_most_one)
@@ -268,6 +277,27 @@ def merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency
       res, queue_key=score, queue_end_s=q, queued_s=res.queued_s + jnp.sum(new) * f,
       held_n=res.held_n + jnp.sum(new),
       prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+
+
+def lazy_merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency:
+  """:func:`merge_enqueue` for a residency with ``lazy`` set (the prefill):
+  the same queue order, its positions written by :func:`settle`."""
+  f = ctx.fetch_s
+  new = want & ~res.resident[layer] & jnp.isinf(res.queue_end_s[layer])
+  lz, row_q = lazy_queue.merge(res, layer, new, key_row, order, f)
+  return dataclasses.replace(
+      res, lazy=lz, queue_key=res.queue_key.at[layer].set(key_row),
+      queue_end_s=res.queue_end_s.at[layer].set(row_q),
+      queued_s=res.queued_s + jnp.sum(new) * f, held_n=res.held_n + jnp.sum(new),
+      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+
+
+def settle(ctx, res: Residency) -> Residency:
+  """Positions of the lazily merged loads written; ``lazy`` dropped (None).
+  A residency without ``lazy`` is returned as is."""
+  if res.lazy is None:
+    return res
+  return lazy_queue.settle(res, ctx.fetch_s)
 
 
 def soft_merge_enqueue(ctx, res: Residency, layer, queued_row, key_row, order):
