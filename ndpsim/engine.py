@@ -188,17 +188,19 @@ def _simulate_chunk(st: Static, ctx, pparams, tab: Tables, decode_ids, counts):
 
 # Groups simulated at once: the [L, E] state of this many groups is live
 # together (memory), a chunk's loop steps run once for all of them (speed).
-CHUNK_GROUPS = 1024
+CHUNK_GROUPS = 2048
 
 
 def _map_chunks(fn, decode_ids, counts):
-  """``fn`` over chunks of :data:`CHUNK_GROUPS` groups, in a scan.  The last
-  chunk is the last CHUNK_GROUPS groups (it overlaps the one before; the
-  overlap's outputs are taken once), so no group is padded or copied."""
-  g, c = counts.shape[0], CHUNK_GROUPS
-  if g <= c:
+  """``fn`` over equal chunks of at most :data:`CHUNK_GROUPS` groups, in a
+  scan.  The last chunk is the last ``c`` groups (it may overlap the one
+  before; the overlap's outputs are taken once), so no group is padded or
+  copied."""
+  g = counts.shape[0]
+  if g <= CHUNK_GROUPS:
     return fn(decode_ids, counts)
-  n = -(-g // c)
+  n = -(-g // CHUNK_GROUPS)
+  c = -(-g // n)  # n chunks of equal size: at most n - 1 groups run twice
 
   def body(_, i):
     start = jnp.minimum(i * c, g - c)
