@@ -5,8 +5,9 @@
 positions once.  Random merge sequences (integer keys with many ties, drains
 that stop inside a load, exactly at a load's start, past the queue's end,
 kept experts, experts resident from the start) must give the same queue
-positions, totals and flags; and the engine's prefill (which merges lazily)
-must match the eager merge run in a plain loop over the same layers.
+positions, totals and flags (the engine's prefill merges lazily; the NumPy
+reference, golden and clock tests check it end to end).  Groups run in
+chunks (``engine.CHUNK_GROUPS``) give the outputs of one vmapped call.
 """
 from __future__ import annotations
 
@@ -108,3 +109,29 @@ def test_start_upto_takes_the_best_head_and_never_overruns():
   two = jax.vmap(lambda z, t: lazy_queue.start_upto(z, t, keys))(
       batch, jnp.asarray([1, 3], jnp.int32))
   np.testing.assert_array_equal(np.asarray(two.n_started), [1, 3])
+
+
+@pytest.mark.reference
+def test_chunked_groups_match_one_chunk(monkeypatch):
+  """Groups simulated in chunks (``engine.CHUNK_GROUPS``; equal chunks, the
+  last overlapping the one before) give every output of one vmapped call:
+  5 groups of batch 2 in chunks of 2 (3 chunks, one group run twice)."""
+  from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
+  from tests import engine_util as U  # pylint: disable=import-outside-toplevel
+  model = M.get_model("olmoe-1b-7b")
+  r = U.numpy_routing(model, 10, 16, 4)
+  ss, sp = U.load()
+  from ndpsim import policies  # pylint: disable=import-outside-toplevel
+  pol = policies.get("tp_lb_prefetch")
+  pp = policies.make_params(pol)
+  outs = []
+  for chunk in (engine.CHUNK_GROUPS, 2):
+    monkeypatch.setattr(engine, "CHUNK_GROUPS", chunk)
+    fn = jax.jit(engine.simulate_core, static_argnames=engine.STATIC_ARGNAMES)  # fresh trace
+    outs.append(fn(ss, sp, model, pol, pp, jnp.asarray(r.prefill_ids),
+                   jnp.asarray(r.decode_ids), None, 2))
+  one, chunked = outs
+  assert np.asarray(one.e2e_s).shape == (5,)
+  for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(chunked)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
