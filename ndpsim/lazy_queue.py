@@ -100,7 +100,8 @@ def _start_one(lz: LazyQueue, keys, target) -> LazyQueue:
   i = lz.started[j]
   e = lz.row_ids[j, i]
   nxt = jnp.minimum(i + 1, lz.row_ids.shape[1] - 1)
-  head = jnp.where(i + 1 < lz.row_n[j], keys[j, lz.row_ids[j, nxt]], -jnp.inf)
+  head = jnp.where(i + 1 < lz.row_n[j], keys[j, lz.row_ids[j, nxt]],
+                   -jnp.inf).astype(lz.head_key.dtype)
   return dataclasses.replace(
       lz, slot=lz.slot.at[j, e].set(jnp.where(go, lz.n_started, lz.slot[j, e])),
       started=lz.started.at[j].add(go.astype(jnp.int32)),
@@ -112,7 +113,7 @@ def start_upto(lz: LazyQueue, target, keys) -> LazyQueue:
   """Loads start in queue order until ``target`` (int32) have started.
   keys: [L, E] the merged loads' keys (``Residency.queue_key``)."""
   keys = jax.lax.stop_gradient(keys)
-  target = jnp.minimum(target, lz.n_queued)
+  target = jnp.minimum(target, lz.n_queued).astype(jnp.int32)
   return jax.lax.while_loop(lambda z: _any_group(z.n_started < target),
                             lambda z: _start_one(z, keys, target), lz)
 
@@ -135,11 +136,11 @@ def merge(res, layer, new, key_row, order, fetch_s):
   keys = res.queue_key.at[layer].set(key_row)
   lz = start_upto(lz, started_by(res.drained_s, fetch_s, lz.n_queued), keys)
   new_sorted = new[order].astype(jnp.int32)
-  before = jnp.cumsum(new_sorted) - new_sorted
+  before = jnp.cumsum(new_sorted, dtype=jnp.int32) - new_sorted
   row = jnp.zeros((e_n,), jnp.int32).at[jnp.where(new_sorted > 0, before, e_n)].set(
       order.astype(jnp.int32), mode="drop")
-  n_new = jnp.sum(new_sorted)
-  head = jnp.where(n_new > 0, key_row[row[0]], -jnp.inf)
+  n_new = jnp.sum(new_sorted, dtype=jnp.int32)
+  head = jnp.where(n_new > 0, key_row[row[0]], -jnp.inf).astype(lz.head_key.dtype)
   lz = dataclasses.replace(
       lz, row_ids=lz.row_ids.at[layer].set(row), row_n=lz.row_n.at[layer].set(n_new),
       head_key=lz.head_key.at[layer].set(head), n_queued=lz.n_queued + n_new)

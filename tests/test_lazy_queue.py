@@ -135,3 +135,14 @@ def test_chunked_groups_match_one_chunk(monkeypatch):
   assert np.asarray(one.e2e_s).shape == (5,)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(chunked)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.reference
+def test_lazy_merge_under_x64():
+  """The lazy queue keeps its int32 counters and key dtype with x64 on (the
+  gradient tests run the engine in x64; a sum there is int64)."""
+  with jax.enable_x64(True):
+    eager, _ = _run(5, lazy=False)
+    lazy, _ = _run(5, lazy=True)
+  np.testing.assert_allclose(np.asarray(lazy.queue_end_s), np.asarray(eager.queue_end_s),
+                             rtol=1e-12)
