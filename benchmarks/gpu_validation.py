@@ -20,10 +20,17 @@ model's ``kernel_launch_us`` does).  ``--dry_run`` runs everything on the CPU
 with tiny repetition counts (no GPU, no simulator run): it checks the plan and
 the JSON shape in seconds (``tests/test_reference.py``).
 
-Usage on the H200 machine (about 3-5 minutes)::
+Also measured: the machine's ceilings (streaming bandwidth of ``x + 1`` over
+2 GiB, an 8192^3 bf16 GEMM), against which the preset's achievable fractions
+can be read.  The simulator runs are one child each (``--seqs`` on the
+default backend, ``--cpu_seqs`` with ``JAX_PLATFORMS=cpu``), each under a
+hang guard, and ``--out`` is rewritten after every stage, so a run cut short
+keeps what it measured.
 
-  pip install -U "jax[cuda12]"   # if needed; this session had no GPU
-  python benchmarks/gpu_validation.py --out=gpu_validation.json
+Usage on the H200 machine (about 5-8 minutes; jax with CUDA installed)::
+
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/gpu_validation.py \
+      --out=gpu_validation.json
 """
 from __future__ import annotations
 
@@ -66,30 +73,38 @@ def modelled(model_name: str, m: int, k: int, n: int) -> dict:
                                                     "launch_s")}
 
 
-def _device_kernel_s(fn, args, calls: int) -> float | None:
-  """Mean device time per call from profiler kernel events (GPU only)."""
+def _device_kernel_s(fn, args, calls: int) -> tuple[float | None, dict]:
+  """Mean device time per call from profiler kernel events (GPU only).
+
+  Returns (seconds per call or None, {line name: summed seconds}).  Kernels
+  of one call run on one stream; the busiest line whose name holds "stream"
+  is taken (an aggregate line, if the profiler writes one, is then that line).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() != "gpu":
-    return None
-  d = tempfile.mkdtemp(prefix="ndpsim_prof_")
-  with jax.profiler.trace(d):
-    for _ in range(calls):
-      out = fn(*args)
-    jax.block_until_ready(out)
-  files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
-  if not files:
-    return None
-  pd = jax.profiler.ProfileData.from_file(files[0])
-  total = 0.0
-  for plane in pd.planes:
-    if not plane.name.startswith("/device:GPU"):
-      continue
-    for line in plane.lines:
-      if "stream" not in line.name.lower() and "kernel" not in line.name.lower():
+    return None, {}
+  try:
+    d = tempfile.mkdtemp(prefix="ndpsim_prof_")
+    with jax.profiler.trace(d):
+      for _ in range(calls):
+        out = fn(*args)
+      jax.block_until_ready(out)
+    files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+    if not files:
+      return None, {"error": "no xplane.pb written"}
+    pd = jax.profiler.ProfileData.from_file(files[0])
+    lines = {}
+    for plane in pd.planes:
+      if not plane.name.startswith("/device:GPU"):
         continue
-      for ev in line.events:
-        total += ev.duration_ns * 1e-9
-  return total / calls if total > 0 else None
+      for line in plane.lines:
+        total = sum(ev.duration_ns for ev in line.events) * 1e-9
+        lines[f"{plane.name}|{line.name}"] = total
+    streams = [v for k, v in lines.items() if "stream" in k.split("|")[1].lower()]
+    best = max(streams) if streams else 0.0
+    return (best / calls if best > 0 else None), lines
+  except Exception as e:  # pylint: disable=broad-except
+    return None, {"error": repr(e)[:500]}
 
 
 def time_kernel(m: int, k: int, n: int, reps: int, dry: bool) -> dict:
@@ -118,13 +133,14 @@ def time_kernel(m: int, k: int, n: int, reps: int, dry: bool) -> dict:
   t = time.perf_counter()
   jax.block_until_ready(chain(x, ws))
   wall = (time.perf_counter() - t) / reps
-  dev = None
+  dev, lines = None, {}
   if not dry:
     calls = 4 * nbuf
     wsl = [ws[i] for i in range(nbuf)]
     it = iter(range(10**9))
-    dev = _device_kernel_s(lambda x: one(x, wsl[next(it) % nbuf]), (x,), calls)
-  return dict(measured_wall_s=wall, measured_kernel_s=dev, weight_buffers=nbuf)
+    dev, lines = _device_kernel_s(lambda x: one(x, wsl[next(it) % nbuf]), (x,), calls)
+  return dict(measured_wall_s=wall, measured_kernel_s=dev, weight_buffers=nbuf,
+              profiler_lines=lines if dry or dev is None or m == 1 else {})
 
 
 def kernel_table(reps: int, dry: bool, models=MODELS, tokens=TOKENS) -> list[dict]:
@@ -132,15 +148,24 @@ def kernel_table(reps: int, dry: bool, models=MODELS, tokens=TOKENS) -> list[dic
   for mname in models:
     for kname, k, n in expert_kernels(mname):
       for m in tokens:
-        mod = modelled(mname, m, k, n)
+        try:
+          mod = modelled(mname, m, k, n)
+        except Exception as e:  # pylint: disable=broad-except  (keep measuring)
+          mod = dict(time_s=None, compute_s=None, memory_s=None, launch_s=None,
+                     error=repr(e)[:300])
         meas = time_kernel(m, k, n, reps, dry)
         measured = meas["measured_kernel_s"] or meas["measured_wall_s"]
         rows.append(dict(model=mname, kernel=kname, tokens=m, k=k, n=n,
                          model_s=mod["time_s"], model_compute_s=mod["compute_s"],
                          model_memory_s=mod["memory_s"], model_launch_s=mod["launch_s"],
-                         measured_s=measured,
+                         model_error=mod.get("error"), measured_s=measured,
                          measured_kind="kernel" if meas["measured_kernel_s"] else "wall",
-                         **meas, error=mod["time_s"] / measured - 1.0))
+                         weight_gbps=k * n * 2 / measured / 1e9,
+                         **meas, error=(None if mod["time_s"] is None
+                                        else mod["time_s"] / measured - 1.0)))
+        print(f"[gpu_validation] {mname} {kname} m={m}: measured {measured * 1e6:.2f} us "
+              f"({rows[-1]['measured_kind']}), wall {meas['measured_wall_s'] * 1e6:.2f} us, "
+              f"model {mod['time_s']}", file=sys.stderr, flush=True)
   return rows
 
 
@@ -148,24 +173,76 @@ def markdown(rows: list[dict]) -> str:
   lines = ["| model | kernel | tokens | measured us | modelled us | error |",
            "|---|---|---:|---:|---:|---:|"]
   for r in rows:
+    model = "n/a" if r["model_s"] is None else f"{r['model_s'] * 1e6:.1f}"
+    err = "n/a" if r["error"] is None else f"{r['error']:+.0%}"
     lines.append(f"| {r['model']} | {r['kernel']} | {r['tokens']} | "
-                 f"{r['measured_s'] * 1e6:.1f} ({r['measured_kind']}) | "
-                 f"{r['model_s'] * 1e6:.1f} | {r['error']:+.0%} |")
+                 f"{r['measured_s'] * 1e6:.1f} ({r['measured_kind']}) | {model} | {err} |")
   return "\n".join(lines)
 
 
-def simulator_speed(seqs: str) -> dict:
-  """benchmarks/throughput.py on the default backend and on the CPU."""
+def roofline_probes(dry: bool) -> dict:
+  """Measured ceilings of the machine: streaming bandwidth and dense bf16 rate.
+
+  Bandwidth: ``y = x + 1`` over a bf16 array of 2 GiB (read once, written
+  once; 4 GiB of traffic).  Compute: an 8192^3 bf16 GEMM (fp32 accumulate).
+  Each the median of 5 timed calls after a warm-up.  They are the ceilings the
+  preset's ``achievable_bandwidth_fraction`` and ``achievable_compute_fraction``
+  stand for (measured / spec peak).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  n_elems = (2**14 if dry else 2**30)
+  side = 256 if dry else 8192
+  x = jnp.ones((n_elems,), jnp.bfloat16)
+  a = jnp.ones((side, side), jnp.bfloat16)
+  add = jax.jit(lambda v: v + 1)
+  mm = jax.jit(lambda u: jnp.dot(u, u, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+
+  def med(fn, arg):
+    jax.block_until_ready(fn(arg))
+    ts = []
+    for _ in range(5):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(arg))
+      ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+  t_bw = med(add, x)
+  t_mm = med(mm, a)
+  return dict(stream_bytes=4 * n_elems, stream_s=t_bw, stream_gbps=4 * n_elems / t_bw / 1e9,
+              gemm_side=side, gemm_s=t_mm, gemm_tflops=2 * side**3 / t_mm / 1e12)
+
+
+def _write(report: dict, path: str) -> None:
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1, default=float)
+
+
+def simulator_point(backend: str, seqs: int, args) -> dict:
+  """One ``benchmarks/throughput.py --suite=throughput`` child on ``backend``
+  ("default" = jax's default, a GPU there; "cpu" = ``JAX_PLATFORMS=cpu``)."""
   script = os.path.join(ROOT, "benchmarks", "throughput.py")
-  argv = ["--suite=throughput", "--models=qwen3-30b-a3b", f"--seqs={seqs}"]
-  out = {}
-  for name, env in (("default_backend", {}), ("cpu", {"JAX_PLATFORMS": "cpu"})):
-    r = subprocess.run([sys.executable, script] + argv, env=dict(os.environ, **env),
-                       capture_output=True, text=True, check=False)
-    try:
-      out[name] = json.loads(r.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-      out[name] = dict(error=r.stderr[-2000:])
+  argv = ["--suite=throughput", "--models=qwen3-30b-a3b", f"--seqs={seqs}",
+          f"--decode_len={args.decode_len}", f"--short_len={args.short_len}",
+          f"--repeats={args.repeats}"]
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+             **({"JAX_PLATFORMS": "cpu"} if backend == "cpu" else {}))
+  t = time.perf_counter()
+  try:
+    r = subprocess.run([sys.executable, script] + argv, env=env, capture_output=True,
+                       text=True, check=False, timeout=args.child_timeout_s)  # hang guard
+  except subprocess.TimeoutExpired as e:
+    err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+    return dict(backend=backend, seqs=seqs, error=f"timed out after {args.child_timeout_s} s",
+                stderr_tail=err[-2000:])
+  wall = time.perf_counter() - t
+  try:
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+  except (IndexError, json.JSONDecodeError):
+    return dict(backend=backend, seqs=seqs, error=f"rc {r.returncode}",
+                stderr_tail=r.stderr[-2000:])
+  out.update(requested_backend=backend, child_wall_s=wall)
   return out
 
 
@@ -173,41 +250,68 @@ def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--dry_run", action="store_true",
                   help="CPU, one token count, two repetitions, no simulator run")
-  ap.add_argument("--reps", type=int, default=50)
-  ap.add_argument("--seqs", default="1000,10000")
+  ap.add_argument("--reps", type=int, default=50, help="GEMMs per timed chain")
+  ap.add_argument("--models", default=",".join(MODELS), help="models of the kernel table")
+  ap.add_argument("--tokens", default=",".join(map(str, TOKENS)),
+                  help="token counts (GEMM rows) of the kernel table")
+  ap.add_argument("--seqs", default="10000,1000", help="simulator runs on the default backend")
+  ap.add_argument("--cpu_seqs", default="1000", help="simulator runs with JAX_PLATFORMS=cpu")
+  ap.add_argument("--decode_len", type=int, default=64)
+  ap.add_argument("--short_len", type=int, default=8)
+  ap.add_argument("--repeats", type=int, default=2)
+  ap.add_argument("--child_timeout_s", type=float, default=240.0,
+                  help="hang guard per simulator child")
   ap.add_argument("--skip_simulator", action="store_true")
-  ap.add_argument("--out", default="")
+  ap.add_argument("--out", default="", help="JSON report, rewritten after every stage")
   args = ap.parse_args(argv)
   if args.dry_run:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax  # pylint: disable=import-outside-toplevel
   report = dict(dry_run=args.dry_run, backend=jax.default_backend(),
-                devices=[str(d) for d in jax.devices()], jax_version=jax.__version__)
+                devices=[str(d) for d in jax.devices()], jax_version=jax.__version__,
+                argv=sys.argv[1:] if argv is None else list(argv))
+  models = tuple(m for m in args.models.split(",") if m)
+  tokens = tuple(int(t) for t in args.tokens.split(",") if t)
   if args.dry_run:
     # Every modelled row; one small kernel actually timed per model and shape.
     rows = []
-    for mname in MODELS:
+    for mname in models:
       for kname, k, n in expert_kernels(mname):
-        for m in TOKENS:
+        for m in tokens:
           mod = modelled(mname, m, k, n)
           rows.append(dict(model=mname, kernel=kname, tokens=m, k=k, n=n,
                            model_s=mod["time_s"], measured_s=None, error=None))
-    probe = kernel_table(2, True, models=MODELS[:1], tokens=(1,))
-    report.update(kernels=rows + probe, note="dry run: CPU timings are not H200 numbers")
+    probe = kernel_table(2, True, models=models[:1], tokens=(1,))
+    report.update(kernels=rows + probe, roofline=roofline_probes(True),
+                  note="dry run: CPU timings are not H200 numbers")
   else:
     if report["backend"] != "gpu":
       print("warning: no GPU backend; timings are not H200 numbers", file=sys.stderr)
-    rows = kernel_table(args.reps, False)
-    errs = np.abs([r["error"] for r in rows])
+    t = time.perf_counter()
+    report["roofline"] = roofline_probes(False)
+    print(f"[gpu_validation] roofline {report['roofline']} ({time.perf_counter() - t:.0f} s)",
+          file=sys.stderr, flush=True)
+    _write(report, args.out)
+    rows = kernel_table(args.reps, False, models=models, tokens=tokens)
+    errs = np.abs([r["error"] for r in rows if r["error"] is not None])
     report.update(kernels=rows, table=markdown(rows),
-                  mean_abs_error=float(np.mean(errs)), max_abs_error=float(np.max(errs)))
+                  mean_abs_error=float(np.mean(errs)) if errs.size else None,
+                  max_abs_error=float(np.max(errs)) if errs.size else None)
+    print(report["table"], file=sys.stderr, flush=True)
+    _write(report, args.out)
     if not args.skip_simulator:
-      report["simulator"] = simulator_speed(args.seqs)
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=1, default=float)
-  if "table" in report:
-    print(report["table"], file=sys.stderr)
+      report["simulator"] = []
+      plan = ([("default", int(s)) for s in args.seqs.split(",") if s]
+              + [("cpu", int(s)) for s in args.cpu_seqs.split(",") if s])
+      for backend, seqs in plan:
+        t = time.perf_counter()
+        point = simulator_point(backend, seqs, args)
+        report["simulator"].append(point)
+        print(f"[gpu_validation] simulator {backend} {seqs} seqs "
+              f"({time.perf_counter() - t:.0f} s): "
+              f"{json.dumps(point, default=float)[:1500]}", file=sys.stderr, flush=True)
+        _write(report, args.out)
+  _write(report, args.out)
   print(json.dumps(report, default=float))
   return report
 
