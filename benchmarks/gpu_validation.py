@@ -112,9 +112,13 @@ def time_kernel(m: int, k: int, n: int, reps: int, dry: bool) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   w_bytes = k * n * 2
-  nbuf = 1 if dry else max(2, math.ceil(4 * L2_BYTES / w_bytes))
+  # distinct buffers: >= 4x L2 (weights come from DRAM) and >= reps (XLA would
+  # otherwise merge identical GEMMs of the chain into one)
+  nbuf = 1 if dry else max(reps, math.ceil(4 * L2_BYTES / w_bytes))
   key = jax.random.PRNGKey(0)
-  ws = jax.random.normal(key, (nbuf, k, n), jnp.bfloat16)
+  w0 = jax.random.normal(key, (k, n), jnp.bfloat16)
+  # distinct buffers without a random draw of nbuf x k x n (its f32 temporaries)
+  ws = jax.jit(lambda w: w[None] + jnp.arange(nbuf, dtype=jnp.bfloat16)[:, None, None])(w0)
   x = jax.random.normal(key, (m, k), jnp.bfloat16)
 
   @jax.jit
@@ -183,19 +187,20 @@ def markdown(rows: list[dict]) -> str:
 def roofline_probes(dry: bool) -> dict:
   """Measured ceilings of the machine: streaming bandwidth and dense bf16 rate.
 
-  Bandwidth: ``y = x + 1`` over a bf16 array of 2 GiB (read once, written
-  once; 4 GiB of traffic).  Compute: an 8192^3 bf16 GEMM (fp32 accumulate).
-  Each the median of 5 timed calls after a warm-up.  They are the ceilings the
-  preset's ``achievable_bandwidth_fraction`` and ``achievable_compute_fraction``
-  stand for (measured / spec peak).
+  Bandwidth: ``y = x * 2`` over a float32 array of 4 GiB (read once, written
+  once: 8 GiB of traffic).  Compute: an 8192^3 bf16 GEMM of random data (fp32
+  accumulate).  Device time from the profiler on a GPU (median wall time of 5
+  calls after a warm-up otherwise).  They are the ceilings the preset's
+  ``achievable_bandwidth_fraction`` and ``achievable_compute_fraction`` stand
+  for (measured / spec peak).
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   n_elems = (2**14 if dry else 2**30)
   side = 256 if dry else 8192
-  x = jnp.ones((n_elems,), jnp.bfloat16)
-  a = jnp.ones((side, side), jnp.bfloat16)
-  add = jax.jit(lambda v: v + 1)
+  x = jnp.ones((n_elems,), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(1), (side, side), jnp.bfloat16)
+  scale = jax.jit(lambda v: v * 2.0)
   mm = jax.jit(lambda u: jnp.dot(u, u, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
 
   def med(fn, arg):
@@ -205,12 +210,32 @@ def roofline_probes(dry: bool) -> dict:
       t = time.perf_counter()
       jax.block_until_ready(fn(arg))
       ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    dev, _ = (None, {}) if dry else _device_kernel_s(fn, (arg,), 5)
+    return float(np.median(ts)), dev
 
-  t_bw = med(add, x)
-  t_mm = med(mm, a)
-  return dict(stream_bytes=4 * n_elems, stream_s=t_bw, stream_gbps=4 * n_elems / t_bw / 1e9,
-              gemm_side=side, gemm_s=t_mm, gemm_tflops=2 * side**3 / t_mm / 1e12)
+  bw_wall, bw_dev = med(scale, x)
+  mm_wall, mm_dev = med(mm, a)
+  bw_s, mm_s = bw_dev or bw_wall, mm_dev or mm_wall
+  return dict(stream_bytes=8 * n_elems, stream_s=bw_s, stream_wall_s=bw_wall,
+              stream_gbps=8 * n_elems / bw_s / 1e9, gemm_side=side, gemm_s=mm_s,
+              gemm_wall_s=mm_wall, gemm_tflops=2 * side**3 / mm_s / 1e12,
+              timing="kernel" if bw_dev else "wall")
+
+
+def gemv_sweep(dry: bool) -> list[dict]:
+  """One-token bf16 GEMV [1, 4096] x [4096, n] for weights of 0.5 MB .. 512 MB:
+  the kernel-time floor and the bandwidth a single expert GEMV reaches."""
+  rows = []
+  for n in ((64, 256) if dry else (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                                     32768, 65536)):
+    meas = time_kernel(1, 4096, n, 2 if dry else 8, dry)
+    t = meas["measured_kernel_s"] or meas["measured_wall_s"]
+    rows.append(dict(k=4096, n=n, weight_bytes=4096 * n * 2, measured_s=t,
+                     measured_kind="kernel" if meas["measured_kernel_s"] else "wall",
+                     weight_gbps=4096 * n * 2 / t / 1e9))
+    print(f"[gpu_validation] gemv 4096 x {n}: {t * 1e6:.2f} us, "
+          f"{rows[-1]['weight_gbps']:.0f} GB/s", file=sys.stderr, flush=True)
+  return rows
 
 
 def _write(report: dict, path: str) -> None:
@@ -223,7 +248,8 @@ def simulator_point(backend: str, seqs: int, args) -> dict:
   """One ``benchmarks/throughput.py --suite=throughput`` child on ``backend``
   ("default" = jax's default, a GPU there; "cpu" = ``JAX_PLATFORMS=cpu``)."""
   script = os.path.join(ROOT, "benchmarks", "throughput.py")
-  argv = ["--suite=throughput", "--models=qwen3-30b-a3b", f"--seqs={seqs}",
+  seqs, _, model = str(seqs).partition("@")
+  argv = ["--suite=throughput", f"--models={model or 'qwen3-30b-a3b'}", f"--seqs={seqs}",
           f"--decode_len={args.decode_len}", f"--short_len={args.short_len}",
           f"--repeats={args.repeats}"]
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
@@ -254,8 +280,10 @@ def main(argv=None) -> dict:
   ap.add_argument("--models", default=",".join(MODELS), help="models of the kernel table")
   ap.add_argument("--tokens", default=",".join(map(str, TOKENS)),
                   help="token counts (GEMM rows) of the kernel table")
-  ap.add_argument("--seqs", default="10000,1000", help="simulator runs on the default backend")
+  ap.add_argument("--seqs", default="10000,1000",
+                  help="simulator runs on the default backend: S or S@model, comma-separated")
   ap.add_argument("--cpu_seqs", default="1000", help="simulator runs with JAX_PLATFORMS=cpu")
+  ap.add_argument("--skip_kernels", action="store_true", help="no expert-kernel table")
   ap.add_argument("--decode_len", type=int, default=64)
   ap.add_argument("--short_len", type=int, default=8)
   ap.add_argument("--repeats", type=int, default=2)
@@ -283,6 +311,7 @@ def main(argv=None) -> dict:
                            model_s=mod["time_s"], measured_s=None, error=None))
     probe = kernel_table(2, True, models=models[:1], tokens=(1,))
     report.update(kernels=rows + probe, roofline=roofline_probes(True),
+                  gemv_sweep=gemv_sweep(True),
                   note="dry run: CPU timings are not H200 numbers")
   else:
     if report["backend"] != "gpu":
@@ -292,17 +321,21 @@ def main(argv=None) -> dict:
     print(f"[gpu_validation] roofline {report['roofline']} ({time.perf_counter() - t:.0f} s)",
           file=sys.stderr, flush=True)
     _write(report, args.out)
-    rows = kernel_table(args.reps, False, models=models, tokens=tokens)
+    report["gemv_sweep"] = gemv_sweep(False)
+    _write(report, args.out)
+    rows = [] if args.skip_kernels else kernel_table(args.reps, False, models=models,
+                                                     tokens=tokens)
     errs = np.abs([r["error"] for r in rows if r["error"] is not None])
     report.update(kernels=rows, table=markdown(rows),
                   mean_abs_error=float(np.mean(errs)) if errs.size else None,
                   max_abs_error=float(np.max(errs)) if errs.size else None)
-    print(report["table"], file=sys.stderr, flush=True)
+    if rows:
+      print(report["table"], file=sys.stderr, flush=True)
     _write(report, args.out)
     if not args.skip_simulator:
       report["simulator"] = []
-      plan = ([("default", int(s)) for s in args.seqs.split(",") if s]
-              + [("cpu", int(s)) for s in args.cpu_seqs.split(",") if s])
+      plan = ([("default", s) for s in args.seqs.split(",") if s]
+              + [("cpu", s) for s in args.cpu_seqs.split(",") if s])
       for backend, seqs in plan:
         t = time.perf_counter()
         point = simulator_point(backend, seqs, args)
