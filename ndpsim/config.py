@@ -19,7 +19,8 @@ named.  What each label promises:
 * ``spec``: the value is in the spec sheet or standard that ``source`` names;
 * ``measured``: someone measured it and a reader can check it: the field must
   have a ``sources`` entry naming where (a URL, ``owner/repo`` issue or pull,
-  arXiv id, DOI) and the figure taken from it, e.g. ``"https://github.com/o/r/
+  arXiv id, DOI, or a result file of this repository under
+  ``benchmarks/results/``) and the figure taken from it, e.g. ``"https://github.com/o/r/
   issues/29: 56.3 GB/s host-to-device"`` (the loader rejects a measured field
   without one);
 * ``derived``: computed from other sourced figures; ``notes`` gives the arithmetic;
@@ -79,7 +80,11 @@ _TOP_KEYS = {"name", "kind", "source", "provenance", "sources", "spec", "params"
 
 # A place a reader can open: a URL, a host/path, an arXiv id or a DOI.
 _LOCATOR = re.compile(r"https?://\S+|\b[\w-]+(\.[\w-]+)*\.[a-z]{2,}/\S+|"
-                      r"\barxiv[ :]*\d{4}\.\d{4,5}\S*|\bdoi[ :.]\S+", re.IGNORECASE)
+                      r"\barxiv[ :]*\d{4}\.\d{4,5}\S*|\bdoi[ :.]\S+|"
+                      # a result file committed to this repository, with the command
+                      # that wrote it in the file or beside it in the README
+                      r"(?<![\w/])benchmarks/results/[\w.-]+\.json", re.IGNORECASE)
+REPO_RESULT = re.compile(r"(?<![\w/])benchmarks/results/[\w.-]+\.json")
 
 
 def names_place_and_figure(source: str) -> bool:

@@ -51,6 +51,8 @@ def test_measured_fields_cite_a_checkable_source_and_figure(kind, name):
       continue
     src = pre.sources.get(f, "")
     assert config.names_place_and_figure(src), (name, f, src)
+    for path in config.REPO_RESULT.findall(src):  # a result file of this repo exists
+      assert (config.config_root().parent / path).is_file(), (name, f, path)
 
 
 @pytest.mark.parametrize("kind,name", PRESETS)
