@@ -59,6 +59,9 @@ if IMPORT_ROOT not in sys.path:
   sys.path.insert(0, IMPORT_ROOT)
 
 SYSTEM = "paper_rtx5080_ndp_dimm"
+# dtype of the routing ids (--id_dtype; children inherit it): int32 is the
+# routing generator's default, uint8 / int16 its narrow ``id_dtype`` options.
+ID_DTYPE_ENV = "NDPSIM_BENCH_ID_DTYPE"
 
 
 def random_ids(rng, shape, num_experts: int, top_k: int) -> np.ndarray:
@@ -84,7 +87,8 @@ def device_random_ids(seed: int, shape, num_experts: int, top_k: int):
     k1, k2 = jax.random.split(key)
     start = jax.random.randint(k1, shape + (1,), 0, num_experts, dtype=jnp.int32)
     stride = strides[jax.random.randint(k2, shape + (1,), 0, strides.shape[0])]
-    return (start + jnp.arange(top_k, dtype=jnp.int32) * stride) % num_experts
+    ids = (start + jnp.arange(top_k, dtype=jnp.int32) * stride) % num_experts
+    return ids.astype(os.environ.get(ID_DTYPE_ENV, "int32"))
 
   return jax.block_until_ready(gen(jax.random.PRNGKey(seed)))
 
@@ -339,6 +343,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--scale_tokens", type=int, default=32)
   ap.add_argument("--grad_seqs", type=int, default=100)
   ap.add_argument("--grad_tokens", type=int, default=16)
+  ap.add_argument("--id_dtype", default="", choices=("", "int32", "int16", "uint8"),
+                  help="routing id dtype (default int32, as Routing's id_dtype default)")
   ap.add_argument("--out", default="")
   ap.add_argument("--child_seqs", type=int, default=0, help=argparse.SUPPRESS)
   ap.add_argument("--child_shard", action="store_true", help=argparse.SUPPRESS)
@@ -348,6 +354,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--rounds", type=int, default=2, help="compare: children per side")
   args = ap.parse_args(argv)
   args.models = args.models.split(",")
+  if args.id_dtype:
+    os.environ[ID_DTYPE_ENV] = args.id_dtype
   if args.child_seqs and args.child_point:
     r = throughput_point(args.models[0], args.policy, args.child_seqs, args.prompt_len,
                          args.decode_len, args.short_len, args.repeats)
@@ -358,6 +366,7 @@ def main(argv=None) -> dict:
     return _emit(child_main(args), "")
   import jax  # pylint: disable=import-outside-toplevel
   report = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
+                id_dtype=os.environ.get(ID_DTYPE_ENV, "int32"),
                 cpu_count=os.cpu_count(), jax_version=jax.__version__,
                 loadavg=os.getloadavg(), argv=sys.argv[1:])
   if args.quick:

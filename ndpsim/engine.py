@@ -191,27 +191,41 @@ def _simulate_chunk(st: Static, ctx, pparams, tab: Tables, decode_ids, counts):
 CHUNK_GROUPS = 2048
 
 
-def _map_chunks(fn, decode_ids, counts):
-  """``fn`` over equal chunks of at most :data:`CHUNK_GROUPS` groups, in a
-  scan.  The last chunk is the last ``c`` groups (it may overlap the one
-  before; the overlap's outputs are taken once), so no group is padded or
-  copied."""
-  g = counts.shape[0]
+def _map_chunks(fn, *xs):
+  """``fn`` over equal chunks of at most :data:`CHUNK_GROUPS` groups (the
+  leading axis of every array in ``xs``), in a scan.  When the chunks tile the
+  groups exactly they are the scan's ``xs`` (a free reshape); otherwise the
+  last chunk is the last ``c`` groups (it may overlap the one before; the
+  overlap's outputs are taken once), so no group is padded."""
+  g = xs[0].shape[0]
   if g <= CHUNK_GROUPS:
-    return fn(decode_ids, counts)
+    return fn(*xs)
   n = -(-g // CHUNK_GROUPS)
   c = -(-g // n)  # n chunks of equal size: at most n - 1 groups run twice
+  if n * c == g:
+    # scan xs, not a closed-over array sliced in the loop: XLA copies an entry
+    # parameter that a while loop carries (the decode ids: ~1 GB at 10,000
+    # sequences of Qwen3 x 64 tokens)
+    _, out = jax.lax.scan(lambda _, x: (None, fn(*x)), None,
+                          tuple(x.reshape((n, c) + x.shape[1:]) for x in xs))
+    return jax.tree_util.tree_map(lambda y: y.reshape((-1,) + y.shape[2:]), out)
 
   def body(_, i):
     start = jnp.minimum(i * c, g - c)
-    take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, c)  # noqa: E731
-    return None, fn(take(decode_ids), take(counts))
+    return None, fn(*(jax.lax.dynamic_slice_in_dim(x, start, c) for x in xs))
 
   _, out = jax.lax.scan(body, None, jnp.arange(n))
   last = g - (n - 1) * c  # groups of the last chunk not in the one before
   return jax.tree_util.tree_map(
       lambda y: jnp.concatenate([y[:-1].reshape((-1,) + y.shape[2:]), y[-1, c - last:]]),
       out)
+
+
+def ids_dtype(num_experts: int):
+  """The narrowest signed integer dtype holding expert ids 0..num_experts-1."""
+  if num_experts <= 128:
+    return jnp.int8
+  return jnp.int16 if num_experts <= 32768 else jnp.int32
 
 
 def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
@@ -230,10 +244,17 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
   ctx = build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch,
                        relaxed)
   tab = build_tables(ss, sp, model, P, T, batch)
-  pre = prefill_ids.reshape((G, batch) + prefill_ids.shape[1:])
-  dec = decode_ids.reshape((G, batch) + decode_ids.shape[1:])
-  counts = prefill_counts(pre, ctx.num_layers, ctx.num_experts)
-  out = _map_chunks(lambda d, c: _simulate_chunk(st, ctx, pparams, tab, d, c), dec, counts)
+  # Expert ids in the narrowest signed type that holds 0..E-1 (negative ids
+  # stay negative): the loops carry these, not the int32 arguments, which XLA
+  # would copy whole into a while loop (1.2 GB at 10,000 Qwen3 sequences x 80
+  # tokens).  Every use widens a row to int32 first.
+  id_dtype = ids_dtype(model.num_experts)
+  pre = prefill_ids.astype(id_dtype).reshape((G, batch) + prefill_ids.shape[1:])
+  dec = decode_ids.astype(id_dtype).reshape((G, batch) + decode_ids.shape[1:])
+  # prompt activations per chunk: their [C, B, P, L, k] scatter indices are
+  # temporaries of one chunk, not of all groups
+  out = _map_chunks(lambda d, p: _simulate_chunk(
+      st, ctx, pparams, tab, d, prefill_counts(p, ctx.num_layers, ctx.num_experts)), dec, pre)
   fixed = costs.gpu_fixed_bytes(model, P + T, batch) + sp.gpu_reserved_bytes
   res = SimResult.from_raw(out, expert_bytes=float(M.expert_bytes(model)),
                            gpu_fixed_bytes=fixed, batch=batch,

@@ -96,12 +96,14 @@ def build_context(ss, sp, model, policy, pparams, profile_counts, context_len, b
 
 
 def prefill_counts(pre, num_layers: int, num_experts: int):
-  """pre [G, B, P, L, k] -> [G, L, E] int32 prompt activations per group.
+  """pre [G, B, P, L, k] (any integer dtype) -> [G, L, E] int32 prompt
+  activations per group.
 
   One flat scatter-add over all groups (under the vmap over groups, a
   batched scatter builds [N, 3] index arrays: several times slower on CPU); ids outside
   [0, E) are dropped, as in a per-layer scatter."""
   G, L, E = pre.shape[0], num_layers, num_experts
+  pre = pre.astype(jnp.int32)  # ids may come narrow (engine.ids_dtype)
   base_ = ((jnp.arange(G, dtype=jnp.int32)[:, None, None, None, None] * L
             + jnp.arange(L, dtype=jnp.int32)[None, None, None, :, None]) * E)
   idx = jnp.where((pre >= 0) & (pre < E), base_ + pre, G * L * E)

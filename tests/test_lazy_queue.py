@@ -113,9 +113,11 @@ def test_start_upto_takes_the_best_head_and_never_overruns():
 
 @pytest.mark.reference
 def test_chunked_groups_match_one_chunk(monkeypatch):
-  """Groups simulated in chunks (``engine.CHUNK_GROUPS``; equal chunks, the
-  last overlapping the one before) give every output of one vmapped call:
-  5 groups of batch 2 in chunks of 2 (3 chunks, one group run twice)."""
+  """Groups simulated in chunks (``engine.CHUNK_GROUPS``) give every output of
+  one vmapped call: 5 groups of batch 2 in chunks of 2 (3 chunks, the last
+  overlapping the one before: one group run twice) and in chunks of 1 (they
+  tile the groups: the scan's xs), the latter with uint8 ids (the routing
+  generator's narrow ``id_dtype``; the engine narrows ids to int8 itself)."""
   from ndpsim import engine  # pylint: disable=import-outside-toplevel
   from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   from tests import engine_util as U  # pylint: disable=import-outside-toplevel
@@ -126,15 +128,17 @@ def test_chunked_groups_match_one_chunk(monkeypatch):
   pol = policies.get("tp_lb_prefetch")
   pp = policies.make_params(pol)
   outs = []
-  for chunk in (engine.CHUNK_GROUPS, 2):
+  for chunk, dt in ((engine.CHUNK_GROUPS, np.int32), (2, np.int32), (1, np.uint8)):
     monkeypatch.setattr(engine, "CHUNK_GROUPS", chunk)
     fn = jax.jit(engine.simulate_core, static_argnames=engine.STATIC_ARGNAMES)  # fresh trace
-    outs.append(fn(ss, sp, model, pol, pp, jnp.asarray(r.prefill_ids),
-                   jnp.asarray(r.decode_ids), None, 2))
-  one, chunked = outs
+    outs.append(fn(ss, sp, model, pol, pp, jnp.asarray(r.prefill_ids.astype(dt)),
+                   jnp.asarray(r.decode_ids.astype(dt)), None, 2))
+  one = outs[0]
   assert np.asarray(one.e2e_s).shape == (5,)
-  for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(chunked)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert engine.ids_dtype(model.num_experts) == jnp.int8
+  for chunked in outs[1:]:
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(chunked)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.reference
