@@ -21,6 +21,21 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# XLA:CPU compiles faster at LLVM -O0 without its expensive passes: the
+# suite compiles ~100 engine programs and runs each on a few sequences, so
+# XLA compilation is two thirds of its CPU time (measured: 2,434 of ~3,700
+# CPU-s in one `pytest -n 2` run; tracing and lowering most of the rest).
+# The HLO passes (fusion, simplification) still run; only LLVM's machine-code
+# optimisation is skipped, which keeps IEEE semantics: the golden, clock and
+# NumPy-reference tests hold their tolerances under it.  Users' runs (the
+# binary, benchmarks, notebooks) keep XLA's defaults.  Subprocesses that tests
+# start take the same flags (``NDPSIM_TEST_XLA_FLAGS``); set it empty to test
+# at full optimisation.  An XLA_FLAGS already set is respected.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
+                  "--xla_llvm_disable_expensive_passes=true")
+os.environ.setdefault("NDPSIM_TEST_XLA_FLAGS", TEST_XLA_FLAGS)
+os.environ.setdefault("XLA_FLAGS", os.environ["NDPSIM_TEST_XLA_FLAGS"])
+
 _SESSION_CACHE = "NDPSIM_TEST_JAX_CACHE"
 if _SESSION_CACHE not in os.environ:
   os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="ndpsim-test-jaxcache-")

@@ -56,7 +56,7 @@ def _binary() -> list[str]:
 def _env() -> dict[str, str]:
   """CPU, one device per process, this checkout's ndpsim (installed or not)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")  # conftest
   env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get(
       "PYTHONPATH", "").split(os.pathsep) if p])
   return env

@@ -434,7 +434,7 @@ def test_binary_one_line_and_exit_2_for_each_reader(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get(
                  "PYTHONPATH", "").split(os.pathsep) if p]))
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")  # conftest
   procs = []
   for i, (extra, _) in enumerate(cases):
     argv = _binary() + tiny + [f"--out_dir={tmp_path / f'o{i}'}"] + extra

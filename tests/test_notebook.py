@@ -87,6 +87,9 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
              MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4",
              DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2",
              DESIGN_SPACE_CODESIGN="8,2,3")
+  # XLA's default optimisation, not conftest's -O0 test flags: the notebook's
+  # programs run long enough that -O0 made this test slower (346 s with the
+  # flags vs 251 s without, in two full `pytest -n 2` runs)
   env.pop("XLA_FLAGS", None)
   # This checkout's ndpsim first on the path, installed or not (as
   # tests/test_experiment.py and tests/test_distributed.py run the binary).
