@@ -75,6 +75,12 @@ __all__ = ["PhaseCosts", "STATIC_ARGNAMES", "Tables", "build_tables", "gpu_memor
            "phase_costs", "prefill_counts", "simulate", "simulate_core", "validate"]
 _rebase, _layer = rebase, simulate_layer
 
+# The cost tables jitted on their own (ss, model, P, T, B static): JAX keeps an
+# inner jit's trace, so every policy's engine trace with the same system spec,
+# model and shape reuses it instead of re-tracing every cost formula (about a
+# third of one simulate_core trace); XLA inlines it, so the program is the same.
+_build_tables_jit = jax.jit(build_tables, static_argnums=(0, 2, 3, 4, 5))
+
 
 def _initial_carry(st: Static, ctx, pparams, tab: Tables) -> Carry:
   """The state before the prefill: the policy's initial residency and own
@@ -112,7 +118,7 @@ def _decode_scan(st: Static, ctx, pparams, tab: Tables, carry: Carry, decode_ids
 
   def step_body(c, xs):
     step, attn_t, over_t = xs
-    ids_t = decode_ids[:, step]  # [B, L, k]
+    ids_t = decode_ids[:, step].astype(jnp.int32)  # [B, L, k]; one widening per step
     start_hi, start_lo = c.origin_hi, c.origin_lo  # c.t = 0: layers rebase
     c = c._replace(t=c.t + over_t)
 
@@ -243,7 +249,7 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
                record=record)
   ctx = build_context(ss, sp, model, policy, pparams, profile_counts, P + T, batch,
                        relaxed)
-  tab = build_tables(ss, sp, model, P, T, batch)
+  tab = _build_tables_jit(ss, sp, model, P, T, batch)
   # Expert ids in the narrowest signed type that holds 0..E-1 (negative ids
   # stay negative): the loops carry these, not the int32 arguments, which XLA
   # would copy whole into a while loop (1.2 GB at 10,000 Qwen3 sequences x 80
