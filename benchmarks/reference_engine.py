@@ -577,17 +577,11 @@ def _layer(name, mode, ctx, c: _Costs, clk: dict, s: _State, layer, ids, tok, va
 # ---------------------------------------------------------------------------
 # Driver.
 
-_TABLES_JIT = None
-
-
 def _tables(system, model, P, T, B):
-  """The engine's cost tables (jitted once per shape), as NumPy."""
-  global _TABLES_JIT  # pylint: disable=global-statement
+  """The engine's cost tables (its own jit of ``build_tables``), as NumPy."""
   import jax  # pylint: disable=import-outside-toplevel
   from ndpsim import engine  # pylint: disable=import-outside-toplevel
-  if _TABLES_JIT is None:
-    _TABLES_JIT = jax.jit(engine.build_tables, static_argnums=(0, 2, 3, 4, 5))
-  return jax.device_get(_TABLES_JIT(system[0], system[1], model, P, T, B))
+  return jax.device_get(engine._build_tables_jit(system[0], system[1], model, P, T, B))  # pylint: disable=protected-access
 
 
 def simulate(system, model, routing, policy: str, params=None, *, batch_size: int = 1,
