@@ -236,8 +236,9 @@ def ids_dtype(num_experts: int):
 
 def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
                   profile_counts, batch, relaxed=False, record=False):
-  """The traced body of :func:`simulate` (no checks): ids int32 [S, P, L, k]
-  and [S, T, L, k]; returns a SimResult over S / batch groups (with
+  """The traced body of :func:`simulate` (no checks): integer ids (any
+  integer dtype; narrowed to :func:`ids_dtype` inside) [S, P, L, k] and
+  [S, T, L, k]; returns a SimResult over S / batch groups (with
   ``record``, also the records).  Callers jit it with STATIC_ARGNAMES."""
   S, P = prefill_ids.shape[:2]
   T = decode_ids.shape[1]
