@@ -159,7 +159,7 @@ def _settle(ctx, carry: Carry) -> Carry:
   if res.lazy is None:
     return carry
   settled = jax.vmap(lambda r: rs.settle(ctx, r), axis_name=lazy_queue.GROUP_AXIS)
-  res = jax.lax.cond(jnp.any(res.lazy.n_queued > 0), settled,
+  res = jax.lax.cond(jnp.any(res.lazy.row_n > 0), settled,
                      lambda r: dataclasses.replace(r, lazy=None), res)
   return carry._replace(res=res)
 

@@ -70,7 +70,7 @@ class LazyQueue:
   head_key: [L] key of row l's first load not started (-inf if none).
   slot: [L, E] int32 queue slot of each started load, -1 otherwise.
   n_started: int32 loads started (= slots given out).
-  n_queued: int32 loads merged.
+  (Loads merged: :func:`n_queued`, the sum of ``row_n``.)
   """
   row_ids: jax.Array
   row_n: jax.Array
@@ -78,7 +78,11 @@ class LazyQueue:
   head_key: jax.Array
   slot: jax.Array
   n_started: jax.Array
-  n_queued: jax.Array
+
+
+def n_queued(lz: LazyQueue):
+  """Loads merged so far, int32 (the sum of ``row_n``)."""
+  return jnp.sum(lz.row_n, dtype=jnp.int32)
 
 
 def empty(num_layers: int, num_experts: int) -> LazyQueue:
@@ -87,7 +91,7 @@ def empty(num_layers: int, num_experts: int) -> LazyQueue:
   return LazyQueue(row_ids=jnp.zeros((num_layers, num_experts), jnp.int32), row_n=zl,
                    started=zl, head_key=jnp.full((num_layers,), -jnp.inf),
                    slot=jnp.full((num_layers, num_experts), -1, jnp.int32),
-                   n_started=jnp.zeros((), jnp.int32), n_queued=jnp.zeros((), jnp.int32))
+                   n_started=jnp.zeros((), jnp.int32))
 
 
 def _start_one(lz: LazyQueue, keys, target) -> LazyQueue:
@@ -113,17 +117,17 @@ def start_upto(lz: LazyQueue, target, keys) -> LazyQueue:
   """Loads start in queue order until ``target`` (int32) have started.
   keys: [L, E] the merged loads' keys (``Residency.queue_key``)."""
   keys = jax.lax.stop_gradient(keys)
-  target = jnp.minimum(target, lz.n_queued).astype(jnp.int32)
+  target = jnp.minimum(target, n_queued(lz)).astype(jnp.int32)
   return jax.lax.while_loop(lambda z: _any_group(z.n_started < target),
                             lambda z: _start_one(z, keys, target), lz)
 
 
-def started_by(drained_s, fetch_s, n_queued):
+def started_by(drained_s, fetch_s, queued):
   """Loads started once the queue has drained ``drained_s`` link seconds:
   slots k with ``k x fetch_s < drained_s - 1e-6 x fetch_s`` (the eager
   merge's test), int32."""
   k = jnp.ceil(jax.lax.stop_gradient(drained_s / fetch_s) - 1e-6)
-  return jnp.clip(k, 0, n_queued).astype(jnp.int32)
+  return jnp.clip(k, 0, queued).astype(jnp.int32)
 
 
 def merge(res, layer, new, key_row, order, fetch_s):
@@ -134,7 +138,7 @@ def merge(res, layer, new, key_row, order, fetch_s):
   e_n = new.shape[0]
   key_row = jax.lax.stop_gradient(key_row)
   keys = res.queue_key.at[layer].set(key_row)
-  lz = start_upto(lz, started_by(res.drained_s, fetch_s, lz.n_queued), keys)
+  lz = start_upto(lz, started_by(res.drained_s, fetch_s, n_queued(lz)), keys)
   new_sorted = new[order].astype(jnp.int32)
   before = jnp.cumsum(new_sorted, dtype=jnp.int32) - new_sorted
   row = jnp.zeros((e_n,), jnp.int32).at[jnp.where(new_sorted > 0, before, e_n)].set(
@@ -143,7 +147,7 @@ def merge(res, layer, new, key_row, order, fetch_s):
   head = jnp.where(n_new > 0, key_row[row[0]], -jnp.inf).astype(lz.head_key.dtype)
   lz = dataclasses.replace(
       lz, row_ids=lz.row_ids.at[layer].set(row), row_n=lz.row_n.at[layer].set(n_new),
-      head_key=lz.head_key.at[layer].set(head), n_queued=lz.n_queued + n_new)
+      head_key=lz.head_key.at[layer].set(head))
   return lz, jnp.where(new, PENDING_S, res.queue_end_s[layer])
 
 
@@ -152,7 +156,7 @@ def settle(res, fetch_s):
   started ones (as if all of them started now), and writes every merged
   load's ``queue_end_s``; returns the ``Residency`` without ``lazy``
   (positions as the eager merge has them)."""
-  lz = start_upto(res.lazy, res.lazy.n_queued, res.queue_key)
+  lz = start_upto(res.lazy, n_queued(res.lazy), res.queue_key)
   q = res.queue_end_s
   merged = (q >= PENDING_S) & jnp.isfinite(q)
   q = jnp.where(merged, (lz.slot + 1.0) * fetch_s, q)

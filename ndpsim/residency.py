@@ -273,10 +273,18 @@ def merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency
   rank = jnp.zeros((E,), jnp.int32).at[order].set(before, unique_indices=True)
   q = jnp.where(pend, front + (idx + shift + 1.0) * f, q)
   q = q.at[layer].set(jnp.where(new, front + (rank + ahead + 1.0) * f, q[layer]))
+  return _with_merged(res, layer, new, key_row, q, f)
+
+
+def _with_merged(res: Residency, layer, new, key_row, queue_end_s, fetch_s,
+                 **extra) -> Residency:
+  """``res`` after merging the loads ``new`` [E] of ``layer`` (keys
+  ``key_row``; every queue position in ``queue_end_s``): the bookkeeping both
+  merges share."""
   return dataclasses.replace(
-      res, queue_key=score, queue_end_s=q, queued_s=res.queued_s + jnp.sum(new) * f,
-      held_n=res.held_n + jnp.sum(new),
-      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+      res, queue_key=res.queue_key.at[layer].set(key_row), queue_end_s=queue_end_s,
+      queued_s=res.queued_s + jnp.sum(new) * fetch_s, held_n=res.held_n + jnp.sum(new),
+      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new), **extra)
 
 
 def lazy_merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency:
@@ -285,11 +293,8 @@ def lazy_merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Resi
   f = ctx.fetch_s
   new = want & ~res.resident[layer] & jnp.isinf(res.queue_end_s[layer])
   lz, row_q = lazy_queue.merge(res, layer, new, key_row, order, f)
-  return dataclasses.replace(
-      res, lazy=lz, queue_key=res.queue_key.at[layer].set(key_row),
-      queue_end_s=res.queue_end_s.at[layer].set(row_q),
-      queued_s=res.queued_s + jnp.sum(new) * f, held_n=res.held_n + jnp.sum(new),
-      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+  return _with_merged(res, layer, new, key_row, res.queue_end_s.at[layer].set(row_q), f,
+                      lazy=lz)
 
 
 def settle(ctx, res: Residency) -> Residency:

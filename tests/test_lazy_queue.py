@@ -100,7 +100,8 @@ def test_start_upto_takes_the_best_head_and_never_overruns():
       row_ids=jnp.asarray([[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]], jnp.int32),
       row_n=jnp.asarray([2, 2, 1], jnp.int32), started=jnp.zeros((3,), jnp.int32),
       head_key=jnp.asarray([3.0, 3.0, 5.0]), slot=jnp.full((3, 4), -1, jnp.int32),
-      n_started=jnp.zeros((), jnp.int32), n_queued=jnp.asarray(5, jnp.int32))
+      n_started=jnp.zeros((), jnp.int32))
+  assert int(lazy_queue.n_queued(lz)) == 5
   out = jax.jit(lazy_queue.start_upto)(lz, jnp.asarray(99, jnp.int32), keys)
   # 5 (row 2), 3 (row 0, earlier), 3 (row 1), 2 (row 1), 1 (row 0)
   np.testing.assert_array_equal(np.asarray(out.slot)[:, :2], [[1, 4], [2, 3], [0, -1]])
