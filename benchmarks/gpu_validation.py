@@ -84,22 +84,22 @@ def _device_kernel_s(fn, args, calls: int) -> tuple[float | None, dict]:
   if jax.default_backend() != "gpu":
     return None, {}
   try:
-    d = tempfile.mkdtemp(prefix="ndpsim_prof_")
-    with jax.profiler.trace(d):
-      for _ in range(calls):
-        out = fn(*args)
-      jax.block_until_ready(out)
-    files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
-    if not files:
-      return None, {"error": "no xplane.pb written"}
-    pd = jax.profiler.ProfileData.from_file(files[0])
-    lines = {}
-    for plane in pd.planes:
-      if not plane.name.startswith("/device:GPU"):
-        continue
-      for line in plane.lines:
-        total = sum(ev.duration_ns for ev in line.events) * 1e-9
-        lines[f"{plane.name}|{line.name}"] = total
+    with tempfile.TemporaryDirectory(prefix="ndpsim_prof_") as d:
+      with jax.profiler.trace(d):
+        for _ in range(calls):
+          out = fn(*args)
+        jax.block_until_ready(out)
+      files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+      if not files:
+        return None, {"error": "no xplane.pb written"}
+      pd = jax.profiler.ProfileData.from_file(files[0])
+      lines = {}
+      for plane in pd.planes:
+        if not plane.name.startswith("/device:GPU"):
+          continue
+        for line in plane.lines:
+          total = sum(ev.duration_ns for ev in line.events) * 1e-9
+          lines[f"{plane.name}|{line.name}"] = total
     streams = [v for k, v in lines.items() if "stream" in k.split("|")[1].lower()]
     best = max(streams) if streams else 0.0
     return (best / calls if best > 0 else None), lines
