@@ -32,7 +32,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # start take the same flags (``NDPSIM_TEST_XLA_FLAGS``); set it empty to test
 # at full optimisation.  An XLA_FLAGS already set is respected.
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
-                  "--xla_llvm_disable_expensive_passes=true")
+                  "--xla_llvm_disable_expensive_passes=true "
+                  "--xla_cpu_use_fusion_emitters=false "
+                  "--xla_cpu_parallel_codegen_split_count=1")
 os.environ.setdefault("NDPSIM_TEST_XLA_FLAGS", TEST_XLA_FLAGS)
 os.environ.setdefault("XLA_FLAGS", os.environ["NDPSIM_TEST_XLA_FLAGS"])
 

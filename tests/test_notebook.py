@@ -3,8 +3,9 @@
 The twin ``notebooks/design_space.py`` runs in a subprocess with
 ``DESIGN_SPACE_OUT`` set, so it writes its three figures and ``values.json``
 (with two of its five unit counts, ``DESIGN_SPACE_UNITS=2,4``, the
-first of its two co-design choices, ``DESIGN_SPACE_CHOICES``, and a shorter
-co-design, ``DESIGN_SPACE_CODESIGN``; most of the time is compilation).  The notebook's
+first of its two co-design choices, ``DESIGN_SPACE_CHOICES``, a shorter
+co-design, ``DESIGN_SPACE_CODESIGN``, and OLMoE instead of Qwen3,
+``DESIGN_SPACE_MODEL``; most of the time is compilation).  The notebook's
 cells must equal the twin's (split at ``# %%`` markers), and its saved
 outputs must hold the figures.
 
@@ -83,14 +84,16 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
   # 32 + 8 for 12 (its iterates and grid are hard-scored: runtime, not
   # compiles; ~20 CPU-s less): every cell and code path runs; the saved
   # notebook holds the full run.
+  # OLMoE (16 layers x 64 experts) instead of Qwen3 (48 x 128): the same cells
+  # and code paths; at conftest's test XLA flags (quick compiles, slower code)
+  # Qwen3's runs made this test slower than at full optimisation, OLMoE's do
+  # not (standalone on 2 quiet cores: 100 s with OLMoE at the test flags, 165 s
+  # with Qwen3 at full optimisation, 233 s with Qwen3 at the test flags).
   env = dict(os.environ, DESIGN_SPACE_OUT=str(tmp_path), JAX_PLATFORMS="cpu",
              MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4",
              DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2",
-             DESIGN_SPACE_CODESIGN="8,2,3")
-  # XLA's default optimisation, not conftest's -O0 test flags: the notebook's
-  # programs run long enough that -O0 made this test slower (346 s with the
-  # flags vs 251 s without, in two full `pytest -n 2` runs)
-  env.pop("XLA_FLAGS", None)
+             DESIGN_SPACE_CODESIGN="8,2,3", DESIGN_SPACE_MODEL="olmoe-1b-7b",
+             XLA_FLAGS=os.environ.get("NDPSIM_TEST_XLA_FLAGS", ""))  # conftest
   # This checkout's ndpsim first on the path, installed or not (as
   # tests/test_experiment.py and tests/test_distributed.py run the binary).
   env["PYTHONPATH"] = os.pathsep.join([str(NB_DIR.parent)] + [p for p in env.get(
