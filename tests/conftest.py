@@ -21,12 +21,17 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# XLA:CPU compiles faster at LLVM -O0 without its expensive passes: the
-# suite compiles ~100 engine programs and runs each on a few sequences, so
-# XLA compilation is two thirds of its CPU time (measured: 2,434 of ~3,700
-# CPU-s in one `pytest -n 2` run; tracing and lowering most of the rest).
-# The HLO passes (fusion, simplification) still run; only LLVM's machine-code
-# optimisation is skipped, which keeps IEEE semantics: the golden, clock and
+# XLA:CPU compiles faster at LLVM -O0 without its expensive passes, with the
+# legacy fusion emitter and without splitting the module for parallel
+# codegen: the suite compiles ~100 engine programs and runs each on a few
+# sequences, so compilation was two thirds of its CPU time (measured: 2,434
+# of ~3,700 CPU-s in one `pytest -n 2` run; tracing and lowering most of the
+# rest).  Per stage, one OLMoE `tp_lb_prefetch` engine program on a quiet
+# core: XLA compile 5.4 s at the defaults, 3.6 s at -O0, ~1.6 s with all four
+# flags (a profile of the -O0 compile: 4.1 of its 4.1 s in the MLIR fusion
+# emitter's per-fusion pipelines, 281 of them).  The HLO passes (fusion,
+# simplification) still run; only how the fused kernels are turned into
+# machine code changes, which keeps IEEE semantics: the golden, clock and
 # NumPy-reference tests hold their tolerances under it.  Users' runs (the
 # binary, benchmarks, notebooks) keep XLA's defaults.  Subprocesses that tests
 # start take the same flags (``NDPSIM_TEST_XLA_FLAGS``); set it empty to test

