@@ -9,7 +9,6 @@ starts; the gradient check reuses it) and one hard chunk of 32 points (the co-de
 and the grid share it), and one chunk of 32 points of codesign.energy_of."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import pathlib

@@ -5,7 +5,6 @@ number (float32 rounding of batch-shape-dependent vectorisation; see
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from ndpsim import sharding
+from tests.child_env import child_env
 
 # slow: two study runs in a subprocess (~2 min); the default run keeps
 # test_experiment.py::test_eight_host_devices_match_one_device (8 forced devices vs
@@ -39,9 +39,7 @@ print("RESULT" + json.dumps(out, default=float))
 
 
 def test_one_and_four_devices_agree_to_the_documented_bound():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")
-             + " --xla_force_host_platform_device_count=4")
+  env = child_env(xla_extra="--xla_force_host_platform_device_count=4")
   r = subprocess.run([sys.executable, "-c", _SCRIPT, TINY], capture_output=True, text=True,
                      env=env, timeout=900)  # hang guard
   assert r.returncode == 0, r.stderr[-3000:]

@@ -14,7 +14,6 @@ resumed run reuses the compilation cache of the first two-process run.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import socket
@@ -24,6 +23,7 @@ import sys
 import pytest
 
 from ndpsim import sharding
+from tests.child_env import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -46,20 +46,14 @@ PROCESS_KEYS = ("devices", "process_count")
 TIMEOUT = 900  # hang guard
 
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
 
 def _binary() -> list[str]:
   return [sys.executable, "-m", "ndpsim.experiment"]
 
 
 def _env() -> dict[str, str]:
-  """CPU, one device per process, this checkout's ndpsim (installed or not)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")  # conftest
-  env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get(
-      "PYTHONPATH", "").split(os.pathsep) if p])
-  return env
+  """CPU, one device per process, this checkout's ndpsim (tests/child_env.py)."""
+  return child_env()
 
 
 def _free_port() -> int:

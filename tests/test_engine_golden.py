@@ -27,7 +27,6 @@ import pytest
 
 from ndpsim import engine, policies
 from ndpsim.workload import models as M
-from ndpsim.workload import routing as R
 from tests import engine_util as U
 
 pytestmark = [pytest.mark.golden, pytest.mark.policy]

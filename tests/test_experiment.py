@@ -23,6 +23,7 @@ from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
 from ndpsim.workload import routing as R
+from tests.child_env import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +42,8 @@ def _binary() -> list[str]:
 
 
 def _env(**extra) -> dict[str, str]:
-  """CPU, this checkout's ndpsim first on the path (an installed console
-  script may belong to another checkout, or to none)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
-  env["XLA_FLAGS"] = os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")  # conftest
-  env.update(extra)
-  env["PYTHONPATH"] = os.pathsep.join([str(DATA.parent.parent)] + [p for p in env.get(
-      "PYTHONPATH", "").split(os.pathsep) if p])
-  return env
+  """A child's environment (tests/child_env.py)."""
+  return child_env(**extra)
 
 
 def _tiny_config(**kw) -> studies.StudyConfig:
@@ -493,8 +488,7 @@ def test_eight_host_devices_match_one_device(direct):
   vmap: the same numbers as unsharded direct calls on 1 device."""
   r = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, TINY], capture_output=True,
                      text=True, timeout=900,  # hang guard
-                     env=_env(XLA_FLAGS=os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")
-                                   + " --xla_force_host_platform_device_count=8"))
+                     env=child_env(xla_extra="--xla_force_host_platform_device_count=8"))
   assert r.returncode == 0, r.stderr[-3000:]
   line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")][-1]
   out = json.loads(line[len("RESULT"):])

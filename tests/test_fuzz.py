@@ -10,7 +10,6 @@ status 2.  Deterministic (fixed numpy seeds); no simulation is compiled.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
 from ndpsim.workload import traces
+from tests.child_env import child_env
 
 pytestmark = pytest.mark.inputs
 
@@ -402,8 +402,6 @@ def test_engine_refuses_out_of_range_repeated_float_and_empty_ids():
 # ---------------------------------------------------------------------------
 # The binary: one line on stderr, exit status 2, for one bad input per reader.
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
 
 def _binary() -> list[str]:
   return [sys.executable, "-m", "ndpsim.experiment"]
@@ -431,10 +429,7 @@ def test_binary_one_line_and_exit_2_for_each_reader(tmp_path):
       (["--set=dram.tck_ns=abc"], "tck_ns"),
       ([f"--cache_dir={a_file}"], "--cache_dir"),
   ]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get(
-                 "PYTHONPATH", "").split(os.pathsep) if p]))
-  env["XLA_FLAGS"] = os.environ.get("NDPSIM_TEST_XLA_FLAGS", "")  # conftest
+  env = child_env()
   procs = []
   for i, (extra, _) in enumerate(cases):
     argv = _binary() + tiny + [f"--out_dir={tmp_path / f'o{i}'}"] + extra

@@ -16,12 +16,12 @@ Regenerate the notebook from the twin and execute it (saving outputs)::
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from tests.child_env import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -89,15 +89,9 @@ def test_twin_runs_headless_and_produces_its_figures(tmp_path):
   # Qwen3's runs made this test slower than at full optimisation, OLMoE's do
   # not (standalone on 2 quiet cores: 100 s with OLMoE at the test flags, 165 s
   # with Qwen3 at full optimisation, 233 s with Qwen3 at the test flags).
-  env = dict(os.environ, DESIGN_SPACE_OUT=str(tmp_path), JAX_PLATFORMS="cpu",
-             MPLBACKEND="Agg", DESIGN_SPACE_UNITS="2,4",
-             DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2",
-             DESIGN_SPACE_CODESIGN="8,2,3", DESIGN_SPACE_MODEL="olmoe-1b-7b",
-             XLA_FLAGS=os.environ.get("NDPSIM_TEST_XLA_FLAGS", ""))  # conftest
-  # This checkout's ndpsim first on the path, installed or not (as
-  # tests/test_experiment.py and tests/test_distributed.py run the binary).
-  env["PYTHONPATH"] = os.pathsep.join([str(NB_DIR.parent)] + [p for p in env.get(
-      "PYTHONPATH", "").split(os.pathsep) if p])
+  env = child_env(DESIGN_SPACE_OUT=str(tmp_path), MPLBACKEND="Agg",
+                  DESIGN_SPACE_UNITS="2,4", DESIGN_SPACE_CHOICES="paper_rtx5080_ndp_dimm:2",
+                  DESIGN_SPACE_CODESIGN="8,2,3", DESIGN_SPACE_MODEL="olmoe-1b-7b")
   # The timeout only guards against a hang: a few CPU-minutes on 2 quiet
   # cores, many times that on a busy machine.
   proc = subprocess.run([sys.executable, str(TWIN)], env=env, cwd=str(tmp_path),

@@ -55,7 +55,6 @@ from ndpsim import config, engine, policies
 from ndpsim.base import ConfigError
 from ndpsim.hw import system as system_mod
 from ndpsim.workload import models as M
-from ndpsim.workload import routing as R
 from tests import engine_util as U
 
 SYSTEMS = tuple(config.available("system"))
