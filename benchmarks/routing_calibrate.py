@@ -19,7 +19,6 @@ own.  Prints the knobs and statistics vs targets; the knobs are then copied
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 

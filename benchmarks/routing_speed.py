@@ -17,7 +17,6 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from ndpsim.workload import routing
 

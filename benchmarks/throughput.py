@@ -110,7 +110,6 @@ class Setup:
 
 
 def make_setup(model_name, policy, S, P, T, *, units=4, layers=None, experts=None, seed=0):
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from ndpsim import policies  # pylint: disable=import-outside-toplevel
   from ndpsim.hw import system as system_mod  # pylint: disable=import-outside-toplevel
   from ndpsim.policies.base import PolicyParams  # pylint: disable=import-outside-toplevel

@@ -18,7 +18,6 @@ Where each piece of work runs:
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from ndpsim import costs, lazy_queue
 from ndpsim import residency as rs
 from ndpsim.base import ConfigError
-from ndpsim.engine_layer import (Carry, Static, absolute, rebase, simulate_layer,
+from ndpsim.engine_layer import (Carry, Static, absolute, simulate_layer,
                                  slots_decode, slots_prefill, with_peak, zero_acc)
 from ndpsim.engine_tables import (PhaseCosts, Tables, build_context, build_tables,
                                   gpu_memory_bytes, phase_costs, prefill_counts)
@@ -70,10 +70,9 @@ from ndpsim.results import SimResult
 from ndpsim.workload import models as M
 
 # Re-exported: callers use engine.PhaseCosts, engine.build_tables,
-# engine.prefill_counts, engine.validate (and docs name engine._rebase).
+# engine.prefill_counts, engine.validate.
 __all__ = ["PhaseCosts", "STATIC_ARGNAMES", "Tables", "build_tables", "gpu_memory_bytes",
            "phase_costs", "prefill_counts", "simulate", "simulate_core", "validate"]
-_rebase, _layer = rebase, simulate_layer
 
 # The cost tables jitted on their own (ss, model, P, T, B static): JAX keeps an
 # inner jit's trace, so every policy's engine trace with the same system spec,
@@ -302,7 +301,7 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
   Returns:
     SimResult with a leading axis of S / batch_size sequence groups; with
     ``record``, ``(SimResult, record)``: a dict of the per-layer values of
-    ``_layer`` with leading axes [G, L] (``prefill``) and [G, T, L]
+    ``engine_layer.simulate_layer`` with leading axes [G, L] (``prefill``) and [G, T, L]
     (``decode``, beside ``step_start`` / ``step_over_s`` [G, T]), seconds.
   """
   from ndpsim import policies  # pylint: disable=import-outside-toplevel

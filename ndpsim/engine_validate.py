@@ -30,7 +30,7 @@ def refuse_traced(*trees) -> None:
 
 def validate(ss, sp, model, prefill_ids, decode_ids, batch_size: int) -> None:
   """Checks everything a user sets before tracing; one ConfigError each."""
-  L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
+  L, k = M.num_moe_layers(model), model.top_k
   for name, ids in (("prefill_ids", prefill_ids), ("decode_ids", decode_ids)):
     if ids.ndim != 4 or ids.shape[2] != L or ids.shape[3] != k:
       raise ConfigError(

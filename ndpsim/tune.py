@@ -21,7 +21,7 @@ import functools
 import json
 import math
 import pathlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

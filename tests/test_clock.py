@@ -1,6 +1,6 @@
 """The engine's clock against a float64 run over a long sequence (issue 14 item 2).
 
-The engine computes in float32 but keeps a relative clock (``engine._rebase``:
+The engine computes in float32 but keeps a relative clock (``engine_layer.rebase``:
 each layer's times relative to its start, layer lengths added to the origin
 exactly), so its rounding is relative to a layer, not to the run, and does not
 grow with simulated time.  On 512 prompt + 512 output tokens of the 4-layer,

@@ -6,7 +6,7 @@ step latencies within 1e-6 relative plus a few float32 ulps of the clock;
 hit counts exactly.  The reference runs in float64 (``dtype=np.float64``):
 the engine computes in float32 but keeps a relative clock (each layer's
 times relative to its start, the layer lengths summed exactly; see
-``engine._rebase``), so its error does not grow with simulated time and the
+``engine_layer.rebase``), so its error does not grow with simulated time and the
 float64 run is the truth it must meet (``tests/test_clock.py`` checks 512 +
 512 tokens).  A second
 scenario (scarce GPU memory, eager swaps) makes the reference's own event
