@@ -24,6 +24,11 @@ Suites (``--suite``, comma-separated; ``--quick`` is a one-minute smoke run):
 * ``hlo``: operations per decode-layer and prefill-layer loop iteration in
   the optimized HLO (fusions, sorts, copies; compile only, so independent of
   machine load).
+* ``profile``: where one call's time goes: ``jax.profiler`` over one call of
+  the compiled simulation at ``--seqs``' largest count (first model), summed
+  per XLA op kind (the op name without its numeric suffix: every ``sort.N``
+  is ``sort``): thunks executed, op-seconds (summed over threads, so they can
+  exceed the wall time), the top ``--profile_top`` kinds.
 * ``compare``: old against new side by side: the ``throughput`` point at
   ``--seqs``' largest count (first model) and its peak resident memory, in
   child processes that import ndpsim from ``--baseline_root`` (a checkout of
@@ -302,6 +307,45 @@ def hlo_ops(model, policy, S=100, P=16, T=4) -> dict:
   return out
 
 
+def profile(model, policy, S, P, T, top: int = 15) -> dict:
+  """Per-op-kind device time of one compiled call (see the ``profile`` suite)."""
+  import collections  # pylint: disable=import-outside-toplevel
+  import glob  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
+  from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  st = make_setup(model, policy, S, P, T)
+  compiled = engine._simulate_jit.lower(st.ss, st.sp, st.model, st.policy, st.params,  # pylint: disable=protected-access
+                                        st.pre, st.dec, None, 1).compile()
+  args = (st.sp, st.params, st.pre, st.dec, None)
+  jax.block_until_ready(compiled(*args))  # warm
+  with tempfile.TemporaryDirectory(prefix="ndpsim-profile-") as d:
+    jax.profiler.start_trace(d)
+    t = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    wall = time.perf_counter() - t
+    jax.profiler.stop_trace()
+    data = ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
+  seconds, count = collections.Counter(), collections.Counter()
+  skip = ("ThunkExecutor", "ThreadpoolListener", "end: ", "while")
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLA"):  # XLA's executor threads, not Python's
+        continue
+      for ev in line.events:
+        if ev.name.startswith(skip):
+          continue
+        kind = re.sub(r"\.\d+$", "", ev.name)
+        seconds[kind] += ev.duration_ns / 1e9
+        count[kind] += 1
+  return dict(model=model, policy=policy, seqs=S, prompt_len=P, decode_len=T, wall_s=wall,
+              thunks=sum(count.values()), op_seconds=sum(seconds.values()),
+              distinct_kinds=len(seconds),
+              top=[dict(kind=k, seconds=v, count=count[k]) for k, v in seconds.most_common(top)])
+
+
 def compare(args, seqs) -> dict:
   """Old (``--baseline_root``) against new (this checkout), alternating children."""
   S, m = max(seqs), args.models[0]
@@ -342,6 +386,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--scale_tokens", type=int, default=32)
   ap.add_argument("--grad_seqs", type=int, default=100)
   ap.add_argument("--grad_tokens", type=int, default=16)
+  ap.add_argument("--profile_top", type=int, default=15, help="profile: op kinds listed")
   ap.add_argument("--id_dtype", default="", choices=("", "int32", "int16", "uint8"),
                   help="routing id dtype (default int32, as Routing's id_dtype default)")
   ap.add_argument("--out", default="")
@@ -401,6 +446,9 @@ def main(argv=None) -> dict:
       raise SystemExit("--suite=compare needs --baseline_root=DIR, a checkout of the old "
                        "code (e.g. git worktree add /tmp/old <commit>)")
     report["compare"] = compare(args, seqs)
+  if "profile" in suites:
+    report["profile"] = profile(args.models[0], args.policy, max(seqs), args.prompt_len,
+                                args.decode_len, args.profile_top)
   if "hlo" in suites:
     report["hlo"] = {m: hlo_ops(m, args.policy) for m in args.models}
   if "scaling" in suites:
