@@ -46,7 +46,6 @@ PROCESS_KEYS = ("devices", "process_count")
 TIMEOUT = 900  # hang guard
 
 
-
 def _binary() -> list[str]:
   return [sys.executable, "-m", "ndpsim.experiment"]
 
