@@ -301,8 +301,9 @@ def simulate(system, model, routing, policy, policy_params=None, *, batch_size: 
   Returns:
     SimResult with a leading axis of S / batch_size sequence groups; with
     ``record``, ``(SimResult, record)``: a dict of the per-layer values of
-    ``engine_layer.simulate_layer`` with leading axes [G, L] (``prefill``) and [G, T, L]
-    (``decode``, beside ``step_start`` / ``step_over_s`` [G, T]), seconds.
+    ``engine_layer.simulate_layer`` with leading axes [G, L] (``prefill``)
+    and [G, T, L] (``decode``, beside ``step_start`` / ``step_over_s``
+    [G, T]), seconds.
   """
   from ndpsim import policies  # pylint: disable=import-outside-toplevel
   ss, sp = system[0], system[1]

@@ -50,11 +50,6 @@ def _binary() -> list[str]:
   return [sys.executable, "-m", "ndpsim.experiment"]
 
 
-def _env() -> dict[str, str]:
-  """CPU, one device per process, this checkout's ndpsim (tests/child_env.py)."""
-  return child_env()
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -71,7 +66,7 @@ def _run_pair(args: list[str], logs: pathlib.Path) -> list[tuple[int, str]]:
   procs = [subprocess.Popen(
       _binary() + args + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                           "--num_processes=2", f"--process_id={i}"],
-      env=_env(), stdout=subprocess.DEVNULL, stderr=files[i]) for i in (0, 1)]
+      env=child_env(), stdout=subprocess.DEVNULL, stderr=files[i]) for i in (0, 1)]
   try:
     for p in procs:
       p.wait(timeout=TIMEOUT)  # hang guard
@@ -104,7 +99,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("dist")
   single, multi = root / "single", root / "multi"
   cache = root / "jaxcache"
-  r1 = subprocess.run(_binary() + FLAGS + [f"--out_dir={single}"], env=_env(),
+  r1 = subprocess.run(_binary() + FLAGS + [f"--out_dir={single}"], env=child_env(),
                       capture_output=True, text=True, timeout=TIMEOUT)  # hang guard
   assert r1.returncode == 0, _ends(r1.stderr)
   margs = FLAGS + [f"--out_dir={multi}", f"--cache_dir={cache}"]

@@ -41,11 +41,6 @@ def _binary() -> list[str]:
   return [str(script)] if script.exists() else [sys.executable, "-m", "ndpsim.experiment"]
 
 
-def _env(**extra) -> dict[str, str]:
-  """A child's environment (tests/child_env.py)."""
-  return child_env(**extra)
-
-
 def _tiny_config(**kw) -> studies.StudyConfig:
   base = dict(models=(TINY,), policies=POLS, prompt_len=P, output_len=T, num_seqs=S,
               num_ndp_units=(N,), studies=("headline",))
@@ -93,11 +88,11 @@ def interrupted_run(tmp_path_factory):
   # other binary runs and the direct calls; a folder of its own otherwise.
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jaxcache")
   cmd = _binary() + TINY_FLAGS + [f"--out_dir={out}", f"--cache_dir={cache}"]
-  r1 = subprocess.run(cmd, env=_env(NDPSIM_INTERRUPT_AFTER_CELLS="1"), capture_output=True,
+  r1 = subprocess.run(cmd, env=child_env(NDPSIM_INTERRUPT_AFTER_CELLS="1"), capture_output=True,
                       text=True, timeout=900)  # hang guard
   cells = out / "cells"
   first = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in cells.glob("*.json")}
-  r2 = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True,
+  r2 = subprocess.run(cmd + ["--resume"], env=child_env(), capture_output=True, text=True,
                       timeout=900)  # hang guard
   return dict(out=out, rc1=r1.returncode, err1=r1.stderr, first=first, r2=r2, cache=cache)
 
@@ -130,7 +125,8 @@ def test_two_runs_write_byte_identical_results(interrupted_run, tmp_path):
   out = tmp_path / "again"
   cmd = _binary() + TINY_FLAGS + [f"--out_dir={out}",
                                   f"--cache_dir={interrupted_run['cache']}"]
-  r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)  # hang guard
+  r = subprocess.run(cmd, env=child_env(), capture_output=True, text=True,
+                     timeout=900)  # hang guard
   assert r.returncode == 0, r.stderr[-2000:]
   for name in ("results.json", "results.csv", "requests.csv", "report.md"):
     assert (out / name).read_bytes() == (first / name).read_bytes(), name
@@ -145,7 +141,7 @@ def test_an_earlier_run_is_not_overwritten_silently(interrupted_run):
   out = interrupted_run["out"]
   before = (out / "results.json").read_bytes()
   for extra, says in (([], "holds an earlier run"), (["--resume", "--overwrite"], "keep one")):
-    r = subprocess.run(_binary() + TINY_FLAGS + [f"--out_dir={out}"] + extra, env=_env(),
+    r = subprocess.run(_binary() + TINY_FLAGS + [f"--out_dir={out}"] + extra, env=child_env(),
                        capture_output=True, text=True, timeout=900)  # hang guard
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -331,7 +327,7 @@ def test_platform_that_cannot_hold_the_model_says_so():
     (["--routing_layout=rows"], "--routing_layout"),
 ])
 def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
-  r = subprocess.run(_binary() + args + [f"--out_dir={tmp_path}"], env=_env(),
+  r = subprocess.run(_binary() + args + [f"--out_dir={tmp_path}"], env=child_env(),
                      capture_output=True, text=True, timeout=900)  # hang guard
   assert r.returncode == 2
   lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -345,7 +341,7 @@ def test_binary_bad_flag_exits_2_with_one_line(args, flag, tmp_path):
 def test_renamed_flags_are_refused_naming_the_new_one(old, new, tmp_path):
   """One name per knob (issue 11 item 4): the old budget flags do not work
   silently; one line names the flag to write instead, exit 2, nothing written."""
-  r = subprocess.run(_binary() + TINY_FLAGS + [old, f"--out_dir={tmp_path}"], env=_env(),
+  r = subprocess.run(_binary() + TINY_FLAGS + [old, f"--out_dir={tmp_path}"], env=child_env(),
                      capture_output=True, text=True, timeout=900)  # hang guard
   assert r.returncode == 2, r.stderr[-2000:]
   lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -359,7 +355,7 @@ def test_binary_help_lists_the_flags_of_experiment_flags():
   """The flags live in ndpsim.experiment_flags; --help still lists them, from
   the console script and from ``python -m`` (absl's --help exits 1)."""
   for cmd in (_binary(), [sys.executable, "-m", "ndpsim.experiment"]):
-    r = subprocess.run(cmd + ["--help"], env=_env(), capture_output=True, text=True,
+    r = subprocess.run(cmd + ["--help"], env=child_env(), capture_output=True, text=True,
                        timeout=900)  # hang guard
     assert r.returncode in (0, 1), r.stderr[-2000:]
     for flag in ("--resident_fraction:", "--resident_fractions:", "--models:", "--set:",
@@ -407,7 +403,7 @@ def test_binary_refuses_silent_fallbacks(args, flag, says, tmp_path):
   """An empty --out_dir would write into the current folder, and --set
   system.num_ndp_units would lose to --num_ndp_units while results.json records
   it: both are one line and exit 2, nothing written (issue 13)."""
-  r = subprocess.run(_binary() + TINY_FLAGS + args, env=_env(), cwd=tmp_path,
+  r = subprocess.run(_binary() + TINY_FLAGS + args, env=child_env(), cwd=tmp_path,
                      capture_output=True, text=True, timeout=900)  # hang guard
   assert r.returncode == 2, r.stderr[-2000:]
   lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -718,7 +714,7 @@ def test_binary_routing_layout_flag_reaches_the_trace_reader(tmp_path):
                       "--studies=headline", "--num_seqs=3", f"--out_dir={tmp_path / 'o'}"]
   for extra, says in (([], "--routing_layout=decoder_batch"),
                       (["--routing_layout=decoder_batch"], "holds 2 evaluation sequences")):
-    r = subprocess.run(base + extra, env=_env(), capture_output=True, text=True,
+    r = subprocess.run(base + extra, env=child_env(), capture_output=True, text=True,
                        timeout=900)  # hang guard
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

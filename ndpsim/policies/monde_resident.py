@@ -16,7 +16,6 @@ It must not read the current sequence's routing to choose residents.
 """
 from __future__ import annotations
 
-
 from ndpsim.policies import base as pb
 
 
