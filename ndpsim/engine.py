@@ -173,8 +173,8 @@ def _decode_group(st: Static, ctx, pparams, tab: Tables, carry: Carry, decode_id
     step_s, rec_decode = step_s
     rec = dict(prefill=rec_prefill, decode=rec_decode)
   st_ = carry.res
-  prefetched_bytes = jnp.sum(st_.prefetched) * ctx.expert_bytes
-  used_bytes = jnp.sum(st_.used) * ctx.expert_bytes
+  prefetched_bytes = rs.count_bits(st_.prefetched) * ctx.expert_bytes
+  used_bytes = rs.count_bits(st_.used) * ctx.expert_bytes
   out = dict(ttft_s=ttft, step_s=step_s, acc=carry.acc, acc_prefill=acc_prefill,
              prefetched_bytes=prefetched_bytes, prefetch_used_bytes=used_bytes)
   return out if rec is None else dict(out, record=rec)
@@ -269,7 +269,63 @@ def simulate_core(ss, sp, model, policy, pparams, prefill_ids, decode_ids,
 
 
 STATIC_ARGNAMES = ("ss", "model", "policy", "batch", "relaxed", "record")
-_simulate_jit = jax.jit(simulate_core, static_argnames=STATIC_ARGNAMES)
+
+# XLA options of the engine's program.  XLA:CPU's YNN library fusions run the
+# engine's reductions over short rows ([sequences, 8 slots]) several times
+# slower than XLA's own loop fusions (one [2000, 9] prefix-span fusion:
+# 223 us against 12 us of elementwise work); without them the decode's XLA op
+# time falls by about a quarter and the prefill's does not change
+# (docs/performance.md).  The option is experimental, so it is used only
+# where the installed XLA accepts it (:func:`compiler_options`).
+ENGINE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_options_checked: list = []
+
+
+def compiler_options() -> dict | None:
+  """:data:`ENGINE_COMPILER_OPTIONS` if this jax / XLA accepts them (checked
+  once, by compiling a scalar function), else None (XLA's defaults)."""
+  if not _options_checked:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options=ENGINE_COMPILER_OPTIONS).lower(
+          jnp.zeros((), jnp.float32)).compile()
+      _options_checked.append(dict(ENGINE_COMPILER_OPTIONS))
+    except Exception:  # pylint: disable=broad-except  # an older jax or XLA
+      _options_checked.append(None)
+  return _options_checked[0]
+
+
+class _EngineJit:
+  """``jax.jit(simulate_core)``; called outside any trace, with
+  :func:`compiler_options` (JAX takes compiler options on top-level jits
+  only, so under an outer jit, vmap or grad the plain one runs).  Built on
+  first use: checking the options needs a JAX backend, and importing ndpsim
+  must not start one (``jax.distributed.initialize`` has to come first)."""
+
+  def __init__(self):
+    self._plain = jax.jit(simulate_core, static_argnames=STATIC_ARGNAMES)
+    self._tuned = None
+
+  def get(self, *args, **kwargs):
+    """The jit for these arguments (the tuned one unless any is traced)."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+      return self._plain
+    if self._tuned is None:
+      opts = compiler_options()
+      self._tuned = (self._plain if opts is None else jax.jit(
+          simulate_core, static_argnames=STATIC_ARGNAMES, compiler_options=opts))
+    return self._tuned
+
+  def __call__(self, *args, **kwargs):
+    return self.get(*args, **kwargs)(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return self.get(*args, **kwargs).lower(*args, **kwargs)
+
+  def trace(self, *args, **kwargs):
+    return self.get(*args, **kwargs).trace(*args, **kwargs)
+
+
+_simulate_jit = _EngineJit()
 
 
 def simulate(system, model, routing, policy, policy_params=None, *, batch_size: int = 1,

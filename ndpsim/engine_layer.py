@@ -357,15 +357,16 @@ def _staging_cut(place: pb.Placement, valid, order, room):
 
 
 def _mark_used(ctx, state: rs.Residency, phase: str, layer, ids, on_gpu_resident):
-  """A prefetched expert that served an activation on the GPU is marked used."""
+  """A prefetched expert that served an activation on the GPU is marked used
+  (``used`` / ``prefetched`` are bit rows, ``residency.pack_bits``)."""
   if phase == "prefill":  # prefill slots are the experts in id order
-    row = state.used[layer] | (on_gpu_resident & state.prefetched[layer])
+    row = state.used[layer] | (rs.pack_bits(on_gpu_resident) & state.prefetched[layer])
     return dataclasses.replace(state, used=state.used.at[layer].set(row))
-  # Flags only turn on: OR a one-hot row of the used slots into the layer's
-  # row (a row update; a scatter under the vmap builds [S, k, 3] indices).
-  now = on_gpu_resident & state.prefetched[layer, ids]
-  hit = jnp.any((ids[:, None] == jnp.arange(ctx.num_experts, dtype=ids.dtype))
-                & now[:, None], axis=0)
+  # Flags only turn on: the slots' bits are tested and set in the layer's
+  # bit row ([k, W] elementwise; no gather, no one-hot over E).
+  pre = state.prefetched[layer]
+  now = on_gpu_resident & rs.bits_at(pre, ids)
+  hit = rs.bits_of(ids, now, pre.shape[-1])
   return dataclasses.replace(state, used=state.used.at[layer].set(state.used[layer] | hit))
 
 

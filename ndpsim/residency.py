@@ -69,8 +69,11 @@ class Residency:
   queued_s: total link seconds ever queued in the background.
   drained_s: background link seconds done so far.
   queue_key: [L, E] order key of each merged load (``Requests.merge``).
-  prefetched: [L, E] bool, loaded by a background transfer (or kept as one).
-  used: [L, E] bool, a prefetched expert served an activation on the GPU.
+  prefetched: [L, W] uint32 bit rows (:func:`pack_bits`, W = ceil(E / 32)):
+    loaded by a background transfer (or kept as one).
+  used: [L, W] uint32 bit rows: a prefetched expert served an activation on
+    the GPU.  (Statistics only, so bit rows: a decode step tests and sets its
+    k slots with [k, W] elementwise work, not a gather and a one-hot over E.)
   capacity: resident experts allowed per layer (float, traced; from the
     policy's :class:`~ndpsim.policies.base.Start`).
   held_n: experts resident or queued (all layers), float: the count of
@@ -115,15 +118,64 @@ def empty(num_layers: int, num_experts: int, capacity, resident=None,
   the run (no link time charged).  ``lazy``: merges are kept lazily until
   :func:`settle` (``ndpsim/lazy_queue.py``; not with ``soft``)."""
   z = jnp.zeros((num_layers, num_experts))
+  zb = jnp.zeros((num_layers, bit_words(num_experts)), jnp.uint32)
   res = z.astype(bool) if resident is None else jnp.asarray(resident, bool)
   return Residency(resident=res, queue_end_s=jnp.full_like(z, INF),
                    queued_s=jnp.zeros(()), drained_s=jnp.zeros(()), queue_key=z,
-                   prefetched=z.astype(bool), used=z.astype(bool),
+                   prefetched=zb, used=zb,
                    capacity=jnp.asarray(capacity, jnp.float32),
                    held_n=jnp.sum(res).astype(jnp.float32),
                    soft=SoftResidency(keep=z, queued=z, end_s=z) if soft else None,
                    lazy=lazy_queue.empty(num_layers, num_experts) if lazy and not soft
                    else None)
+
+
+# ---------------------------------------------------------------------------
+# Bit rows (``prefetched``, ``used``): expert e of a row is bit e % 32 of
+# word e // 32.
+
+def bit_words(num_experts: int) -> int:
+  """uint32 words of a bit row over ``num_experts`` experts."""
+  return -(-num_experts // 32)
+
+
+def pack_bits(row) -> jax.Array:
+  """[E] bool -> [W] uint32 bit row."""
+  e = row.shape[-1]
+  w = bit_words(e)
+  cols = jnp.pad(row, (0, 32 * w - e)).reshape(w, 32).astype(jnp.uint32)
+  return jnp.sum(cols << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+
+
+def unpack_bits(words, num_experts: int) -> jax.Array:
+  """[..., W] uint32 bit rows -> [..., E] bool."""
+  bits = (words[..., :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  return bits.reshape(words.shape[:-1] + (-1,))[..., :num_experts].astype(bool)
+
+
+def bits_at(words, ids) -> jax.Array:
+  """[n] bool: bits ``ids`` [n] (int32, in [0, 32 W)) of the bit row ``words``
+  [W] (the word chosen by comparison: no gather)."""
+  word = jnp.sum(jnp.where((ids >> 5)[:, None] == jnp.arange(words.shape[-1]),
+                           words, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
+  return ((word >> (ids & 31).astype(jnp.uint32)) & 1).astype(bool)
+
+
+def bits_of(ids, on, num_words: int) -> jax.Array:
+  """[W] uint32: the bit row with bits ``ids`` [n] set where ``on`` [n]."""
+  bit = jnp.left_shift(jnp.uint32(1), (ids & 31).astype(jnp.uint32))
+  hit = ((ids >> 5)[:, None] == jnp.arange(num_words)) & on[:, None]
+  return jnp.bitwise_or.reduce(jnp.where(hit, bit[:, None], jnp.uint32(0)), axis=0)
+
+
+def or_bits(bits, layer, row) -> jax.Array:
+  """[L, W] bit rows with ``row`` [E] bool ORed into row ``layer``."""
+  return bits.at[layer].set(bits[layer] | pack_bits(row))
+
+
+def count_bits(bits) -> jax.Array:
+  """Bits set in ``bits`` (int32)."""
+  return jnp.sum(jax.lax.population_count(bits).astype(jnp.int32))
 
 
 def drain(res: Residency, idle_s) -> Residency:
@@ -189,7 +241,7 @@ def apply(ctx, res: Residency, layer, req: Requests | None) -> Residency:
     kp = req.keep
     pre = res.prefetched
     if req.keep_is_prefetch:
-      pre = pre.at[layer].set(pre[layer] | kp)
+      pre = or_bits(pre, layer, kp)
     res = dataclasses.replace(
         res, held_n=res.held_n + jnp.sum(kp & ~_row_held(res, layer)),
         resident=res.resident.at[layer].set(res.resident[layer] | kp),
@@ -229,7 +281,7 @@ def enqueue(res: Residency, layer, want: jax.Array, order_score: jax.Array, fetc
   return dataclasses.replace(
       res, queue_end_s=res.queue_end_s.at[layer].set(row_q),
       queued_s=res.queued_s + jnp.sum(new) * fetch_s, held_n=res.held_n + jnp.sum(new),
-      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new))
+      prefetched=or_bits(res.prefetched, layer, new))
 
 
 def _cumsum_rows(x):
@@ -284,7 +336,7 @@ def _with_merged(res: Residency, layer, new, key_row, queue_end_s, fetch_s,
   return dataclasses.replace(
       res, queue_key=res.queue_key.at[layer].set(key_row), queue_end_s=queue_end_s,
       queued_s=res.queued_s + jnp.sum(new) * fetch_s, held_n=res.held_n + jnp.sum(new),
-      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | new), **extra)
+      prefetched=or_bits(res.prefetched, layer, new), **extra)
 
 
 def lazy_merge_enqueue(ctx, res: Residency, layer, want, key_row, order) -> Residency:
@@ -364,5 +416,5 @@ def _apply_soft(ctx, res: Residency, layer, req: Requests) -> Residency:
       res, soft=soft, queued_s=queued_s, queue_key=score,
       resident=res.resident.at[layer].set(res.resident[layer] | kept_b),
       queue_end_s=q.at[layer].set(row_q),
-      prefetched=res.prefetched.at[layer].set(res.prefetched[layer] | kept_b | queued_b))
+      prefetched=or_bits(res.prefetched, layer, kept_b | queued_b))
   return dataclasses.replace(res, held_n=count_held(res))
