@@ -204,7 +204,8 @@ def test_simulation_compiles_once_per_model_policy_shape():
   ss, sp = U.load()
   pol = policies.get("tp_lb_prefetch")
   core = chex.assert_max_traces(engine.simulate_core, n=1)
-  f = jax.jit(core, static_argnames=engine.STATIC_ARGNAMES)
+  f = jax.jit(core, static_argnames=engine.STATIC_ARGNAMES,
+              compiler_options=engine.compiler_options())  # engine.simulate's program
   L, E, k = M.num_moe_layers(model), model.num_experts, model.top_k
   for seed, frac in ((0, 1.0), (1, 0.5)):
     # Random top-k without replacement (the routing generator is tested elsewhere).
@@ -217,6 +218,29 @@ def test_simulation_compiles_once_per_model_policy_shape():
     assert out.e2e_s.shape == (SEQS,)
     assert np.all(np.isfinite(np.asarray(out.e2e_s)))
   chex.clear_trace_counter()
+
+
+@pytest.mark.policy
+def test_narrow_routing_ids_reach_the_engine_narrow(runs, monkeypatch):
+  """uint8 routing ids go into the engine's program as uint8 (an int32 copy
+  would cost 4x their memory) and give the int32 ids' results exactly."""
+  seen = []
+  jit = engine._simulate_jit  # pylint: disable=protected-access
+
+  def spy(*args, **kwargs):
+    seen.append((args[5].dtype, args[6].dtype))
+    return jit(*args, **kwargs)
+
+  monkeypatch.setattr(engine, "_simulate_jit", spy)
+  r = _routing()
+  narrow = r._replace(prefill_ids=r.prefill_ids.astype(np.uint8),
+                      decode_ids=r.decode_ids.astype(np.uint8))
+  res = _run("tp_lb_prefetch", routing=narrow)
+  assert seen == [(jnp.uint8, jnp.uint8)]
+  for field in ("ttft_s", "e2e_s", "step_s", "prefetched_bytes", "prefetch_used_bytes"):
+    np.testing.assert_array_equal(np.asarray(getattr(res, field)),
+                                  np.asarray(getattr(runs["tp_lb_prefetch"], field)),
+                                  err_msg=field)
 
 
 @pytest.mark.inputs
