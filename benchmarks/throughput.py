@@ -28,7 +28,9 @@ Suites (``--suite``, comma-separated; ``--quick`` is a one-minute smoke run):
   the compiled simulation at ``--seqs``' largest count (first model), summed
   per XLA op kind (the op name without its numeric suffix: every ``sort.N``
   is ``sort``): thunks executed, op-seconds (summed over threads, so they can
-  exceed the wall time), the top ``--profile_top`` kinds.
+  exceed the wall time), the top ``--profile_top`` kinds; with
+  ``--profile_group=op`` per op instead, each with its calls, time per call
+  and Python source line, and the op time of the decode-layer loop.
 * ``compare``: old against new side by side: the ``throughput`` point at
   ``--seqs``' largest count (first model) and its peak resident memory, in
   child processes that import ndpsim from ``--baseline_root`` (a checkout of
@@ -307,8 +309,42 @@ def hlo_ops(model, policy, S=100, P=16, T=4) -> dict:
   return out
 
 
-def profile(model, policy, S, P, T, top: int = 15) -> dict:
-  """Per-op-kind device time of one compiled call (see the ``profile`` suite)."""
+def _hlo_sources(text: str) -> dict:
+  """Optimized HLO text -> {instruction name: "file:line:function" of the
+  innermost Python frame XLA recorded for it (its ``stack_frame_id``)}."""
+  import re  # pylint: disable=import-outside-toplevel
+  tables = {k: {} for k in ("FileNames", "FunctionNames", "FileLocations", "StackFrames")}
+  cur, where = None, {}
+  for line in text.splitlines():
+    if line in tables:
+      cur = line
+      continue
+    m = re.match(r"^(\d+) (.*)$", line)
+    if cur and m:
+      tables[cur][int(m.group(1))] = m.group(2)
+      continue
+    cur = None
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*stack_frame_id=(\d+)", line)
+    if m:
+      where[m.group(1)] = int(m.group(2))
+  num = lambda s, key: int(re.search(key + r"=(\d+)", s).group(1))  # noqa: E731
+
+  def source(frame: int) -> str:
+    loc = tables["FileLocations"].get(num(tables["StackFrames"].get(frame, "file_location_id=0"),
+                                          "file_location_id"), "")
+    if not loc:
+      return ""
+    f = tables["FileNames"].get(num(loc, "file_name_id"), "").strip('"').rsplit("/", 1)[-1]
+    fn = tables["FunctionNames"].get(num(loc, "function_name_id"), "").strip('"')
+    return f"{f}:{num(loc, 'line')}:{fn}"
+  return {name: source(frame) for name, frame in where.items()}
+
+
+def profile(model, policy, S, P, T, top: int = 15, group: str = "kind") -> dict:
+  """Device time of one compiled call (see the ``profile`` suite), per XLA op
+  kind (``group="kind"``) or per op (``"op"``: each with its calls, time per
+  call and source line; ``decode_layer_op_seconds`` sums the ops that ran a
+  multiple of T x L times, i.e. once per decode layer step)."""
   import collections  # pylint: disable=import-outside-toplevel
   import glob  # pylint: disable=import-outside-toplevel
   import re  # pylint: disable=import-outside-toplevel
@@ -316,6 +352,7 @@ def profile(model, policy, S, P, T, top: int = 15) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from jax.profiler import ProfileData  # pylint: disable=import-outside-toplevel
   from ndpsim import engine  # pylint: disable=import-outside-toplevel
+  from ndpsim.workload import models as M  # pylint: disable=import-outside-toplevel
   st = make_setup(model, policy, S, P, T)
   compiled = engine._simulate_jit.lower(st.ss, st.sp, st.model, st.policy, st.params,  # pylint: disable=protected-access
                                         st.pre, st.dec, None, 1).compile()
@@ -337,13 +374,23 @@ def profile(model, policy, S, P, T, top: int = 15) -> dict:
       for ev in line.events:
         if ev.name.startswith(skip):
           continue
-        kind = re.sub(r"\.\d+$", "", ev.name)
-        seconds[kind] += ev.duration_ns / 1e9
-        count[kind] += 1
-  return dict(model=model, policy=policy, seqs=S, prompt_len=P, decode_len=T, wall_s=wall,
-              thunks=sum(count.values()), op_seconds=sum(seconds.values()),
-              distinct_kinds=len(seconds),
-              top=[dict(kind=k, seconds=v, count=count[k]) for k, v in seconds.most_common(top)])
+        key = re.sub(r"\.\d+$", "", ev.name) if group == "kind" else ev.name
+        seconds[key] += ev.duration_ns / 1e9
+        count[key] += 1
+  out = dict(model=model, policy=policy, seqs=S, prompt_len=P, decode_len=T, wall_s=wall,
+             group=group, thunks=sum(count.values()), op_seconds=sum(seconds.values()),
+             distinct=len(seconds))
+  if group == "kind":
+    return dict(out, top=[dict(kind=k, seconds=v, count=count[k])
+                          for k, v in seconds.most_common(top)])
+  src = _hlo_sources(compiled.as_text())
+  steps = T * M.num_moe_layers(st.model)
+  per_step = {k for k in seconds if count[k] % steps == 0}
+  return dict(out, decode_layer_steps=steps,
+              decode_layer_op_seconds=sum(seconds[k] for k in per_step),
+              top=[dict(op=k, seconds=v, count=count[k], us_per_call=1e6 * v / count[k],
+                        per_decode_layer_step=k in per_step, source=src.get(k, ""))
+                   for k, v in seconds.most_common(top)])
 
 
 def compare(args, seqs) -> dict:
@@ -386,7 +433,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--scale_tokens", type=int, default=32)
   ap.add_argument("--grad_seqs", type=int, default=100)
   ap.add_argument("--grad_tokens", type=int, default=16)
-  ap.add_argument("--profile_top", type=int, default=15, help="profile: op kinds listed")
+  ap.add_argument("--profile_top", type=int, default=15, help="profile: entries listed")
+  ap.add_argument("--profile_group", default="kind", choices=("kind", "op"),
+                  help="profile: sum per op kind, or per op with its source line")
   ap.add_argument("--id_dtype", default="", choices=("", "int32", "int16", "uint8"),
                   help="routing id dtype (default int32, as Routing's id_dtype default)")
   ap.add_argument("--out", default="")
@@ -448,7 +497,7 @@ def main(argv=None) -> dict:
     report["compare"] = compare(args, seqs)
   if "profile" in suites:
     report["profile"] = profile(args.models[0], args.policy, max(seqs), args.prompt_len,
-                                args.decode_len, args.profile_top)
+                                args.decode_len, args.profile_top, args.profile_group)
   if "hlo" in suites:
     report["hlo"] = {m: hlo_ops(m, args.policy) for m in args.models}
   if "scaling" in suites:
