@@ -151,3 +151,35 @@ def test_lazy_merge_under_x64():
     lazy, _ = _run(5, lazy=True)
   np.testing.assert_allclose(np.asarray(lazy.queue_end_s), np.asarray(eager.queue_end_s),
                              rtol=1e-12)
+
+
+@pytest.mark.analytic
+@pytest.mark.parametrize("num_experts", [12, 32, 40, 128])
+def test_bit_rows_match_bool_rows(num_experts):
+  """``prefetched`` / ``used`` bit rows (``residency.pack_bits``): packing,
+  unpacking, testing and setting bits agree with the [E] bool rows they
+  stand for, across word boundaries and a partial last word."""
+  rng = np.random.default_rng(num_experts)
+  w = rs.bit_words(num_experts)
+  assert w == -(-num_experts // 32)
+  for _ in range(5):
+    row = rng.random(num_experts) < 0.4
+    bits = rs.pack_bits(jnp.asarray(row))
+    assert bits.shape == (w,) and bits.dtype == jnp.uint32
+    want = [sum(1 << (e - 32 * i) for e in range(32 * i, min(32 * i + 32, num_experts))
+                if row[e]) for i in range(w)]
+    np.testing.assert_array_equal(np.asarray(bits, np.uint64), want)
+    np.testing.assert_array_equal(np.asarray(rs.unpack_bits(bits, num_experts)), row)
+    ids = rng.choice(num_experts, size=min(8, num_experts), replace=False).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(rs.bits_at(bits, jnp.asarray(ids))), row[ids])
+    on = rng.random(ids.size) < 0.5
+    set_ = np.zeros(num_experts, bool)
+    set_[ids[on]] = True
+    got = rs.bits_of(jnp.asarray(ids), jnp.asarray(on), w)
+    np.testing.assert_array_equal(np.asarray(rs.unpack_bits(got, num_experts)), set_)
+    assert int(rs.count_bits(bits | got)) == int(np.sum(row | set_))
+    grid = jnp.zeros((3, w), jnp.uint32)
+    grid = rs.or_bits(rs.or_bits(grid, 1, jnp.asarray(row)), 1, jnp.asarray(set_))
+    np.testing.assert_array_equal(np.asarray(rs.unpack_bits(grid, num_experts)),
+                                  np.stack([np.zeros_like(row), row | set_,
+                                            np.zeros_like(row)]))
