@@ -119,13 +119,15 @@ def absolute(c: Carry):
 # ---------------------------------------------------------------------------
 # Slots.
 
-def _issue_order(phase: str, tokens):
+def _issue_order(phase: str, slots: pb.Slots):
   """Order in which a layer's demand loads are issued: descending routed
   tokens, ties by lower slot (the load balancer's order).  Decode slots are
-  already in that order (None); prefill slots are in expert-id order."""
+  already in that order (None); prefill slots are in expert-id order.  The
+  prefill's key is ``pb.prefill_tokens``, the expression ``tp_lb_prefetch``
+  orders its prefetch by, so XLA sorts once for both."""
   if phase != "prefill":
     return None
-  return pb.count_order(tokens).order
+  return pb.count_order(pb.prefill_tokens(slots)).order
 
 
 def slots_decode(ids, num_experts: int, batch: int):
@@ -279,7 +281,7 @@ def _place(env: _Env, carry: Carry, x: _In, q: _Queue):
   place, own = env.st.policy.place(env.ctx, q.view, carry.own, x.layer, slots,
                                    env.pparams, env.phase)
   state = rs.apply(env.ctx, q.state, x.layer, place.requests)
-  order = _issue_order(env.phase, x.tokens)
+  order = _issue_order(env.phase, slots)
   return _Plan(slots, held, room, bcast_start, place, order), state, own
 
 

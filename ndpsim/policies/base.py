@@ -202,6 +202,11 @@ class Slots(NamedTuple):
   res_w: relaxed mode with soft residency only: fraction of the expert's
     columns resident in GPU memory (float in [0, 1]); None otherwise.
   Scalars are relative to the router's decision.
+
+  The engine guarantees: ``tokens`` is 0 on invalid slots; in the prefill
+  (``phase == "prefill"``) there is one slot per expert in id order (``ids``
+  = ``arange(E)``, ``valid`` = ``tokens > 0``), so a policy may read [E] rows
+  of this layer slot by slot, with no scatter.
   """
   ids: jax.Array
   tokens: jax.Array
@@ -217,6 +222,12 @@ class Slots(NamedTuple):
   post_s: jax.Array
   stage_room: Any = jnp.inf
   res_w: Any = None
+
+
+def prefill_tokens(slots: Slots) -> jax.Array:
+  """[E] float tokens per expert of a prefill layer (its slots are the experts
+  in id order; 0 where not activated)."""
+  return jnp.where(slots.valid, slots.tokens, 0.0)
 
 
 class Placement(NamedTuple):

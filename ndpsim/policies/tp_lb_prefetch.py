@@ -32,9 +32,12 @@ def init(ctx, params):
 
 
 def prefill_counts(ctx, slots):
-  """[E] tokens routed to each expert of this layer (prefill slots)."""
-  return jnp.zeros((ctx.num_experts,)).at[slots.ids].add(
-      jnp.where(slots.valid, slots.tokens, 0.0))
+  """[E] tokens routed to each expert of this layer (prefill slots: one per
+  expert in id order, ``pb.Slots``; no scatter).  The same expression as the
+  engine's issue order reads (``engine_layer._issue_order``), so XLA computes
+  the count order once for both."""
+  del ctx
+  return pb.prefill_tokens(slots)
 
 
 def choose_from_prefill(ctx, res, slots, gpu, key_row=None):
@@ -43,7 +46,7 @@ def choose_from_prefill(ctx, res, slots, gpu, key_row=None):
   any positive multiple of the counts common to all layers orders alike).
   Returns ``(Requests, counts)``."""
   counts = prefill_counts(ctx, slots)
-  loaded = jnp.zeros((ctx.num_experts,), bool).at[slots.ids].max(gpu & ~slots.resident)
+  loaded = gpu & ~slots.resident  # prefill slots are the experts in id order
   # Integer counts: one packed int32 sort gives the top-M and the queue order
   # (= top_m_mask(counts, capacity, eligible=counts > 0) and its ranks).
   corder = pb.count_order(counts)
