@@ -212,3 +212,21 @@ def test_shipped_policies_write_no_engine_arrays():
                   "used="):
       assert f"replace(state, {field}" not in src and f".{field[:-1]}.at[" not in src, (
           name, field)
+
+
+@pytest.mark.policy
+def test_slots_keep_the_contract_policies_read_rows_by():
+  """``pb.Slots``: tokens are 0 on invalid slots; prefill slots are the
+  experts in id order (``tp_lb_prefetch`` reads its counts as rows and its
+  top-M shares the engine's count sort on that promise)."""
+  from ndpsim import engine_layer  # pylint: disable=import-outside-toplevel
+  counts = jnp.asarray([0, 3, 0, 1, 5, 0], jnp.int32)
+  ids, tok, valid = engine_layer.slots_prefill(counts)
+  np.testing.assert_array_equal(np.asarray(ids), np.arange(6))
+  np.testing.assert_array_equal(np.asarray(tok), np.asarray(counts))
+  np.testing.assert_array_equal(np.asarray(valid), np.asarray(counts) > 0)
+  # Decode with a batch: fewer distinct experts than slots leaves padding.
+  ids, tok, valid = engine_layer.slots_decode(jnp.asarray([[4, 1], [4, 2]]), 6, 2)
+  assert int(jnp.sum(valid)) == 3
+  assert np.all(np.asarray(tok)[~np.asarray(valid)] == 0)
+  assert sorted(np.asarray(ids)[np.asarray(valid)].tolist()) == [1, 2, 4]
