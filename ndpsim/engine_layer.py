@@ -218,7 +218,7 @@ def simulate_layer(st: Static, ctx: pb.Context, pparams, phase: str, pc: PhaseCo
   q = _advance_queue(env, carry, x)
   plan, state, own = _place(env, carry, x, q)
   ln = _lane_times(env, carry, x, plan)
-  state = _mark_used(ctx, rs.drain(state, ln.lt.idle_s), phase, layer_i, ids,
+  state = _mark_used(rs.drain(state, ln.lt.idle_s), phase, layer_i, ids,
                      valid & (ln.gfrac > 0) & q.resident)
   acc = _accumulate(st, ctx, phase, carry.acc, plan.slots, ln.gfrac, ln.phi, ln.lt,
                     plan.held, attn_s, shared_s)
@@ -358,7 +358,7 @@ def _staging_cut(place: pb.Placement, valid, order, room):
   return jnp.where(over, 0.0, gfrac), fetch & ~over
 
 
-def _mark_used(ctx, state: rs.Residency, phase: str, layer, ids, on_gpu_resident):
+def _mark_used(state: rs.Residency, phase: str, layer, ids, on_gpu_resident):
   """A prefetched expert that served an activation on the GPU is marked used
   (``used`` / ``prefetched`` are bit rows, ``residency.pack_bits``)."""
   if phase == "prefill":  # prefill slots are the experts in id order

@@ -122,7 +122,7 @@ def soft_top_m(counts, m, temperature):
 def _soft_choose(ctx, slots, gfrac, params, m):
   """Relaxed :func:`tp_lb_prefetch.choose_from_prefill`: soft requests."""
   E = ctx.num_experts
-  counts = jnp.zeros((E,)).at[slots.ids].add(jnp.where(slots.valid, slots.tokens, 0.0))
+  counts = pb.prefill_tokens(slots)  # prefill slots are the experts in id order
   want, rank = soft_top_m(counts, m, params.rank_temperature)
   res_w = slots.res_w if slots.res_w is not None else jnp.zeros_like(gfrac)
   loaded = jnp.zeros((E,)).at[slots.ids].max(
